@@ -1,0 +1,215 @@
+"""The recipe schema: every key is defined once here, with its description, and read by code.
+
+`load_recipe(name_or_path, overrides)` reads YAML (a shipped recipe by name, or a path), applies
+`--set a.b=c` overrides, and validates. Mistakes raise `RecipeError` naming the key, where it is, and
+the closest valid keys; a wrong type names the expected type.
+"""
+
+from __future__ import annotations
+
+import difflib
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelCfg(Section):
+    name: str = Field("smollm2-135m-instruct", description="model name (smollm2-135m-instruct, tiny:SEED) or HF dir")
+
+
+class EnvCfg(Section):
+    id: str = Field("memrl/KBQA-v0", description="registered env id of ONE objective")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="constructor kwargs of that env")
+    objectives: int = Field(1, ge=1, le=64, description="objectives per episode at training (MEM1 composition)")
+    max_turns: int | None = Field(None, ge=1, description="turn cap of a composed episode (default: per env)")
+    aggregate: Literal["mean", "sum"] = Field("mean", description="how per-objective rewards combine")
+    train_seed_offset: int = Field(0, ge=0, description="training tasks use seeds from here on")
+    eval_seed_offset: int = Field(10_000_000, ge=0, description="held-out tasks use seeds from here on")
+
+
+class AgentCfg(Section):
+    name: Literal["mem1", "memsearcher", "full_context"] = Field("memsearcher", description="agent type")
+    max_observation_tokens: int = Field(256, ge=16, description="observation tokens kept per turn")
+    memory_tokens: int = Field(256, ge=8, description="memory budget (memsearcher) in tokens")
+
+
+class RolloutCfg(Section):
+    workers: int = Field(1, ge=1, description="RolloutWorker actors, each with its own vLLM engine")
+    max_model_len: int = Field(4096, ge=256, description="engine context window")
+    kv_cache_gib: float = Field(1.0, gt=0, description="KV cache per engine on CPU (GiB)")
+    gpu_memory_utilization: float = Field(0.5, gt=0, le=1, description="vLLM memory share on GPU")
+    max_tokens: int = Field(128, ge=1, description="tokens per generation (one turn)")
+    temperature: float = Field(1.0, ge=0, description="sampling temperature for training rollouts")
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling for training rollouts")
+    env_timeout: float = Field(60.0, gt=0, description="seconds an env reset/step may take before its episode fails")
+    rollout_timeout: float = Field(1800.0, gt=0, description="seconds a worker batch may take before it is re-run")
+
+
+class AlgorithmCfg(Section):
+    advantage: Literal["grpo", "drgrpo", "rloo"] = Field("grpo", description="group-relative advantage estimator")
+    group_size: int = Field(4, ge=2, description="rollouts per task (G)")
+    tasks_per_step: int = Field(8, ge=1, description="distinct tasks per training step")
+    clip_low: float = Field(0.2, ge=0, description="PPO ratio clip below 1")
+    clip_high: float = Field(0.28, ge=0, description="PPO ratio clip above 1 (DAPO clip-higher)")
+    dual_clip: float | None = Field(None, gt=1, description="dual-clip constant for negative advantages (e.g. 3)")
+    kl_coef: float = Field(0.0, ge=0, description="k3 KL to the frozen reference; 0 = no reference model")
+    entropy_coef: float = Field(0.0, ge=0, description="entropy bonus")
+    loss_agg: Literal["token_mean", "seq_mean_token_mean", "traj_mean_token_mean", "seq_mean_token_sum_norm"] = Field(
+        "token_mean", description="how per-token losses are averaged (see memrl.rl.losses)")
+    minibatches: int = Field(1, ge=1, description="optimizer steps per training step")
+    format_penalty: bool = Field(True, description="reward 0 for episodes with a malformed turn (MemSearcher rule)")
+
+
+class LearnerCfg(Section):
+    zero_stage: Literal[0, 1, 2, 3] = Field(2, description="DeepSpeed ZeRO stage")
+    lr: float = Field(1e-5, gt=0, description="AdamW learning rate")
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(0, ge=0, description="linear LR warm-up (optimizer steps)")
+    grad_clip: float = Field(1.0, gt=0, description="global gradient-norm clip")
+    micro_batch_tokens: int = Field(4096, ge=64, description="token budget of one micro-batch (padded)")
+    gradient_checkpointing: bool = Field(False, description="recompute activations to save memory")
+    packed: bool = Field(False, description="MEM1 packed mode: one forward per trajectory with a block mask")
+
+
+class SFTCfg(Section):
+    steps: int = Field(0, ge=0, description="warm-start steps on oracle trajectories (0 = skip)")
+    tasks_per_step: int = Field(8, ge=1)
+    lr: float = Field(5e-5, gt=0)
+
+
+class TrainCfg(Section):
+    steps: int = Field(10, ge=0, description="GRPO steps")
+    eval_every: int = Field(0, ge=0, description="eval on held-out tasks every K steps (0 = only at start/end)")
+    eval_tasks: int = Field(32, ge=1, description="held-out tasks per eval")
+    eval_objectives: list[int] = Field(default_factory=list, description="extra N to evaluate at the end")
+    checkpoint_every: int = Field(5, ge=1, description="write a checkpoint every N steps")
+    keep_checkpoints: int = Field(2, ge=1, description="checkpoints kept on disk")
+    baseline_agent: Literal["mem1", "memsearcher", "full_context"] | None = Field(
+        "full_context", description="agent evaluated beside ours for the peak-context comparison")
+
+
+class ResourcesCfg(Section):
+    num_cpus: int | None = Field(None, ge=1, description="CPUs given to a local Ray (default: all)")
+    cpus_per_worker: float = Field(1.0, gt=0)
+    gpus_per_worker: float = Field(0.0, ge=0)
+    address: str | None = Field(None, description="Ray address to join (None = start a local Ray)")
+
+
+class LoggingCfg(Section):
+    tensorboard: bool = True
+    progress: bool = Field(True, description="tqdm progress bars")
+
+
+class Recipe(Section):
+    name: str = Field("recipe", description="run name")
+    seed: int = 0
+    output_dir: str = Field("runs/{name}", description="where metrics, checkpoints and the report go")
+    model: ModelCfg = Field(default_factory=ModelCfg)
+    env: EnvCfg = Field(default_factory=EnvCfg)
+    agent: AgentCfg = Field(default_factory=AgentCfg)
+    rollout: RolloutCfg = Field(default_factory=RolloutCfg)
+    algorithm: AlgorithmCfg = Field(default_factory=AlgorithmCfg)
+    learner: LearnerCfg = Field(default_factory=LearnerCfg)
+    sft: SFTCfg = Field(default_factory=SFTCfg)
+    train: TrainCfg = Field(default_factory=TrainCfg)
+    resources: ResourcesCfg = Field(default_factory=ResourcesCfg)
+    logging: LoggingCfg = Field(default_factory=LoggingCfg)
+
+    @model_validator(mode="after")
+    def _check_combinations(self) -> Recipe:
+        if self.learner.packed and self.agent.name == "full_context":
+            raise ValueError("learner.packed applies to memory agents; full_context has one context per episode")
+        return self
+
+    @property
+    def out(self) -> Path:
+        return Path(self.output_dir.format(name=self.name))
+
+
+class RecipeError(ValueError):
+    """A recipe the schema rejects, explained for a person."""
+
+
+def shipped_recipes() -> list[str]:
+    return sorted(p.name[:-5] for p in resources.files("memrl.recipes").iterdir() if p.name.endswith(".yaml"))
+
+
+def read_yaml(name_or_path: str | Path) -> dict:
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise RecipeError(f"recipe file {path} does not exist")
+        text = path.read_text()
+    else:
+        res = resources.files("memrl.recipes") / f"{name_or_path}.yaml"
+        if not res.is_file():
+            raise RecipeError(f"no recipe named {name_or_path!r}; shipped recipes: {', '.join(shipped_recipes())}")
+        text = res.read_text()
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"recipe {name_or_path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise RecipeError(f"recipe {name_or_path} must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply `a.b=c` strings; values are parsed as YAML scalars/lists (`x=3`, `y=[1,2]`, `z=null`)."""
+    for item in overrides:
+        if "=" not in item:
+            raise RecipeError(f"--set expects key.path=value, got {item!r}")
+        key, raw = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = data
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise RecipeError(f"--set {key}: {part!r} is not a section")
+        node[parts[-1]] = yaml.safe_load(raw)
+    return data
+
+
+def load_recipe(name_or_path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    data = apply_overrides(read_yaml(name_or_path), overrides or [])
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as exc:
+        raise RecipeError(explain(exc, source=str(name_or_path))) from None
+
+
+def _fields_at(loc: tuple) -> list[str]:
+    model: type[BaseModel] = Recipe
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        ann = getattr(field, "annotation", None) if field else None
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return []
+        model = ann
+    return list(model.model_fields)
+
+
+def explain(exc: ValidationError, source: str = "recipe") -> str:
+    lines = [f"{source}: {exc.error_count()} problem(s)"]
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        where = ".".join(str(p) for p in loc) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            valid = _fields_at(loc)
+            close = difflib.get_close_matches(str(loc[-1]), valid, n=3, cutoff=0.5)
+            hint = f"did you mean {', '.join(close)}? " if close else ""
+            lines.append(f"- unknown key {where!r}: {hint}valid keys here: {', '.join(valid)}")
+        else:
+            lines.append(f"- {where}: {err['msg']} (got {err.get('input')!r})")
+    return "\n".join(lines)
+
+
+def dump(recipe: Recipe) -> str:
+    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)

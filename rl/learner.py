@@ -1,0 +1,237 @@
+"""The learner: a DeepSpeed engine that runs multi-context GRPO (and the SFT warm start) on contexts.
+
+One optimizer step consumes a minibatch of trajectories. Their contexts are cut into micro-batches
+by a padded-token budget; every token's loss is weighted globally *before* micro-batching
+(`rl.losses.token_weights`), so gradient accumulation over any number of micro-batches gives exactly
+the full-batch loss. DeepSpeed runs in unmanaged-accumulation mode: we call `backward` per
+micro-batch and `step` once. CPU: fp32 + gloo; GPU: bf16 + NCCL (from `memrl.device`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import socket
+import time
+from dataclasses import dataclass
+
+import torch
+
+from memrl.device import plan
+from memrl.models import load_model
+from memrl.rl import losses
+from memrl.rl.trajectory import Context, Trajectory
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LearnerConfig:
+    zero_stage: int = 2
+    lr: float = 1e-5
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    grad_clip: float = 1.0
+    micro_batch_tokens: int = 4096
+    gradient_checkpointing: bool = False
+    clip_low: float = 0.2
+    clip_high: float = 0.28
+    dual_clip: float | None = None
+    kl_coef: float = 0.0
+    entropy_coef: float = 0.0
+    loss_agg: str = "token_mean"
+
+
+def lr_at(step: int, base_lr: float, warmup_steps: int) -> float:
+    """Linear warm-up to `base_lr` over `warmup_steps` optimizer steps, then constant."""
+    if warmup_steps <= 0:
+        return base_lr
+    return base_lr * min(1.0, (step + 1) / warmup_steps)
+
+
+def init_distributed(backend: str) -> None:
+    """Join (or, when launched alone, create) the torch.distributed group DeepSpeed needs."""
+    import deepspeed
+
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return
+    if "RANK" not in os.environ:  # a single local process: a world of one on loopback
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+    deepspeed.init_distributed(dist_backend=backend, verbose=False)
+
+
+def micro_batches(lengths: list[int], budget: int) -> list[list[int]]:
+    """Group context indices so that (longest length x count) <= budget; longest first, order kept stable."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches: list[list[int]] = []
+    for i in order:
+        if batches and lengths[batches[-1][0]] * (len(batches[-1]) + 1) <= budget:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
+class Learner:
+    """Owns the trainable model (a DeepSpeed engine), its optimizer and, when KL is on, a frozen reference."""
+
+    def __init__(self, model_name: str, cfg: LearnerConfig, seed: int = 0) -> None:
+        import deepspeed
+
+        self.cfg = cfg
+        self.device = plan()
+        init_distributed(self.device.dist_backend)
+        torch.manual_seed(seed)
+        model = load_model(model_name, dtype=self.device.dtype)
+        if cfg.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+        model.config.use_cache = False
+        self.pad_id = int(model.config.pad_token_id or 0)
+        self.engine, self.optimizer, _, _ = deepspeed.initialize(
+            model=model, model_parameters=[p for p in model.parameters() if p.requires_grad], config=self._ds_config()
+        )
+        self.ref = None
+        if cfg.kl_coef > 0:
+            self.ref = load_model(model_name, dtype=self.device.dtype).to(self.device.torch_device).eval()
+            self.ref.requires_grad_(False)
+        self.steps = 0  # optimizer steps taken (drives the LR schedule)
+
+    def _ds_config(self) -> dict:
+        cfg = self.cfg
+        return {
+            "train_micro_batch_size_per_gpu": 1,
+            "gradient_accumulation_steps": 1,
+            "managed_gradient_accumulation": False,  # we call backward per micro-batch and step once
+            "gradient_clipping": cfg.grad_clip,
+            "zero_optimization": {"stage": cfg.zero_stage},
+            "optimizer": {"type": "AdamW", "params": {"lr": cfg.lr, "weight_decay": cfg.weight_decay,
+                                                      "betas": [0.9, 0.999], "eps": 1e-8, "torch_adam": True}},
+            "bf16": {"enabled": self.device.dtype == torch.bfloat16},
+            "steps_per_print": 10**9,
+            "wall_clock_breakdown": False,
+        }
+
+    # ------------------------------------------------------------------ training
+    def train_step(self, trajectories: list[Trajectory], sft: bool = False, lr: float | None = None) -> dict:
+        """One optimizer step on these trajectories (GRPO with their `.advantage`, or SFT cross-entropy)."""
+        t0 = time.perf_counter()
+        contexts, ctx_traj, ctx_adv = [], [], []
+        for ti, traj in enumerate(trajectories):
+            for ctx in traj.contexts:
+                if ctx.num_generated:
+                    contexts.append(ctx)
+                    ctx_traj.append(ti)
+                    ctx_adv.append(traj.advantage)
+        if not contexts:
+            return {"skipped": 1.0, "reason_no_tokens": 1.0}
+        self._set_lr(lr if lr is not None else lr_at(self.steps, self.cfg.lr, self.cfg.warmup_steps))
+        masks = [torch.tensor(c.loss_mask, dtype=torch.float32) for c in contexts]
+        weights = losses.token_weights(masks, torch.tensor(ctx_traj), "token_mean" if sft else self.cfg.loss_agg,
+                                       max_tokens=max(len(m) for m in masks))
+        sums: dict[str, float] = {}
+        tokens = 0
+        skipped = False
+        self.engine.train()
+        for idx in micro_batches([len(c) for c in contexts], self.cfg.micro_batch_tokens):
+            loss, stats = self._micro_loss([contexts[i] for i in idx], [weights[i] for i in idx],
+                                           [ctx_adv[i] for i in idx], sft)
+            if not torch.isfinite(loss):
+                log.warning("non-finite loss (%s) at optimizer step %d: update skipped", float(loss), self.steps)
+                skipped = True
+                break
+            self.engine.backward(loss)
+            tokens += sum(int(sum(contexts[i].loss_mask)) for i in idx)
+            for k, v in stats.items():
+                sums[k] = sums.get(k, 0.0) + v
+        grad_norm = float("nan") if skipped else self._grad_norm()
+        if skipped or not math.isfinite(grad_norm):
+            if not skipped:
+                log.warning("non-finite gradient norm at optimizer step %d: update skipped", self.steps)
+            self.engine.optimizer.zero_grad()
+            skipped = True
+        else:
+            self.engine.step()
+            self.steps += 1
+        dt = time.perf_counter() - t0
+        metrics = {k: v for k, v in sums.items()}
+        metrics.update(grad_norm=grad_norm, skipped=float(skipped), train_tokens=float(tokens),
+                       learner_time=dt, learner_tokens_per_s=sum(len(c) for c in contexts) / dt,
+                       lr=self._get_lr(), contexts=float(len(contexts)))
+        return metrics
+
+    def _micro_loss(self, ctxs: list[Context], weights: list[torch.Tensor], advs: list[float], sft: bool):
+        dev = self.device.torch_device
+        T = max(len(c) for c in ctxs)
+        ids = torch.full((len(ctxs), T), self.pad_id, dtype=torch.long)
+        attn = torch.zeros((len(ctxs), T), dtype=torch.long)
+        mask = torch.zeros((len(ctxs), T))
+        old = torch.zeros((len(ctxs), T))
+        w = torch.zeros((len(ctxs), T))
+        for r, c in enumerate(ctxs):
+            n = len(c)
+            ids[r, :n] = torch.tensor(c.token_ids)
+            attn[r, :n] = 1
+            mask[r, :n] = torch.tensor(c.loss_mask, dtype=torch.float32)
+            old[r, :n] = torch.tensor(c.logprobs)
+            w[r, :n] = weights[r]
+        ids, attn, mask, old, w = (x.to(dev) for x in (ids, attn, mask, old, w))
+        logits = self.engine(input_ids=ids, attention_mask=attn, use_cache=False).logits.float()
+        logp = losses.token_logprobs(logits, ids)
+        if sft:
+            per_token = -logp
+            loss = (per_token * w * mask).sum()
+            return loss, {"sft_loss": float(loss.detach())}
+        adv = losses.token_advantages(torch.tensor(advs, device=dev), mask)
+        pg, st = losses.ppo_clip_loss(logp, old, adv, mask, self.cfg.clip_low, self.cfg.clip_high, self.cfg.dual_clip)
+        per_token = pg
+        stats = {"pg_loss": float((pg * w * mask).sum())}
+        wsum = float((w * mask).sum())
+        stats["clip_frac"] = float(st["clip_frac"]) * wsum
+        stats["approx_kl"] = float(st["approx_kl"]) * wsum
+        ent = losses.entropy_from_logits(logits if self.cfg.entropy_coef > 0 else logits.detach())
+        stats["entropy"] = float((ent.detach() * w * mask).sum())
+        if self.cfg.entropy_coef > 0:
+            per_token = per_token - self.cfg.entropy_coef * ent
+        if self.ref is not None:
+            with torch.no_grad():
+                ref_logp = losses.token_logprobs(self.ref(input_ids=ids, attention_mask=attn).logits.float(), ids)
+            kl = losses.kl_k3(logp, ref_logp)
+            stats["kl"] = float((kl.detach() * w * mask).sum())
+            per_token = per_token + self.cfg.kl_coef * kl
+        return (per_token * w * mask).sum(), stats
+
+    def _grad_norm(self) -> float:
+        from deepspeed.utils import safe_get_full_grad
+
+        total = 0.0
+        for p in self.engine.module.parameters():
+            g = safe_get_full_grad(p)
+            if g is not None:
+                total += float(g.double().pow(2).sum())
+        return math.sqrt(total)
+
+    def _set_lr(self, lr: float) -> None:
+        for group in self.engine.optimizer.param_groups:
+            group["lr"] = lr
+
+    def _get_lr(self) -> float:
+        return float(self.engine.optimizer.param_groups[0]["lr"])
+
+    # ------------------------------------------------------------------ weights out
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Full (gathered) weights on CPU, in HF names, for weight sync and export."""
+        module = self.engine.module
+        if self.cfg.zero_stage == 3:
+            import deepspeed
+
+            with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
+                return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+        return {k: v.detach().cpu() for k, v in module.state_dict().items()}
+
+    @property
+    def module(self) -> torch.nn.Module:
+        return self.engine.module
