@@ -75,7 +75,7 @@ def run_episodes(
                 if out is not None:
                     obs, reward, terminated, truncated, info = out
                     ep.reward += float(reward)
-                    ep.info = dict(info)
+                    ep.info.update(info)
                     ep.done = bool(terminated or truncated)
                     ep.info["terminated"], ep.info["truncated"] = bool(terminated), bool(truncated)
                 agent.update(ep.state, prompt, gen, p, None if ep.done else obs)

@@ -29,6 +29,61 @@ def _model_chat(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from memrl.recipes.schema import load_recipe
+    from memrl.rl.report import write_report
+    from memrl.rl.trainer import Trainer
+
+    recipe = load_recipe(args.recipe, args.set)
+    trainer = Trainer(recipe, resume=args.resume)
+    try:
+        summary = trainer.run()
+        report = write_report(trainer)
+    finally:
+        trainer.close()
+    print(f"run finished: {summary['steps']} GRPO steps")
+    print(f"report:      {report}")
+    print(f"metrics:     {recipe.out / 'metrics.jsonl'}  (tensorboard --logdir {recipe.out / 'tensorboard'})")
+    print(f"checkpoints: {recipe.out / 'checkpoints'}")
+    return 0
+
+
+def _recipe_validate(args: argparse.Namespace) -> int:
+    from memrl.recipes.schema import load_recipe
+
+    load_recipe(args.recipe, args.set)
+    print(f"{args.recipe}: valid")
+    return 0
+
+
+def _recipe_show(args: argparse.Namespace) -> int:
+    from memrl.recipes.schema import dump, load_recipe
+
+    print(dump(load_recipe(args.recipe, args.set)), end="")
+    return 0
+
+
+def _recipe_list(args: argparse.Namespace) -> int:
+    from memrl.recipes.schema import shipped_recipes
+
+    print("\n".join(shipped_recipes()))
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from memrl.agents.eval_cli import run_eval, table
+
+    rows = run_eval(args.model, args.agent.split(","), args.env, json.loads(args.env_kwargs),
+                    [int(x) for x in args.objectives.split(",")], args.episodes, Path(args.out), args.max_tokens,
+                    max_turns=args.max_turns)
+    print(table(rows), end="")
+    print(f"episodes: {Path(args.out) / 'episodes.jsonl'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="memrl", description="Train LLM agents with RL to keep a compact memory (MEM1, MemSearcher)."
@@ -46,6 +101,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("prompt")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.set_defaults(func=_model_chat)
+    p = sub.add_parser("train", help="run a recipe: eval -> SFT -> GRPO -> eval, with checkpoints and a report")
+    p.add_argument("recipe", help="shipped recipe name (memrl recipe list) or a YAML path")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe key")
+    p.add_argument("--resume", action="store_true", help="continue from the last intact checkpoint")
+    p.set_defaults(func=_train)
+
+    recipe = sub.add_parser("recipe", help="inspect recipes").add_subparsers(dest="action", required=True)
+    for name, fn, text in (("validate", _recipe_validate, "check a recipe against the schema"),
+                           ("show", _recipe_show, "print the fully resolved recipe")):
+        p = recipe.add_parser(name, help=text)
+        p.add_argument("recipe")
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+        p.set_defaults(func=fn)
+    recipe.add_parser("list", help="list shipped recipes").set_defaults(func=_recipe_list)
+
+    p = sub.add_parser("eval", help="evaluate agents on an env (sweep composed objectives)")
+    p.add_argument("--model", default="smollm2-135m-instruct")
+    p.add_argument("--agent", default="mem1,memsearcher,full_context", help="comma-separated agents")
+    p.add_argument("--env", default="memrl/KBQA-v0")
+    p.add_argument("--env-kwargs", default="{}", help="JSON kwargs of the env")
+    p.add_argument("--objectives", default="1", help="comma-separated N, e.g. 1,2,4,8,16")
+    p.add_argument("--episodes", type=int, default=16)
+    p.add_argument("--max-tokens", type=int, default=128)
+    p.add_argument("--max-turns", type=int, default=None)
+    p.add_argument("--out", default="runs/eval")
+    p.set_defaults(func=_eval)
     return parser
 
 
@@ -55,7 +136,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(name)s: %(message)s"
     )
-    return int(args.func(args) or 0)
+    from memrl.recipes.schema import RecipeError
+
+    try:
+        return int(args.func(args) or 0)
+    except RecipeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -1,0 +1,97 @@
+"""Atomic checkpoints: written into a temp dir beside the target, then renamed into place.
+
+A checkpoint directory `step_000012/` holds the DeepSpeed engine state (model, optimizer), an HF copy
+of the weights (`model/`, for export), `trainer_state.pt` (step, data cursor, RNG states, recipe)
+and, written last, `MANIFEST.json` listing every file with its size. A directory without a manifest,
+or whose files do not match it (a crash mid-write, a truncated copy), is skipped with a warning.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from memrl.models import atomic_dir
+
+log = logging.getLogger(__name__)
+MANIFEST = "MANIFEST.json"
+
+
+def rng_state() -> dict:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+
+
+def _write_manifest(root: Path) -> None:
+    files = {str(p.relative_to(root)): p.stat().st_size for p in sorted(root.rglob("*")) if p.is_file()}
+    (root / MANIFEST).write_text(json.dumps(files, indent=1))
+
+
+def verify(path: Path) -> str | None:
+    """None if the checkpoint is complete and intact, else the reason it is not."""
+    manifest = path / MANIFEST
+    if not manifest.is_file():
+        return "no MANIFEST.json (interrupted while writing)"
+    try:
+        files = json.loads(manifest.read_text())
+    except json.JSONDecodeError:
+        return "MANIFEST.json is corrupt"
+    for rel, size in files.items():
+        f = path / rel
+        if not f.is_file():
+            return f"{rel} is missing"
+        if f.stat().st_size != size:
+            return f"{rel} has {f.stat().st_size} bytes, manifest says {size} (truncated?)"
+    return None
+
+
+def save(root: Path, step: int, learner, state: dict, tokenizer=None, keep: int = 2) -> Path:
+    """Write checkpoint `step` atomically and keep only the newest `keep`."""
+    final = Path(root) / f"step_{step:06d}"
+    if final.exists():
+        shutil.rmtree(final)
+
+    def build(tmp: Path) -> None:
+        learner.engine.save_checkpoint(str(tmp / "engine"), tag="state", save_latest=False)
+        learner.module.save_pretrained(tmp / "model", state_dict=learner.state_dict(), safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp / "model")
+        torch.save({**state, "step": step, "rng": rng_state()}, tmp / "trainer_state.pt")
+        _write_manifest(tmp)
+
+    atomic_dir(final, build)
+    for old in sorted(Path(root).glob("step_*"))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def latest(root: Path) -> Path | None:
+    """Newest intact checkpoint under root; broken ones are reported and skipped."""
+    for path in sorted(Path(root).glob("step_*"), reverse=True):
+        problem = verify(path)
+        if problem is None:
+            return path
+        log.warning("skipping checkpoint %s: %s", path, problem)
+    return None
+
+
+def load(path: Path, learner) -> dict:
+    """Restore engine state and RNG; returns the trainer state dict (step, cursor, recipe, ...)."""
+    problem = verify(path)
+    if problem:
+        raise ValueError(f"checkpoint {path} is not usable: {problem}")
+    learner.engine.load_checkpoint(str(path / "engine"), tag="state")
+    state = torch.load(path / "trainer_state.pt", weights_only=False)
+    set_rng_state(state["rng"])
+    return state

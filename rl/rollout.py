@@ -1,0 +1,214 @@
+"""Rollouts: RolloutWorker actors (each a vLLM engine + a pool of envs) and a manager that spreads
+a batch of tasks over them, re-runs the work of a worker that died, and keeps every engine's weights
+at the learner's version.
+
+Within a worker, episodes are batched turn by turn: all live episodes generate in one engine call
+(vLLM batches them continuously), then env steps run concurrently in threads, off the generation path
+(see `memrl.agents.episode`). A worker restarted by Ray comes back with its initial weights; every
+rollout call carries the wanted version and a reference to the latest weights, and a worker that is
+behind loads them before it starts.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from memrl.agents import SamplingConfig, VLLMBackend, backend_policy, make_agent, run_episodes
+from memrl.rl.trajectory import Trajectory
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EnvSpec:
+    """How to build the env of one episode: a registered id, its kwargs, and MEM1 composition."""
+
+    id: str = "memrl/KBQA-v0"
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    objectives: int = 1
+    max_turns: int | None = None
+    aggregate: str = "mean"
+
+    def build(self):
+        from memrl.envs import make
+
+        if self.objectives == 1 and self.max_turns is None:
+            return make(self.id, **self.kwargs)
+        return make("memrl/Composed-v0", base=self.id, n=self.objectives, base_kwargs=dict(self.kwargs),
+                    max_turns=self.max_turns, aggregate=self.aggregate)
+
+    def key(self) -> str:
+        return repr((self.id, sorted(self.kwargs.items()), self.objectives, self.max_turns, self.aggregate))
+
+
+@dataclass(frozen=True)
+class AgentSpec:
+    name: str = "memsearcher"
+    max_observation_tokens: int = 256
+    memory_tokens: int = 256
+
+
+@dataclass
+class RolloutStats:
+    episodes: int = 0
+    turns: int = 0
+    generated_tokens: int = 0
+    wall_time: float = 0.0
+    episode_latency: list[float] = field(default_factory=list)
+    restarts: int = 0
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.generated_tokens / self.wall_time if self.wall_time > 0 else 0.0
+
+
+class RolloutWorker:
+    """One vLLM engine and a pool of env instances. Used as a Ray actor, or in-process for eval."""
+
+    def __init__(self, model_dir: str, engine_kwargs: dict | None = None, fault: dict | None = None) -> None:
+        self.backend = VLLMBackend(model_dir, **(engine_kwargs or {}))
+        self.envs: dict[str, list] = {}
+        self.fault = fault or {}  # test hook: {"die_after_turns": n, "once_file": path} exits mid-rollout
+
+    def ready(self) -> int:
+        return os.getpid()
+
+    def version(self) -> int:
+        return self.backend.version
+
+    def load_blob(self, blob: bytes, version: int) -> int:
+        self.backend.load_blob(blob, version)
+        return version
+
+    def param_checksum(self) -> float:
+        return self.backend.param_checksum()
+
+    def _env_pool(self, spec: EnvSpec, n: int) -> list:
+        pool = self.envs.setdefault(spec.key(), [])
+        while len(pool) < n:
+            pool.append(spec.build())
+        return pool[:n]
+
+    def rollout(self, seeds: list[int], group_ids: list[int], env: EnvSpec, agent: AgentSpec,
+                sampling: SamplingConfig, version: int = 0, weights: list | None = None,
+                env_timeout: float = 60.0) -> tuple[list[Trajectory], RolloutStats]:
+        if version != self.backend.version and weights:
+            import ray
+
+            log.info("worker at weight version %d, loading %d", self.backend.version, version)
+            self.backend.load_blob(ray.get(weights[0]), version)
+        agent_obj = make_agent(agent.name, self.backend.tokenizer, max_observation_tokens=agent.max_observation_tokens,
+                               memory_tokens=agent.memory_tokens)
+        stats = RolloutStats()
+        turns_seen = [0]
+
+        def on_turn(live: int, tokens: int) -> None:
+            turns_seen[0] += 1
+            stats.turns += live
+            stats.generated_tokens += tokens
+            marker = self.fault.get("once_file")  # the restarted actor must not die again
+            if self.fault.get("die_after_turns") == turns_seen[0] and not (marker and os.path.exists(marker)):
+                if marker:
+                    open(marker, "w").close()
+                os._exit(1)  # a real crash of this worker process, for the fault tests
+
+        t0 = time.perf_counter()
+        trajs = run_episodes(agent_obj, self._env_pool(env, len(seeds)), seeds, backend_policy(self.backend),
+                             sampling, group_ids=group_ids, env_timeout=env_timeout,
+                             weight_version=self.backend.version, on_turn=on_turn)
+        stats.wall_time = time.perf_counter() - t0
+        stats.episodes = len(trajs)
+        stats.episode_latency = [stats.wall_time] * len(trajs)  # turn-synchronous: all finish by the batch end
+        return trajs, stats
+
+
+class RolloutManager:
+    """Spreads tasks x G over N RolloutWorker actors, load-balanced, with restart-and-rerun on failure."""
+
+    def __init__(self, model_dir: str, workers: int = 1, engine_kwargs: dict | None = None,
+                 cpus_per_worker: float = 1.0, gpus_per_worker: float = 0.0, timeout: float = 1800.0,
+                 faults: list[dict] | None = None) -> None:
+        import ray
+
+        self.timeout = timeout
+        actor_cls = ray.remote(RolloutWorker).options(
+            num_cpus=cpus_per_worker, num_gpus=gpus_per_worker, max_restarts=-1, max_task_retries=0
+        )
+        faults = faults or [{}] * workers
+        self.workers = [actor_cls.remote(str(model_dir), engine_kwargs, faults[i]) for i in range(workers)]
+        ray.get([w.ready.remote() for w in self.workers], timeout=timeout)
+        self.version = 0
+        self._weights_ref = None
+
+    def sync(self, blob: bytes, version: int) -> float:
+        """Push new weights to every engine; returns seconds taken."""
+        import ray
+
+        t0 = time.perf_counter()
+        self._weights_ref = ray.put(blob)
+        ray.get([w.load_blob.remote(self._weights_ref, version) for w in self.workers], timeout=self.timeout)
+        self.version = version
+        return time.perf_counter() - t0
+
+    def rollout(self, seeds: list[int], group_ids: list[int], env: EnvSpec, agent: AgentSpec,
+                sampling: SamplingConfig, env_timeout: float = 60.0, chunks_per_worker: int = 1,
+                max_attempts: int = 3) -> tuple[list[Trajectory], RolloutStats]:
+        """Run one episode per seed; returns trajectories in input order and merged stats."""
+        import ray
+        from ray.exceptions import GetTimeoutError, RayActorError
+
+        n_chunks = max(1, min(len(seeds), len(self.workers) * chunks_per_worker))
+        bounds = [round(i * len(seeds) / n_chunks) for i in range(n_chunks + 1)]
+        todo = [(c, bounds[c], bounds[c + 1]) for c in range(n_chunks) if bounds[c + 1] > bounds[c]]
+        results: dict[int, tuple] = {}
+        attempts: dict[int, int] = {}
+        idle = list(range(len(self.workers)))
+        pending: dict = {}
+        merged = RolloutStats()
+        t0 = time.perf_counter()
+        weights = [self._weights_ref] if self._weights_ref is not None else None
+        while todo or pending:
+            while todo and idle:
+                chunk, lo, hi = todo.pop(0)
+                w = idle.pop(0)
+                ref = self.workers[w].rollout.remote(seeds[lo:hi], group_ids[lo:hi], env, agent, sampling,
+                                                    self.version, weights, env_timeout)
+                pending[ref] = (chunk, lo, hi, w)
+            done, _ = ray.wait(list(pending), num_returns=1, timeout=self.timeout)
+            if not done:
+                raise TimeoutError(f"no rollout chunk finished within {self.timeout:.0f}s "
+                                   f"(rollout.rollout_timeout); workers may be hung")
+            ref = done[0]
+            chunk, lo, hi, w = pending.pop(ref)
+            idle.append(w)
+            try:
+                results[chunk] = ray.get(ref, timeout=self.timeout)
+            except (RayActorError, GetTimeoutError) as exc:
+                attempts[chunk] = attempts.get(chunk, 0) + 1
+                merged.restarts += 1
+                if attempts[chunk] >= max_attempts:
+                    raise RuntimeError(f"rollout chunk {chunk} failed {max_attempts} times; last error: {exc}") from exc
+                log.warning("worker %d died during a rollout (%s); re-running its %d episodes", w, type(exc).__name__,
+                            hi - lo)
+                todo.append((chunk, lo, hi))
+        trajs: list[Trajectory] = []
+        for chunk in sorted(results):
+            part, stats = results[chunk]
+            trajs.extend(part)
+            merged.turns += stats.turns
+            merged.generated_tokens += stats.generated_tokens
+            merged.episode_latency.extend(stats.episode_latency)
+        merged.episodes = len(trajs)
+        merged.wall_time = time.perf_counter() - t0
+        return trajs, merged
+
+    def shutdown(self) -> None:
+        import ray
+
+        for w in self.workers:
+            ray.kill(w)
+        self.workers = []

@@ -1,0 +1,242 @@
+"""The training loop: zero-shot eval -> SFT warm start -> multi-context GRPO -> eval -> export.
+
+Each GRPO step: sample tasks (a deterministic data cursor) -> G rollouts per task on the vLLM workers
+-> group-relative advantages -> minibatch updates on the DeepSpeed learner -> weight sync (versioned)
+-> metrics -> checkpoint every N steps. Synchronous: rollouts of step t use the weights of step t.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict
+
+import torch
+from tqdm.auto import tqdm
+
+from memrl.agents import SamplingConfig, make_agent, oracle_policy, run_episodes
+from memrl.agents.evaluate import summarize
+from memrl.models import load_tokenizer, resolve_model_dir
+from memrl.recipes.schema import Recipe, dump
+from memrl.rl import checkpoint, losses
+from memrl.rl.learner import Learner, LearnerConfig
+from memrl.rl.metrics import MetricsWriter
+from memrl.rl.rollout import AgentSpec, EnvSpec, RolloutManager
+from memrl.rl.trajectory import Trajectory
+from memrl.rl.weight_sync import state_dict_blob
+
+log = logging.getLogger(__name__)
+SFT_SEED_OFFSET = 5_000_000
+
+
+def env_spec(recipe: Recipe, objectives: int | None = None) -> EnvSpec:
+    e = recipe.env
+    return EnvSpec(e.id, dict(e.kwargs), objectives or e.objectives, e.max_turns, e.aggregate)
+
+
+def agent_spec(recipe: Recipe, name: str | None = None) -> AgentSpec:
+    a = recipe.agent
+    return AgentSpec(name or a.name, a.max_observation_tokens, a.memory_tokens)
+
+
+def learner_config(recipe: Recipe) -> LearnerConfig:
+    lc, al = recipe.learner, recipe.algorithm
+    return LearnerConfig(lc.zero_stage, lc.lr, lc.weight_decay, lc.warmup_steps, lc.grad_clip, lc.micro_batch_tokens,
+                         lc.gradient_checkpointing, al.clip_low, al.clip_high, al.dual_clip, al.kl_coef,
+                         al.entropy_coef, al.loss_agg)
+
+
+def task_seeds(recipe: Recipe, step: int) -> tuple[list[int], list[int]]:
+    """Seeds (each repeated G times) and group ids of GRPO step `step`: the data cursor is the step."""
+    a = recipe.algorithm
+    base = recipe.env.train_seed_offset + step * a.tasks_per_step
+    seeds = [base + i for i in range(a.tasks_per_step) for _ in range(a.group_size)]
+    groups = [step * a.tasks_per_step + i for i in range(a.tasks_per_step) for _ in range(a.group_size)]
+    return seeds, groups
+
+
+def assign_advantages(trajs: list[Trajectory], kind: str, format_penalty: bool) -> None:
+    """Reward shaping rule, then group-relative advantages over the non-failed trajectories."""
+    for t in trajs:
+        if format_penalty and t.info.get("format_errors", 0) > 0:
+            t.reward = 0.0
+    live = [t for t in trajs if not t.failed]
+    if not live:
+        return
+    rewards = torch.tensor([t.reward for t in live], dtype=torch.float32)
+    groups = torch.tensor([t.group_id for t in live])
+    adv = losses.get_advantage_fn(kind)(rewards, groups)
+    for t, a in zip(live, adv.tolist(), strict=True):
+        t.advantage = a
+
+
+class Trainer:
+    def __init__(self, recipe: Recipe, resume: bool = False) -> None:
+        self.recipe = recipe
+        self.out = recipe.out
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "recipe.yaml").write_text(dump(recipe))
+        self.model_dir = resolve_model_dir(recipe.model.name)
+        self.tokenizer = load_tokenizer(self.model_dir)
+        self.resume = resume
+        self.timings: dict[str, float] = {}
+        self.evals: dict[str, dict] = {}
+        self._start_ray()
+        t0 = time.perf_counter()
+        self.learner = Learner(str(self.model_dir), learner_config(recipe), seed=recipe.seed)
+        r = recipe.rollout
+        self.rollouts = RolloutManager(
+            str(self.model_dir), r.workers,
+            dict(max_model_len=r.max_model_len, seed=recipe.seed, kv_cache_gib=r.kv_cache_gib,
+                 gpu_memory_utilization=r.gpu_memory_utilization),
+            recipe.resources.cpus_per_worker, recipe.resources.gpus_per_worker, r.rollout_timeout)
+        self.timings["startup"] = time.perf_counter() - t0
+        self.version = 0
+        self.step = 0
+        self.sft_done = 0
+        ckpt = checkpoint.latest(self.out / "checkpoints") if resume else None
+        if ckpt is not None:
+            state = checkpoint.load(ckpt, self.learner)
+            self.step, self.sft_done = state["step"], state.get("sft_done", 0)
+            self.evals, self.timings = state.get("evals", {}), {**state.get("timings", {}), **self.timings}
+            self.learner.steps = state.get("optimizer_steps", 0)
+            log.info("resumed from %s (step %d)", ckpt, self.step)
+            self._sync()
+        elif resume:
+            log.warning("--resume: no intact checkpoint under %s; starting fresh", self.out / "checkpoints")
+        self.metrics = MetricsWriter(self.out, recipe.logging.tensorboard, resume_step=self.step if ckpt else None)
+
+    def _start_ray(self) -> None:
+        import ray
+
+        if not ray.is_initialized():
+            res = self.recipe.resources
+            ray.init(address=res.address, num_cpus=res.num_cpus if res.address is None else None,
+                     include_dashboard=False, log_to_driver=True, configure_logging=False)
+
+    # ------------------------------------------------------------------ phases
+    def run(self) -> dict:
+        rc = self.recipe
+        if "zero_shot" not in self.evals:
+            self.evals["zero_shot"] = self._timed("eval_zero_shot", lambda: self.evaluate(rc.agent.name))
+        if self.sft_done < rc.sft.steps:
+            self._timed("sft", self.sft)
+            self.evals["after_sft"] = self._timed("eval_after_sft", lambda: self.evaluate(rc.agent.name))
+            self._checkpoint()
+        self._timed("grpo", self.grpo)
+        self.evals["after_grpo"] = self._timed("eval_after_grpo", lambda: self.evaluate(rc.agent.name))
+        self._checkpoint()
+        self.metrics.close()
+        summary = {"evals": self.evals, "timings": self.timings, "steps": self.step, "out": str(self.out)}
+        (self.out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+        return summary
+
+    def _timed(self, name: str, fn):
+        t0 = time.perf_counter()
+        result = fn()
+        self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t0
+        return result
+
+    def sft(self) -> None:
+        """Warm start on oracle trajectories in the agent's own multi-context format (CE on completions)."""
+        rc = self.recipe
+        agent = make_agent(rc.agent.name, self.tokenizer, max_observation_tokens=rc.agent.max_observation_tokens,
+                           memory_tokens=rc.agent.memory_tokens)
+        spec = env_spec(rc)
+        envs = [spec.build() for _ in range(rc.sft.tasks_per_step)]
+        bar = tqdm(range(self.sft_done, rc.sft.steps), desc="SFT", disable=not rc.logging.progress)
+        for s in bar:
+            seeds = [rc.env.train_seed_offset + SFT_SEED_OFFSET + s * len(envs) + i for i in range(len(envs))]
+            trajs = run_episodes(agent, envs, seeds, oracle_policy(agent, envs), SamplingConfig(max_tokens=10**6))
+            m = self.learner.train_step([t for t in trajs if not t.failed], sft=True, lr=rc.sft.lr)
+            self.sft_done = s + 1
+            self.metrics.write({"phase": "sft", "step": s, **m, "oracle_em": summarize(trajs)["em"]})
+            bar.set_postfix(loss=f"{m.get('sft_loss', float('nan')):.3f}")
+        self._sync()
+
+    def grpo(self) -> None:
+        rc = self.recipe
+        bar = tqdm(range(self.step, rc.train.steps), desc="GRPO", disable=not rc.logging.progress,
+                   initial=self.step, total=rc.train.steps)
+        for step in bar:
+            m = self.grpo_step(step)
+            self.step = step + 1
+            if rc.train.eval_every and self.step % rc.train.eval_every == 0 and self.step < rc.train.steps:
+                ev = self.evaluate(rc.agent.name)
+                m.update({f"eval_{k}": v for k, v in ev.items() if isinstance(v, (int, float))})
+            self.metrics.write(m)
+            bar.set_postfix(reward=f"{m['reward_mean']:.2f}", em=f"{m['em']:.2f}")
+            if self.step % rc.train.checkpoint_every == 0 and self.step < rc.train.steps:
+                self._checkpoint()
+
+    def grpo_step(self, step: int) -> dict:
+        rc, al = self.recipe, self.recipe.algorithm
+        t0 = time.perf_counter()
+        seeds, groups = task_seeds(rc, step)
+        sampling = SamplingConfig(rc.rollout.max_tokens, rc.rollout.temperature, rc.rollout.top_p)
+        trajs, rstats = self.rollouts.rollout(seeds, groups, env_spec(rc), agent_spec(rc), sampling,
+                                              env_timeout=rc.rollout.env_timeout)
+        t_roll = time.perf_counter() - t0
+        summary = summarize(trajs)
+        assign_advantages(trajs, al.advantage, al.format_penalty)
+        live = [t for t in trajs if not t.failed]
+        t1 = time.perf_counter()
+        lm: dict = {}
+        size = max(1, -(-len(live) // al.minibatches))
+        for i in range(0, len(live), size):
+            part = self.learner.train_step(live[i:i + size])
+            for k, v in part.items():
+                lm[k] = lm.get(k, 0.0) + v / al.minibatches
+        t_learn = time.perf_counter() - t1
+        t_sync = self._sync()
+        rewards = [t.reward for t in trajs]
+        dt = time.perf_counter() - t0
+        return {
+            "phase": "grpo", "step": step, "weight_version": self.version,
+            "reward_mean": sum(rewards) / len(rewards), "reward_std": float(torch.tensor(rewards).std()),
+            "em": summary["em"], "f1": summary["f1"], "format_error_rate": summary["format_error_rate"],
+            "peak_context_tokens": summary["peak_context_tokens"], "mean_turns": summary["mean_turns"],
+            "failed_episodes": summary["failed"], "worker_restarts": rstats.restarts,
+            "rollout_tokens_per_s": rstats.tokens_per_s, "generated_tokens": rstats.generated_tokens,
+            "time_rollout": t_roll, "time_learn": t_learn, "time_sync": t_sync, "time_step": dt,
+            "sync_share": t_sync / dt, **{k: v for k, v in lm.items() if k not in ("learner_time",)},
+        }
+
+    def evaluate(self, agent_name: str, objectives: int | None = None) -> dict:
+        """Greedy episodes on held-out task seeds (disjoint from training seeds)."""
+        rc = self.recipe
+        seeds = [rc.env.eval_seed_offset + i for i in range(rc.train.eval_tasks)]
+        sampling = SamplingConfig(rc.rollout.max_tokens, temperature=0.0)
+        trajs, stats = self.rollouts.rollout(seeds, list(range(len(seeds))), env_spec(rc, objectives),
+                                             agent_spec(rc, agent_name), sampling, env_timeout=rc.rollout.env_timeout)
+        out = summarize(trajs)
+        out["tokens_per_s"] = stats.tokens_per_s
+        out["context_tokens_per_turn"] = _mean_per_turn(trajs)
+        return out
+
+    def _sync(self) -> float:
+        self.version += 1
+        return self.rollouts.sync(state_dict_blob(self.learner.state_dict()), self.version)
+
+    def _checkpoint(self) -> None:
+        state = {"sft_done": self.sft_done, "evals": self.evals, "timings": self.timings,
+                 "optimizer_steps": self.learner.steps, "recipe": self.recipe.model_dump(mode="json"),
+                 "version": self.version}
+        checkpoint.save(self.out / "checkpoints", self.step, self.learner, state, self.tokenizer,
+                        keep=self.recipe.train.keep_checkpoints)
+
+    def close(self) -> None:
+        self.rollouts.shutdown()
+
+
+def _mean_per_turn(trajs: list[Trajectory]) -> list[float]:
+    """Mean context tokens at each turn index over the episodes that reached it (for the plots)."""
+    per: dict[int, list[int]] = {}
+    for t in trajs:
+        for i, n in enumerate(t.info.get("context_tokens", [])):
+            per.setdefault(i, []).append(n)
+    return [sum(v) / len(v) for _, v in sorted(per.items())]
+
+
+__all__ = ["Trainer", "assign_advantages", "task_seeds", "asdict"]
