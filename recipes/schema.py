@@ -88,7 +88,8 @@ class TrainCfg(Section):
     steps: int = Field(10, ge=0, description="GRPO steps")
     eval_every: int = Field(0, ge=0, description="eval on held-out tasks every K steps (0 = only at start/end)")
     eval_tasks: int = Field(32, ge=1, description="held-out tasks per eval")
-    eval_objectives: list[int] = Field(default_factory=list, description="extra N to evaluate at the end")
+    eval_objectives: list[int] = Field(default_factory=list, description="N swept at the end (memory vs baseline agent)")
+    sweep_tasks: int = Field(16, ge=1, description="held-out tasks per point of the final sweep")
     checkpoint_every: int = Field(5, ge=1, description="write a checkpoint every N steps")
     keep_checkpoints: int = Field(2, ge=1, description="checkpoints kept on disk")
     baseline_agent: Literal["mem1", "memsearcher", "full_context"] | None = Field(

@@ -10,7 +10,6 @@ micro-batch and `step` once. CPU: fp32 + gloo; GPU: bf16 + NCCL (from `memrl.dev
 from __future__ import annotations
 
 import logging
-import math
 import os
 import socket
 import time
@@ -147,14 +146,12 @@ class Learner:
             tokens += sum(int(sum(contexts[i].loss_mask)) for i in idx)
             for k, v in stats.items():
                 sums[k] = sums.get(k, 0.0) + v
-        grad_norm = float("nan") if skipped else self._grad_norm()
-        if skipped or not math.isfinite(grad_norm):
-            if not skipped:
-                log.warning("non-finite gradient norm at optimizer step %d: update skipped", self.steps)
-            self.engine.optimizer.zero_grad()
-            skipped = True
+        if not skipped:
+            skipped = not self._step()
         else:
-            self.engine.step()
+            self.engine.optimizer.zero_grad()
+        grad_norm = float(self.engine.get_global_grad_norm() or 0.0) if not skipped else float("nan")
+        if not skipped:
             self.steps += 1
         dt = time.perf_counter() - t0
         metrics = {k: v for k, v in sums.items()}
@@ -188,10 +185,10 @@ class Learner:
         adv = losses.token_advantages(torch.tensor(advs, device=dev), mask)
         pg, st = losses.ppo_clip_loss(logp, old, adv, mask, self.cfg.clip_low, self.cfg.clip_high, self.cfg.dual_clip)
         per_token = pg
-        stats = {"pg_loss": float((pg * w * mask).sum())}
+        stats = {"pg_loss": float((pg.detach() * w * mask).sum())}
         wsum = float((w * mask).sum())
-        stats["clip_frac"] = float(st["clip_frac"]) * wsum
-        stats["approx_kl"] = float(st["approx_kl"]) * wsum
+        stats["clip_frac"] = float(torch.as_tensor(st["clip_frac"]).detach()) * wsum
+        stats["approx_kl"] = float(torch.as_tensor(st["approx_kl"]).detach()) * wsum
         ent = losses.entropy_from_logits(logits if self.cfg.entropy_coef > 0 else logits.detach())
         stats["entropy"] = float((ent.detach() * w * mask).sum())
         if self.cfg.entropy_coef > 0:
@@ -204,15 +201,23 @@ class Learner:
             per_token = per_token + self.cfg.kl_coef * kl
         return (per_token * w * mask).sum(), stats
 
-    def _grad_norm(self) -> float:
-        from deepspeed.utils import safe_get_full_grad
+    def _step(self) -> bool:
+        """Apply the accumulated gradients unless they are non-finite; returns whether it stepped.
 
-        total = 0.0
-        for p in self.engine.module.parameters():
-            g = safe_get_full_grad(p)
-            if g is not None:
-                total += float(g.double().pow(2).sum())
-        return math.sqrt(total)
+        ZeRO 1-3 check the global gradient norm themselves and skip a non-finite step (fp32 too);
+        stage 0 has no such check, so we look at the gradients before stepping.
+        """
+        if self.cfg.zero_stage == 0:
+            finite = all(torch.isfinite(p.grad).all() for p in self.engine.module.parameters() if p.grad is not None)
+            if not finite:
+                log.warning("non-finite gradient at optimizer step %d: update skipped", self.steps)
+                self.engine.optimizer.zero_grad()
+                return False
+        self.engine.step()
+        if getattr(self.engine.optimizer, "overflow", False):
+            log.warning("non-finite gradient norm at optimizer step %d: update skipped", self.steps)
+            return False
+        return True
 
     def _set_lr(self, lr: float) -> None:
         for group in self.engine.optimizer.param_groups:

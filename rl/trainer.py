@@ -127,6 +127,8 @@ class Trainer:
         self._timed("grpo", self.grpo)
         self.evals["after_grpo"] = self._timed("eval_after_grpo", lambda: self.evaluate(rc.agent.name))
         self._checkpoint()
+        if "sweep" not in self.evals:
+            self.evals["sweep"] = self._timed("eval_sweep", self.sweep)
         self.metrics.close()
         summary = {"evals": self.evals, "timings": self.timings, "steps": self.step, "out": str(self.out)}
         (self.out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
@@ -203,10 +205,10 @@ class Trainer:
             "sync_share": t_sync / dt, **{k: v for k, v in lm.items() if k not in ("learner_time",)},
         }
 
-    def evaluate(self, agent_name: str, objectives: int | None = None) -> dict:
+    def evaluate(self, agent_name: str, objectives: int | None = None, tasks: int | None = None) -> dict:
         """Greedy episodes on held-out task seeds (disjoint from training seeds)."""
         rc = self.recipe
-        seeds = [rc.env.eval_seed_offset + i for i in range(rc.train.eval_tasks)]
+        seeds = [rc.env.eval_seed_offset + i for i in range(tasks or rc.train.eval_tasks)]
         sampling = SamplingConfig(rc.rollout.max_tokens, temperature=0.0)
         trajs, stats = self.rollouts.rollout(seeds, list(range(len(seeds))), env_spec(rc, objectives),
                                              agent_spec(rc, agent_name), sampling, env_timeout=rc.rollout.env_timeout)
@@ -214,6 +216,18 @@ class Trainer:
         out["tokens_per_s"] = stats.tokens_per_s
         out["context_tokens_per_turn"] = _mean_per_turn(trajs)
         return out
+
+    def sweep(self) -> list[dict]:
+        """Trained model: our agent and the baseline agent on the same held-out tasks, for each N."""
+        rc = self.recipe
+        agents = [rc.agent.name] + ([rc.train.baseline_agent] if rc.train.baseline_agent not in (None, rc.agent.name)
+                                    else [])
+        rows = []
+        for name in agents:
+            for n in rc.train.eval_objectives or [rc.env.objectives]:
+                row = self.evaluate(name, n, tasks=rc.train.sweep_tasks)
+                rows.append({"agent": name, "objectives": n, **row})
+        return rows
 
     def _sync(self) -> float:
         self.version += 1

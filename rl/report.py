@@ -1,0 +1,107 @@
+"""The run report: report.md with before/after numbers (with standard errors), phase times, and plots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from memrl.rl.metrics import read_metrics
+
+PHASES = [("zero_shot", "zero-shot"), ("after_sft", "after SFT"), ("after_grpo", "after GRPO")]
+
+
+def write_report(trainer) -> Path:
+    out = Path(trainer.out)
+    evals, timings, rc = trainer.evals, trainer.timings, trainer.recipe
+    plots = plot_training(out / "metrics.jsonl", out / "reward_em_vs_step.png")
+    sweep = evals.get("sweep") or []
+    if sweep:
+        plot_context_per_turn(sweep, out / "context_tokens_per_turn.png")
+        plot_peak_vs_objectives(sweep, out / "peak_context_vs_objectives.png")
+    lines = [f"# memrl run: {rc.name}", "",
+             f"Model `{rc.model.name}`, agent `{rc.agent.name}`, env `{rc.env.id}` x {rc.env.objectives} objectives, "
+             f"{rc.sft.steps} SFT steps, {trainer.step} GRPO steps (G={rc.algorithm.group_size}, "
+             f"{rc.algorithm.tasks_per_step} tasks/step). Held-out: {rc.train.eval_tasks} tasks, greedy.", "",
+             "## Held-out results", "",
+             "| phase | EM | F1 | reward | format errors / turn | mean turns | peak context tokens |",
+             "|---|---|---|---|---|---|---|"]
+    for key, label in PHASES:
+        e = evals.get(key)
+        if e:
+            lines.append(f"| {label} | {e['em']:.3f} ± {e['em_stderr']:.3f} | {e['f1']:.3f} ± {e['f1_stderr']:.3f} | "
+                         f"{e['reward']:.3f} | {e['format_error_rate']:.3f} | {e['mean_turns']:.2f} | "
+                         f"{e['peak_context_tokens']:.0f} |")
+    if evals.get("after_sft") and evals.get("after_grpo"):
+        a, b = evals["after_sft"], evals["after_grpo"]
+        margin = b["em"] - a["em"]
+        se = (a["em_stderr"] ** 2 + b["em_stderr"] ** 2) ** 0.5
+        verdict = "above" if margin > se else "NOT above"
+        lines += ["", f"GRPO vs SFT: EM {margin:+.3f}, combined standard error {se:.3f}: the gain is {verdict} "
+                      "the combined standard error."]
+    if sweep:
+        lines += ["", "## Memory agent vs baseline on the same held-out tasks (trained model)", "",
+                  "| agent | objectives | EM | peak context tokens | max context tokens | mean turns |",
+                  "|---|---|---|---|---|---|"]
+        for r in sweep:
+            lines.append(f"| {r['agent']} | {r['objectives']} | {r['em']:.3f} ± {r['em_stderr']:.3f} | "
+                         f"{r['peak_context_tokens']:.0f} | {r['max_context_tokens']} | {r['mean_turns']:.2f} |")
+    lines += ["", "## Time per phase (seconds)", "", "| phase | seconds |", "|---|---|"]
+    lines += [f"| {k} | {v:.0f} |" for k, v in timings.items()]
+    lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in [*plots, *(
+        [out / "context_tokens_per_turn.png", out / "peak_context_vs_objectives.png"] if sweep else [])]]
+    path = out / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_training(metrics_path: Path, path: Path) -> list[Path]:
+    if not metrics_path.exists():
+        return []
+    recs = [r for r in read_metrics(metrics_path) if r.get("phase") == "grpo"]
+    if not recs:
+        return []
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    steps = [r["step"] for r in recs]
+    ax.plot(steps, [r["reward_mean"] for r in recs], marker="o", label="reward (train rollouts)")
+    ax.plot(steps, [r["em"] for r in recs], marker="s", label="EM (train rollouts)")
+    ax.set_xlabel("GRPO step")
+    ax.set_ylabel("mean over rollouts")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return [path]
+
+
+def plot_context_per_turn(sweep: list[dict], path: Path) -> None:
+    plt = _plt()
+    n_max = max(r["objectives"] for r in sweep)
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for r in sweep:
+        if r["objectives"] == n_max:
+            ys = r.get("context_tokens_per_turn") or []
+            ax.plot(range(1, len(ys) + 1), ys, marker="o", label=r["agent"])
+    ax.set_xlabel("turn")
+    ax.set_ylabel("context tokens (mean)")
+    ax.set_title(f"context size per turn, {n_max} objectives")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_peak_vs_objectives(sweep: list[dict], path: Path) -> None:
+    from memrl.agents.eval_cli import plot_peak_vs_objectives as plot
+
+    plot(sweep, path)
