@@ -84,6 +84,13 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from memrl.rl.export import export
+
+    print(export(args.checkpoint, args.out))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="memrl", description="Train LLM agents with RL to keep a compact memory (MEM1, MemSearcher)."
@@ -127,6 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-turns", type=int, default=None)
     p.add_argument("--out", default="runs/eval")
     p.set_defaults(func=_eval)
+    p = sub.add_parser("export", help="write a checkpoint as a Hugging Face model directory")
+    p.add_argument("checkpoint", help="checkpoint dir, or a run dir (its newest intact checkpoint)")
+    p.add_argument("--out", required=True, help="output directory")
+    p.set_defaults(func=_export)
     return parser
 
 
