@@ -34,6 +34,13 @@ class EnvSpec:
     aggregate: str = "mean"
 
     def build(self):
+        if ":" in self.id and not self.id.startswith("memrl/"):  # "package.module:Class", not registered
+            import importlib
+
+            if self.objectives != 1:
+                raise ValueError(f"composition needs a registered env id, got entry point {self.id!r}")
+            module, cls = self.id.split(":", 1)
+            return getattr(importlib.import_module(module), cls)(**self.kwargs)
         from memrl.envs import make
 
         if self.objectives == 1 and self.max_turns is None:

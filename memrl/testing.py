@@ -1,0 +1,40 @@
+"""Small, fast, real pieces for tests and smoke runs of the training loop.
+
+`LettersEnv` is a trivially learnable multi-turn text env: each turn the model's raw text is scored by
+the share of its characters that are lowercase ASCII letters, and the episode reward is the mean over
+turns. A random tiny model starts near 10% (26 of 256 bytes) and multi-context GRPO visibly raises it
+within a few steps, which makes it the learning test of the whole loop (rollout -> loss -> sync).
+"""
+
+from __future__ import annotations
+
+import gymnasium as gym
+
+
+class _AnyText(gym.spaces.Text):
+    def contains(self, x) -> bool:
+        return isinstance(x, str) and len(x) <= self.max_length
+
+
+class LettersEnv(gym.Env):
+    metadata = {"render_modes": []}
+
+    def __init__(self, turns: int = 2) -> None:
+        self.turns = turns
+        self.observation_space = _AnyText(max_length=10_000)
+        self.action_space = _AnyText(max_length=10_000)
+        self._scores: list[float] = []
+
+    def reset(self, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        self._scores = []
+        info = {"tools": {}, "objectives": ["write lowercase letters"], "answers": [[]], "max_turns": self.turns}
+        return "Write lowercase letters.", info
+
+    def step(self, action: str):
+        text = action if isinstance(action, str) else ""
+        self._scores.append(sum("a" <= c <= "z" for c in text) / max(1, len(text)))
+        done = len(self._scores) >= self.turns
+        reward = sum(self._scores) / len(self._scores) if done else 0.0
+        info = {"turn": len(self._scores), "em": reward, "f1": reward}
+        return "<information>Keep going.</information>", reward, done, False, info
