@@ -38,3 +38,29 @@ class LettersEnv(gym.Env):
         reward = sum(self._scores) / len(self._scores) if done else 0.0
         info = {"turn": len(self._scores), "em": reward, "f1": reward}
         return "<information>Keep going.</information>", reward, done, False, info
+
+
+class FaultyEnv(LettersEnv):
+    """LettersEnv that misbehaves on chosen seeds: raises, hangs, or returns a non-string observation."""
+
+    def __init__(self, turns: int = 2, fault: str = "raise", bad_seeds: tuple[int, ...] = (1,),
+                 hang_s: float = 30.0) -> None:
+        super().__init__(turns)
+        self.fault, self.bad_seeds, self.hang_s = fault, tuple(bad_seeds), hang_s
+        self._bad = False
+
+    def reset(self, seed: int | None = None, options: dict | None = None):
+        self._bad = seed in self.bad_seeds
+        return super().reset(seed=seed, options=options)
+
+    def step(self, action: str):
+        if self._bad:
+            if self.fault == "raise":
+                raise RuntimeError("tool backend exploded")
+            if self.fault == "hang":
+                import time
+
+                time.sleep(self.hang_s)
+            if self.fault == "non_string":
+                return {"not": "a string"}, 0.0, False, False, {}
+        return super().step(action)

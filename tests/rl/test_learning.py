@@ -22,9 +22,7 @@ def _recipe(tmp_path, steps: int, **extra):
     return load_recipe("quickstart", sets + [f"{k}={v}" for k, v in extra.items()])
 
 
-def test_multi_context_grpo_raises_reward_on_a_learnable_env(tmp_path):
-    import ray
-
+def test_multi_context_grpo_raises_reward_on_a_learnable_env(tmp_path, ray_local):
     from memrl.rl.trainer import Trainer
 
     trainer = Trainer(_recipe(tmp_path, steps=10))
@@ -32,7 +30,6 @@ def test_multi_context_grpo_raises_reward_on_a_learnable_env(tmp_path):
         summary = trainer.run()
     finally:
         trainer.close()
-        ray.shutdown()
     recs = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r["phase"] == "grpo"]
     assert [r["step"] for r in recs] == list(range(10))
     assert [r["weight_version"] for r in recs] == list(range(1, 11))

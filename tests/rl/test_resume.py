@@ -1,0 +1,65 @@
+"""Kill -9 during training, resume, and no step is lost or repeated; broken checkpoints are skipped."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from memrl.rl import checkpoint
+
+SETS = [
+    "name=resume", "model.name=tiny:0", "env.id=memrl.testing:LettersEnv", "env.objectives=1", "env.kwargs={}",
+    "agent.memory_tokens=16", "rollout.max_tokens=8", "rollout.max_model_len=1024", "algorithm.group_size=2",
+    "algorithm.tasks_per_step=2", "learner.lr=1e-3", "train.eval_tasks=2", "train.steps=8",
+    "train.checkpoint_every=2", "train.keep_checkpoints=3", "train.baseline_agent=null", "train.eval_objectives=[]",
+    "sft.steps=0", "resources.num_cpus=2", "logging.progress=false",
+]
+
+
+def _train(out: Path, *extra: str) -> subprocess.Popen:
+    memrl = Path(sys.executable).parent / "memrl"
+    args = [str(memrl), "train", "quickstart", *[a for s in [*SETS, f"output_dir={out}"] for a in ("--set", s)],
+            *extra]
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_loses_and_repeats_no_step(tmp_path):
+    out = tmp_path / "run"
+    proc = _train(out)
+    deadline = time.time() + 600
+    while checkpoint.latest(out / "checkpoints") is None or "step_000004" not in str(
+            checkpoint.latest(out / "checkpoints")):
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.time() < deadline, "no checkpoint at step 4 within 10 minutes"
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and everything it started, mid-run
+    proc.wait()
+    resumed = _train(out, "--resume")
+    log, _ = resumed.communicate(timeout=900)
+    assert resumed.returncode == 0, log
+    assert "resumed from" in log and "step_000004" in log
+    steps = [r["step"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
+             if r["phase"] == "grpo"]
+    assert steps == list(range(8))
+
+
+def test_truncated_and_unfinished_checkpoints_are_skipped(tmp_path, caplog):
+    root = tmp_path / "checkpoints"
+    good, bad, unfinished = root / "step_000002", root / "step_000004", root / "step_000006"
+    for d in (good, bad, unfinished):
+        d.mkdir(parents=True)
+        (d / "trainer_state.pt").write_bytes(b"x" * 100)
+    checkpoint._write_manifest(good)
+    checkpoint._write_manifest(bad)
+    (bad / "trainer_state.pt").write_bytes(b"x" * 10)  # truncated after the manifest was written
+    assert checkpoint.latest(root) == good
+    assert "truncated" in caplog.text and "interrupted while writing" in caplog.text
+    with pytest.raises(ValueError, match="not usable"):
+        checkpoint.load(bad, learner=None)
