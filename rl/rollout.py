@@ -166,7 +166,7 @@ class RolloutManager:
                 max_attempts: int = 3) -> tuple[list[Trajectory], RolloutStats]:
         """Run one episode per seed; returns trajectories in input order and merged stats."""
         import ray
-        from ray.exceptions import GetTimeoutError, RayActorError
+        from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError
 
         n_chunks = max(1, min(len(seeds), len(self.workers) * chunks_per_worker))
         bounds = [round(i * len(seeds) / n_chunks) for i in range(n_chunks + 1)]
@@ -194,7 +194,7 @@ class RolloutManager:
             idle.append(w)
             try:
                 results[chunk] = ray.get(ref, timeout=self.timeout)
-            except (RayActorError, GetTimeoutError) as exc:
+            except (RayActorError, ActorUnavailableError, GetTimeoutError) as exc:
                 attempts[chunk] = attempts.get(chunk, 0) + 1
                 merged.restarts += 1
                 if attempts[chunk] >= max_attempts:
@@ -202,6 +202,9 @@ class RolloutManager:
                 log.warning("worker %d died during a rollout (%s); re-running its %d episodes", w, type(exc).__name__,
                             hi - lo)
                 todo.append((chunk, lo, hi))
+                idle.remove(w)
+                self._await_restart(w)
+                idle.append(w)
         trajs: list[Trajectory] = []
         for chunk in sorted(results):
             part, stats = results[chunk]
@@ -212,6 +215,21 @@ class RolloutManager:
         merged.episodes = len(trajs)
         merged.wall_time = time.perf_counter() - t0
         return trajs, merged
+
+    def _await_restart(self, w: int) -> None:
+        """Block until Ray has restarted worker `w` (bounded by the rollout timeout)."""
+        import ray
+        from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError
+
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                ray.get(self.workers[w].ready.remote(), timeout=max(1.0, deadline - time.monotonic()))
+                return
+            except (ActorUnavailableError, RayActorError, GetTimeoutError) as exc:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"rollout worker {w} did not come back within {self.timeout:.0f}s") from exc
+                time.sleep(1.0)
 
     def shutdown(self) -> None:
         import ray
