@@ -189,7 +189,7 @@ class Learner:
         wsum = float((w * mask).sum())
         stats["clip_frac"] = float(torch.as_tensor(st["clip_frac"]).detach()) * wsum
         stats["approx_kl"] = float(torch.as_tensor(st["approx_kl"]).detach()) * wsum
-        ent = losses.entropy_from_logits(logits if self.cfg.entropy_coef > 0 else logits.detach())
+        ent = losses.masked_entropy(logits if self.cfg.entropy_coef > 0 else logits.detach(), mask)
         stats["entropy"] = float((ent.detach() * w * mask).sum())
         if self.cfg.entropy_coef > 0:
             per_token = per_token - self.cfg.entropy_coef * ent

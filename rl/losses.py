@@ -207,6 +207,23 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     return torch.cat([out[:, :1], torch.stack(rows)], dim=1)
 
 
+def masked_entropy(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """`entropy_from_logits` computed only where mask (C,T) is 1 (zeros elsewhere): (C,T,V) -> (C,T).
+
+    Entropy needs a full pass over the vocabulary per token; prompt and observation tokens carry no
+    loss, so skipping them saves that pass on most of a multi-turn context.
+    """
+    out = torch.zeros(mask.shape, dtype=torch.float32, device=logits.device)
+    sel = mask[:, 1:].bool()
+    if not sel.any():
+        return out
+    lg = logits[:, :-1][sel].float()  # (M, V) rows that predict a masked token
+    ent = torch.logsumexp(lg, dim=-1) - (torch.softmax(lg, dim=-1) * lg).sum(-1)
+    inner = out[:, 1:].clone()
+    inner[sel] = ent
+    return torch.cat([out[:, :1], inner], dim=1)
+
+
 # ------------------------------------------------------------------------------------ policy loss
 
 def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

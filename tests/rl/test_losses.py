@@ -210,3 +210,14 @@ def test_grpo_objective_on_policy_is_minus_mean_advantage_minus_entropy_bonus():
     assert m["clip_frac"] == 0.0 and abs(m["ratio_mean"] - 1.0) < 1e-6
     loss.backward()
     assert logits.grad is not None and logits.grad.abs().sum() > 0
+
+
+def test_masked_entropy_equals_full_entropy_where_masked():
+    from memrl.rl.losses import entropy_from_logits, masked_entropy
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 7, 11, generator=g)
+    mask = torch.tensor([[0, 0, 1, 1, 0, 1, 1], [0, 1, 1, 1, 1, 1, 1], [0, 0, 0, 0, 0, 0, 0]], dtype=torch.float32)
+    full = entropy_from_logits(logits)
+    got = masked_entropy(logits, mask)
+    assert torch.allclose(got, full * mask, atol=1e-6)
