@@ -49,17 +49,24 @@ def lr_at(step: int, base_lr: float, warmup_steps: int) -> float:
     return base_lr * min(1.0, (step + 1) / warmup_steps)
 
 
+_SOLO_MARK = "MEMRL_SOLO_WORLD"
+
+
 def init_distributed(backend: str) -> None:
     """Join (or, when launched alone, create) the torch.distributed group DeepSpeed needs."""
     import deepspeed
 
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return
-    if "RANK" not in os.environ:  # a single local process: a world of one on loopback
+    # A single local process: a world of one on a fresh loopback port. The variables we set are marked,
+    # so a child process that inherits them (e.g. `memrl train` started from a test) picks its own port
+    # instead of colliding with the parent's store (EADDRINUSE).
+    if "RANK" not in os.environ or os.environ.get(_SOLO_MARK) == "1":
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+        os.environ[_SOLO_MARK] = "1"
     deepspeed.init_distributed(dist_backend=backend, verbose=False)
 
 

@@ -83,3 +83,20 @@ def test_sft_step_lowers_cross_entropy_on_the_masked_tokens(make_learner):
     for _ in range(5):
         last = learner.train_step(trajs, sft=True, lr=3e-3)["sft_loss"]
     assert last < first - 0.5
+
+
+def test_child_process_does_not_reuse_the_parents_rendezvous_port():
+    """A `memrl train` started from a process that already has a solo world must pick its own port."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as busy:  # the parent's TCP store, still listening
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(busy.getsockname()[1]), RANK="0",
+                   WORLD_SIZE="1", LOCAL_RANK="0", MEMRL_SOLO_WORLD="1")
+        code = "from memrl.rl.learner import init_distributed; init_distributed('gloo'); print('ok')"
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
