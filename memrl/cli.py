@@ -45,6 +45,7 @@ def _train(args: argparse.Namespace) -> int:
     print(f"report:      {report}")
     print(f"metrics:     {recipe.out / 'metrics.jsonl'}  (tensorboard --logdir {recipe.out / 'tensorboard'})")
     print(f"checkpoints: {recipe.out / 'checkpoints'}")
+    print(f"model:       {summary['model']}  (a Hugging Face directory for transformers / vllm)")
     return 0
 
 
@@ -91,6 +92,15 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _envs_list(args: argparse.Namespace) -> int:
+    from memrl.envs import list_envs
+
+    rows = list_envs()
+    width = max(len(k) for k, _ in rows)
+    print("\n".join(f"{k:<{width}}  {desc}" for k, desc in rows))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="memrl", description="Train LLM agents with RL to keep a compact memory (MEM1, MemSearcher)."
@@ -122,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
         p.set_defaults(func=fn)
     recipe.add_parser("list", help="list shipped recipes").set_defaults(func=_recipe_list)
+
+    envs = sub.add_parser("envs", help="environments").add_subparsers(dest="action", required=True)
+    envs.add_parser("list", help="list the registered memrl/ environments").set_defaults(func=_envs_list)
 
     p = sub.add_parser("eval", help="evaluate agents on an env (sweep composed objectives)")
     p.add_argument("--model", default="smollm2-135m-instruct")

@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import gymnasium as gym
 
-
-class _AnyText(gym.spaces.Text):
-    def contains(self, x) -> bool:
-        return isinstance(x, str) and len(x) <= self.max_length
+from memrl.envs.core import AnyText
 
 
 class LettersEnv(gym.Env):
@@ -21,8 +18,8 @@ class LettersEnv(gym.Env):
 
     def __init__(self, turns: int = 2) -> None:
         self.turns = turns
-        self.observation_space = _AnyText(max_length=10_000)
-        self.action_space = _AnyText(max_length=10_000)
+        self.observation_space = AnyText(10_000)
+        self.action_space = AnyText(10_000)
         self._scores: list[float] = []
 
     def reset(self, seed: int | None = None, options: dict | None = None):

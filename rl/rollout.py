@@ -34,19 +34,21 @@ class EnvSpec:
     aggregate: str = "mean"
 
     def build(self):
-        if ":" in self.id and not self.id.startswith("memrl/"):  # "package.module:Class", not registered
+        """A registered id ("memrl/KBQA-v0") or an entry point ("mypkg.envs:MyEnv"); composed when
+        `objectives` > 1 or `max_turns` is set."""
+        from memrl.envs import compose, make
+
+        if ":" in self.id and not self.id.startswith("memrl/"):  # an importable class, no registration needed
             import importlib
 
-            if self.objectives != 1:
-                raise ValueError(f"composition needs a registered env id, got entry point {self.id!r}")
             module, cls = self.id.split(":", 1)
-            return getattr(importlib.import_module(module), cls)(**self.kwargs)
-        from memrl.envs import make
-
+            factory = getattr(importlib.import_module(module), cls)
+        else:
+            factory = lambda **kw: make(self.id, **kw)  # noqa: E731
         if self.objectives == 1 and self.max_turns is None:
-            return make(self.id, **self.kwargs)
-        return make("memrl/Composed-v0", base=self.id, n=self.objectives, base_kwargs=dict(self.kwargs),
-                    max_turns=self.max_turns, aggregate=self.aggregate)
+            return factory(**self.kwargs)
+        return compose([factory(**self.kwargs) for _ in range(self.objectives)], max_turns=self.max_turns,
+                       aggregate=self.aggregate)
 
     def key(self) -> str:
         return repr((self.id, sorted(self.kwargs.items()), self.objectives, self.max_turns, self.aggregate))

@@ -20,6 +20,7 @@ from memrl.agents.evaluate import summarize
 from memrl.models import load_tokenizer, resolve_model_dir
 from memrl.recipes.schema import Recipe, dump
 from memrl.rl import checkpoint, losses
+from memrl.rl.export import export
 from memrl.rl.learner import Learner, LearnerConfig
 from memrl.rl.metrics import MetricsWriter
 from memrl.rl.rollout import AgentSpec, EnvSpec, RolloutManager
@@ -131,6 +132,8 @@ class Trainer:
             self.evals["sweep"] = self._timed("eval_sweep", self.sweep)
         self.metrics.close()
         summary = {"evals": self.evals, "timings": self.timings, "steps": self.step, "out": str(self.out)}
+        (self.out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+        summary["model"] = str(self._timed("export", lambda: export(self.out, self.out / "model")))
         (self.out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
         return summary
 

@@ -1,0 +1,174 @@
+"""A procedurally generated multi-hop knowledge base: invented people, cities, countries and companies
+linked by relations, one encyclopedia-style passage per entity, and h-hop questions that chain
+relations ("What is the country of the birthplace of the mentor of Ravo Kelt?").
+
+Every name is invented, so a model cannot answer from pretraining: it must search (BM25 or dense over
+the world's own corpus) once per hop and carry what it found. The world is fixed by `world_seed` (so
+its index is built once and cached); each episode's question is drawn from the reset seed, so tasks
+are unlimited and train/eval splits are disjoint seed ranges. Difficulty knobs: `min_hops`,
+`max_hops` (1-4), the world's size, and `topk` passages per search. `oracle()` gives the gold
+trajectory: one search per hop, then the answer, with the facts found so far as the memory note.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from memrl.envs.core import OracleStep, Task, TaskEnv
+
+# relation -> (subject kind, object kind, noun phrase of the object, passage sentence)
+RELATIONS: dict[str, tuple[str, str, str, str]] = {
+    "born_in": ("person", "city", "the birthplace of {x}", "{s} was born in {o}."),
+    "works_for": ("person", "company", "the employer of {x}", "{s} works for {o}."),
+    "mentor": ("person", "person", "the mentor of {x}", "{s} was mentored by {o}."),
+    "headquarters": ("company", "city", "the headquarters city of {x}", "{s} is headquartered in {o}."),
+    "founder": ("company", "person", "the founder of {x}", "{s} was founded by {o}."),
+    "country": ("city", "country", "the country of {x}", "{s} is a city in {o}."),
+    "mayor": ("city", "person", "the mayor of {x}", "The mayor of {s} is {o}."),
+    "capital": ("country", "city", "the capital of {x}", "The capital of {s} is {o}."),
+}
+
+_CONSONANTS = list("bdfgklmnprstvz")
+_VOWELS = list("aeiou")
+_SUFFIX = {"city": ["ton", "mora", "vale", "burg", "port", "ford"], "country": ["ia", "land", "stan", "ora"],
+           "company": [" Labs", " Corp", " Systems", " Works", " Group"]}
+
+
+@dataclass(frozen=True)
+class World:
+    names: dict[str, list[str]]  # kind -> entity names
+    facts: dict[tuple[str, str], str]  # (entity, relation) -> object entity
+    kind_of: dict[str, str]  # entity -> kind
+    corpus: list[dict]  # one passage per entity: {"title", "text"}
+
+
+def _syllables(rng: np.random.Generator, n: int) -> str:
+    return "".join(rng.choice(_CONSONANTS) + rng.choice(_VOWELS) for _ in range(n))
+
+
+def _unique_names(rng: np.random.Generator, kind: str, count: int, taken: set[str]) -> list[str]:
+    out: list[str] = []
+    while len(out) < count:
+        if kind == "person":
+            name = f"{_syllables(rng, 2).title()} {_syllables(rng, 2).title()}"
+        else:
+            name = _syllables(rng, int(rng.integers(1, 3))).title() + str(rng.choice(_SUFFIX[kind]))
+        if name not in taken:
+            taken.add(name)
+            out.append(name)
+    return out
+
+
+@lru_cache(maxsize=8)
+def build_world(seed: int = 0, people: int = 120, cities: int = 30, countries: int = 8,
+                companies: int = 24) -> World:
+    """The entities, their relations and the passage corpus; a pure function of its arguments."""
+    rng = np.random.default_rng(seed)
+    taken: set[str] = set()
+    sizes = {"person": people, "city": cities, "country": countries, "company": companies}
+    names = {kind: _unique_names(rng, kind, n, taken) for kind, n in sizes.items()}
+    facts: dict[tuple[str, str], str] = {}
+    for rel, (subj, obj, _, _) in RELATIONS.items():
+        if rel == "capital":
+            continue
+        for s in names[subj]:
+            choices = [o for o in names[obj] if o != s]
+            facts[(s, rel)] = str(rng.choice(choices))
+    for country in names["country"]:  # a capital is one of the country's own cities
+        own = [c for c in names["city"] if facts[(c, "country")] == country]
+        if not own:
+            own = [str(rng.choice(names["city"]))]
+            facts[(own[0], "country")] = country
+        facts[(country, "capital")] = str(rng.choice(own))
+    kind_of = {n: k for k, ns in names.items() for n in ns}
+    corpus = [{"title": n, "text": _passage(n, k, facts)} for k, ns in names.items() for n in ns]
+    return World(names, facts, kind_of, corpus)
+
+
+def _passage(name: str, kind: str, facts: dict) -> str:
+    intro = {"person": f"{name} is a person.", "city": f"{name} is a city.", "country": f"{name} is a country.",
+             "company": f"{name} is a company."}[kind]
+    sentences = [RELATIONS[r][3].format(s=name, o=facts[(name, r)])
+                 for r, spec in RELATIONS.items() if spec[0] == kind and (name, r) in facts]
+    return " ".join([intro, *sentences])
+
+
+def sample_chain(world: World, rng: np.random.Generator, hops: int) -> tuple[list[str], list[str]]:
+    """(entities e_0..e_h, relations r_1..r_h) of a random walk of `hops` steps that never revisits an
+    entity (so no question collapses, like "the capital of the country of X" when X is a capital)."""
+    for _ in range(1000):
+        start_kind = str(rng.choice(["person", "company", "city", "country"]))
+        entities = [str(rng.choice(world.names[start_kind]))]
+        rels: list[str] = []
+        for _ in range(hops):
+            kind = world.kind_of[entities[-1]]
+            rel = str(rng.choice([r for r, spec in RELATIONS.items() if spec[0] == kind]))
+            rels.append(rel)
+            entities.append(world.facts[(entities[-1], rel)])
+        if len(set(entities)) == len(entities):
+            return entities, rels
+    raise RuntimeError(f"no {hops}-hop chain without repeated entities in this world; make it larger")
+
+
+def phrase(start: str, rels: list[str]) -> str:
+    out = start
+    for rel in rels:
+        out = RELATIONS[rel][2].format(x=out)
+    return out
+
+
+def _cap(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+@lru_cache(maxsize=8)
+def _retriever(seed: int, sizes: tuple[int, int, int, int], kind: str):
+    from memrl.envs.retrieval import make_retriever
+
+    return make_retriever(kind, build_world(seed, *sizes).corpus)
+
+
+class KBQAEnv(TaskEnv):
+    """Multi-hop questions over a generated knowledge base, answered with `<search>` then `<answer>`."""
+
+    def __init__(self, min_hops: int = 1, max_hops: int = 2, world_seed: int = 0, topk: int = 3,
+                 retriever: str = "bm25", people: int = 120, cities: int = 30, countries: int = 8,
+                 companies: int = 24, max_turns: int | None = None) -> None:
+        if not 1 <= min_hops <= max_hops <= 4:
+            raise ValueError(f"need 1 <= min_hops <= max_hops <= 4, got {min_hops}, {max_hops}")
+        if topk < 1:
+            raise ValueError(f"topk must be >= 1, got {topk}")
+        super().__init__(max_turns or max_hops + 2)
+        self.min_hops, self.max_hops, self.topk = min_hops, max_hops, topk
+        self.sizes = (people, cities, countries, companies)
+        self.world_seed, self.retriever_kind = world_seed, retriever
+        self.world = build_world(world_seed, *self.sizes)
+
+    def sample_task(self, rng: np.random.Generator) -> Task:
+        hops = int(rng.integers(self.min_hops, self.max_hops + 1))
+        entities, rels = sample_chain(self.world, rng, hops)
+        return Task(f"What is {phrase(entities[0], rels)}?", [entities[-1]],
+                    {"entities": entities, "relations": rels, "hops": hops})
+
+    def tool_search(self, query: str) -> str:
+        """search the knowledge base; returns the top passages"""
+        hits = _retriever(self.world_seed, self.sizes, self.retriever_kind).search(query, self.topk)
+        return "\n".join(f"Doc {i + 1} (Title: {p.title}) {p.text}" for i, p in enumerate(hits)) or "No results."
+
+    def backend_of(self, name: str) -> object:
+        return ("kb", self.world_seed, self.sizes, self.retriever_kind, self.topk)
+
+    def oracle(self, task: Task) -> list[OracleStep]:
+        entities, rels = task.meta["entities"], task.meta["relations"]
+        facts: list[str] = []
+        steps = [OracleStep(f"<search>{entities[0]}</search>", f"Look up {entities[0]}.")]
+        for j, rel in enumerate(rels):
+            facts.append(f"{_cap(RELATIONS[rel][2].format(x=entities[j]))} is {entities[j + 1]}.")
+            if j + 1 < len(rels):
+                steps.append(OracleStep(f"<search>{entities[j + 1]}</search>",
+                                        " ".join([*facts, f"Look up {entities[j + 1]}."])))
+        steps.append(OracleStep(f"<answer>{entities[-1]}</answer>", " ".join(facts)))
+        return steps
