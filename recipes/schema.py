@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class Section(BaseModel):
@@ -126,8 +126,19 @@ class Recipe(Section):
     @model_validator(mode="after")
     def _check_combinations(self) -> Recipe:
         if self.learner.packed and self.agent.name == "full_context":
-            raise ValueError("learner.packed applies to memory agents; full_context has one context per episode")
+            raise ValueError("learner.packed: true applies to memory agents (mem1, memsearcher); full_context has "
+                             "one context per episode: set learner.packed: false or change agent.name")
         return self
+
+    @field_validator("output_dir")
+    @classmethod
+    def _output_dir_formats(cls, value: str) -> str:
+        try:
+            value.format(name="x")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(f"output_dir may use only the placeholder {{name}} (e.g. runs/{{name}}); "
+                             f"{value!r} fails: {exc!r}") from None
+        return value
 
     @property
     def out(self) -> Path:
@@ -139,42 +150,90 @@ class RecipeError(ValueError):
 
 
 def shipped_recipes() -> list[str]:
-    return sorted(p.name[:-5] for p in resources.files("memrl.recipes").iterdir() if p.name.endswith(".yaml"))
+    """Names of the recipes shipped as package data: `quickstart`, `experiments/mem1-n2`, ..."""
+    root = resources.files("memrl.recipes")
+    names = [p.name[:-5] for p in root.iterdir() if p.is_file() and p.name.endswith(".yaml")]
+    for folder in root.iterdir():
+        if folder.is_dir() and not folder.name.startswith(("_", ".")):
+            names += [f"{folder.name}/{p.name[:-5]}" for p in folder.iterdir() if p.is_file() and p.name.endswith(".yaml")]
+    return sorted(names)
+
+
+def _is_path(name_or_path: str | Path) -> bool:
+    path = Path(name_or_path)
+    try:
+        return path.suffix in (".yaml", ".yml") or path.exists()
+    except (OSError, ValueError):  # e.g. an embedded NUL byte or a name too long for the OS
+        return True
 
 
 def read_yaml(name_or_path: str | Path) -> dict:
-    path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") or path.exists():
-        if not path.is_file():
-            raise RecipeError(f"recipe file {path} does not exist")
-        text = path.read_text()
+    """The recipe mapping from a YAML path, or from a shipped recipe name such as `experiments/mem1-n2`."""
+    if _is_path(name_or_path):
+        path = Path(name_or_path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            hint = f" (shipped recipes are named without .yaml: {path.stem!r})" if path.stem in shipped_recipes() else ""
+            raise RecipeError(f"recipe file {path} does not exist{hint}") from None
+        except IsADirectoryError:
+            raise RecipeError(f"recipe {path} is a directory; give a .yaml file inside it") from None
+        except UnicodeDecodeError as exc:
+            raise RecipeError(f"recipe file {path} is not UTF-8 text: {exc}") from None
+        except (OSError, ValueError) as exc:
+            raise RecipeError(f"recipe file {path} cannot be read: {exc}") from None
     else:
-        res = resources.files("memrl.recipes") / f"{name_or_path}.yaml"
+        res = resources.files("memrl.recipes").joinpath(*f"{name_or_path}.yaml".split("/"))
         if not res.is_file():
-            raise RecipeError(f"no recipe named {name_or_path!r}; shipped recipes: {', '.join(shipped_recipes())}")
-        text = res.read_text()
+            shipped = shipped_recipes()
+            close = difflib.get_close_matches(str(name_or_path), shipped, n=3, cutoff=0.5)
+            hint = f"did you mean {_either(close)}? " if close else ""
+            raise RecipeError(f"no recipe named {name_or_path!r}; {hint}shipped recipes: {', '.join(shipped)} "
+                              "(or give a path to a .yaml file)")
+        text = res.read_text(encoding="utf-8")
     try:
-        data = yaml.safe_load(text) or {}
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise RecipeError(f"recipe {name_or_path} is not valid YAML: {exc}") from None
+        raise RecipeError(f"recipe {name_or_path} is not valid YAML: {_yaml_problem(exc)}") from None
+    if data is None:
+        raise RecipeError(f"recipe {name_or_path} is empty; write `{{}}` to run with every default "
+                          "(see `memrl recipe show quickstart` for the keys)")
     if not isinstance(data, dict):
-        raise RecipeError(f"recipe {name_or_path} must be a mapping of sections, got {type(data).__name__}")
+        raise RecipeError(f"recipe {name_or_path} must be a mapping of sections (model:, env:, ...), "
+                          f"got a YAML {type(data).__name__}")
     return data
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """`line L, column C: what` from a PyYAML error (whose own text names an anonymous '<unicode string>')."""
+    mark, problem = getattr(exc, "problem_mark", None), getattr(exc, "problem", None)
+    if mark is None or problem is None:
+        return str(exc)
+    context = getattr(exc, "context", None)
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" + (f" ({context})" if context else "")
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
     """Apply `a.b=c` strings; values are parsed as YAML scalars/lists (`x=3`, `y=[1,2]`, `z=null`)."""
     for item in overrides:
         if "=" not in item:
-            raise RecipeError(f"--set expects key.path=value, got {item!r}")
+            raise RecipeError(f"--set expects key.path=value (e.g. train.steps=20), got {item!r}")
         key, raw = item.split("=", 1)
         parts = key.strip().split(".")
+        if not all(parts):
+            raise RecipeError(f"--set {item!r}: key path {key!r} has an empty part; write e.g. algorithm.group_size=8")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise RecipeError(f"--set {key}: value {raw!r} is not valid YAML ({_yaml_problem(exc)}); "
+                              "quote strings that contain YAML syntax") from None
         node = data
-        for part in parts[:-1]:
+        for i, part in enumerate(parts[:-1]):
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise RecipeError(f"--set {key}: {part!r} is not a section")
-        node[parts[-1]] = yaml.safe_load(raw)
+                where = ".".join(parts[: i + 1])
+                raise RecipeError(f"--set {key}: {where!r} is a value ({node!r}), not a section with keys")
+        node[parts[-1]] = value
     return data
 
 
@@ -197,6 +256,10 @@ def _fields_at(loc: tuple) -> list[str]:
     return list(model.model_fields)
 
 
+def _either(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+
+
 def explain(exc: ValidationError, source: str = "recipe") -> str:
     lines = [f"{source}: {exc.error_count()} problem(s)"]
     for err in exc.errors():
@@ -205,10 +268,14 @@ def explain(exc: ValidationError, source: str = "recipe") -> str:
         if err["type"] == "extra_forbidden":
             valid = _fields_at(loc)
             close = difflib.get_close_matches(str(loc[-1]), valid, n=3, cutoff=0.5)
-            hint = f"did you mean {', '.join(close)}? " if close else ""
+            hint = f"did you mean {_either(close)}? " if close else ""
             lines.append(f"- unknown key {where!r}: {hint}valid keys here: {', '.join(valid)}")
+        elif not loc:  # a combination check of the whole recipe: its message names the keys
+            lines.append(f"- {err['msg'].removeprefix('Value error, ')}")
         else:
-            lines.append(f"- {where}: {err['msg']} (got {err.get('input')!r})")
+            got = repr(err.get("input"))
+            got = got if len(got) <= 120 else got[:117] + "..."
+            lines.append(f"- {where}: {err['msg'].removeprefix('Value error, ')} (got {got})")
     return "\n".join(lines)
 
 
