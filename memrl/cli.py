@@ -138,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     from memrl.envs.server import add_cli as add_retriever_cli
 
     add_retriever_cli(sub)
+    from memrl.cluster.submit import add_cli as add_cluster_cli
+
+    add_cluster_cli(sub)
 
     p = sub.add_parser("eval", help="evaluate agents on an env (sweep composed objectives)")
     p.add_argument("--model", default="smollm2-135m-instruct")
