@@ -14,12 +14,10 @@ from __future__ import annotations
 
 from memrl.agents.base import Agent, EpisodeState, tool_lines
 
-SYSTEM = """You solve tasks by searching. Each turn, first write your internal state inside <IS> </IS>: \
-everything you know so far that you still need (facts found, what is left to find). Older turns are \
-deleted, so anything not in <IS> is forgotten. Then write exactly one action:
+SYSTEM = """Solve the task by searching. Older turns are deleted: each turn, first write your internal \
+state inside <IS> </IS> with every fact you still need. Then write one action:
 {tools}
-- <answer>...</answer>: the final answer (for several questions: answers in order, separated by ';').
-Example: <IS>Need the city where Ana Lim was born.</IS><search>Ana Lim</search>"""
+- <answer>...</answer>: the final answer (several questions: answers in order, separated by ';')."""
 
 
 class Mem1Agent(Agent):

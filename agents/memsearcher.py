@@ -15,12 +15,10 @@ from __future__ import annotations
 
 from memrl.agents.base import Agent, EpisodeState, tool_lines
 
-SYSTEM = """You answer questions by searching. You see the question, your memory and the latest \
-information. First rewrite your memory inside <memory> </memory>: keep every fact you will need, \
-since only the memory is kept. Then write exactly one action:
+SYSTEM = """Answer by searching. Only your memory is kept between turns: first rewrite it inside \
+<memory> </memory> with every fact you still need. Then write one action:
 {tools}
-- <answer>...</answer>: the final answer (for several questions: answers in order, separated by ';').
-Example: <memory>Need the city where Ana Lim was born.</memory><search>Ana Lim</search>"""
+- <answer>...</answer>: the final answer (several questions: answers in order, separated by ';')."""
 
 
 class MemSearcherAgent(Agent):

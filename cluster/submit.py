@@ -6,12 +6,8 @@ directory, and ships that directory as the job's runtime_env `working_dir`; the 
 installed (see cluster/Dockerfile.gpu, cluster/ray-cluster.yaml, cluster/rayjob.yaml). Pass `pip=`
 (e.g. `["memrl[gpu]==0.1.0"]`) or `py_modules=` to install or ship it per job instead.
 
-Wiring into memrl/cli.py (two lines in `build_parser`, nothing else):
-
-    from memrl.cluster.submit import add_cli
-    add_cli(sub)   # sub = parser.add_subparsers(...); adds `memrl submit` and `memrl jobs ...`
-
-The parsers set `func=run_cli`, so `main()`'s `args.func(args)` dispatches them as it does the rest.
+`add_cli(sub)` (called from `memrl.cli.build_parser`) adds `memrl submit` and `memrl jobs ...`; the
+parsers set `func=run_cli`, so `main()` dispatches them like every other command.
 """
 
 from __future__ import annotations

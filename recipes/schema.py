@@ -75,6 +75,8 @@ class LearnerCfg(Section):
     grad_clip: float = Field(1.0, gt=0, description="global gradient-norm clip")
     micro_batch_tokens: int = Field(4096, ge=64, description="token budget of one micro-batch (padded)")
     gradient_checkpointing: bool = Field(False, description="recompute activations to save memory")
+    train_layers: int | None = Field(None, ge=0, description="train only the top K decoder blocks + lm_head "
+                                     "(partial fine-tuning for small CPU budgets); null = all")
     packed: bool = Field(False, description="MEM1 packed mode: one forward per trajectory with a block mask")
 
 

@@ -40,6 +40,7 @@ class LearnerConfig:
     kl_coef: float = 0.0
     entropy_coef: float = 0.0
     loss_agg: str = "token_mean"
+    train_layers: int | None = None  # train only the top K decoder blocks (+ final norm, lm_head); None = all
 
 
 def lr_at(step: int, base_lr: float, warmup_steps: int) -> float:
@@ -70,6 +71,20 @@ def init_distributed(backend: str) -> None:
     deepspeed.init_distributed(dist_backend=backend, verbose=False)
 
 
+def freeze_below(model: torch.nn.Module, train_layers: int) -> None:
+    """Freeze the embeddings and all but the top `train_layers` decoder blocks (partial fine-tuning).
+
+    Autograd then stops at the first trainable block, so the backward pass and the optimizer state
+    shrink with K while the forward stays full: the knob that fits RL on a 2-core CPU into minutes.
+    """
+    blocks = model.model.layers
+    if not 0 <= train_layers <= len(blocks):
+        raise ValueError(f"train_layers must be in 0..{len(blocks)}, got {train_layers}")
+    model.model.embed_tokens.requires_grad_(False)
+    for block in blocks[: len(blocks) - train_layers]:
+        block.requires_grad_(False)
+
+
 def micro_batches(lengths: list[int], budget: int) -> list[list[int]]:
     """Group context indices so that (longest length x count) <= budget; longest first, order kept stable."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
@@ -93,6 +108,8 @@ class Learner:
         init_distributed(self.device.dist_backend)
         torch.manual_seed(seed)
         model = load_model(model_name, dtype=self.device.dtype)
+        if cfg.train_layers is not None:
+            freeze_below(model, cfg.train_layers)
         if cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable()
         model.config.use_cache = False

@@ -100,3 +100,13 @@ def test_child_process_does_not_reuse_the_parents_rendezvous_port():
         code = "from memrl.rl.learner import init_distributed; init_distributed('gloo'); print('ok')"
         out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
+
+
+def test_train_layers_updates_only_the_top_blocks_and_the_head(make_learner):
+    learner = make_learner(train_layers=1, zero_stage=0)
+    before = {k: v.clone() for k, v in learner.state_dict().items()}
+    assert learner.train_step(_trajs(2))["skipped"] == 0.0
+    moved = {k for k, v in learner.state_dict().items() if not torch.equal(before[k], v)}
+    top = f"model.layers.{len(learner.module.model.layers) - 1}."
+    assert moved and all(k.startswith(top) or k.startswith(("lm_head", "model.norm")) for k in moved)
+    assert any(k.startswith(top) for k in moved) and "lm_head.weight" in moved
