@@ -101,6 +101,16 @@ def _envs_list(args: argparse.Namespace) -> int:
     return 0
 
 
+BENCHES = ("rollout", "learner", "memory_scaling", "trl_compare", "roofline")
+
+
+def _bench(args: argparse.Namespace) -> int:
+    import importlib
+
+    importlib.import_module(f"memrl.bench.{args.name}").main(args.args)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="memrl", description="Train LLM agents with RL to keep a compact memory (MEM1, MemSearcher)."
@@ -153,6 +163,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-turns", type=int, default=None)
     p.add_argument("--out", default="runs/eval")
     p.set_defaults(func=_eval)
+    p = sub.add_parser("bench", help="run a benchmark (prints a table and ratios vs a baseline)")
+    p.add_argument("name", choices=BENCHES)
+    p.add_argument("args", nargs=argparse.REMAINDER, help="the benchmark's own options (see its --help)")
+    p.set_defaults(func=_bench)
     p = sub.add_parser("export", help="write a checkpoint as a Hugging Face model directory")
     p.add_argument("checkpoint", help="checkpoint dir, or a run dir (its newest intact checkpoint)")
     p.add_argument("--out", required=True, help="output directory")

@@ -73,15 +73,16 @@ def init_distributed(backend: str) -> None:
 
 def freeze_below(model: torch.nn.Module, train_layers: int) -> None:
     """Freeze the embeddings and all but the top `train_layers` decoder blocks (partial fine-tuning).
+    The embeddings stay frozen even when K covers every block.
 
     Autograd then stops at the first trainable block, so the backward pass and the optimizer state
     shrink with K while the forward stays full: the knob that fits RL on a 2-core CPU into minutes.
     """
     blocks = model.model.layers
-    if not 0 <= train_layers <= len(blocks):
-        raise ValueError(f"train_layers must be in 0..{len(blocks)}, got {train_layers}")
+    if train_layers < 0:
+        raise ValueError(f"train_layers must be >= 0, got {train_layers}")
     model.model.embed_tokens.requires_grad_(False)
-    for block in blocks[: len(blocks) - train_layers]:
+    for block in blocks[: max(0, len(blocks) - train_layers)]:  # K >= depth: every block trains
         block.requires_grad_(False)
 
 
