@@ -52,14 +52,46 @@ def load_hotpotqa(path: Path) -> list[Task]:
     return out
 
 
+def load_search_r1(path: Path) -> list[Task]:
+    """Search-R1's QA format: .jsonl or .parquet rows with `question` and `golden_answers` (list or str)."""
+    if path.suffix == ".parquet":
+        try:
+            import pyarrow.parquet as pq
+        except ImportError as exc:
+            raise ImportError(f"reading {path} needs pyarrow: pip install pyarrow") from exc
+        rows = pq.read_table(path).to_pylist()
+    else:
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    out = []
+    for i, row in enumerate(rows):
+        if "question" not in row or "golden_answers" not in row:
+            raise ValueError(f"{path} row {i}: expected keys question and golden_answers, got {sorted(row)}")
+        golds = row["golden_answers"]
+        golds = [golds] if isinstance(golds, str) else [str(g) for g in golds]
+        out.append(Task(str(row["question"]), golds, {"id": row.get("id", i), "dataset": path.stem,
+                                                      "supporting_titles": []}))
+    return out
+
+
+def _load_file(path: Path) -> list[Task]:
+    if path.suffix in (".jsonl", ".parquet"):
+        return load_search_r1(path)
+    rows = json.loads(path.read_text())
+    return load_musique(path) if rows and "paragraphs" in rows[0] else load_hotpotqa(path)
+
+
 @lru_cache(maxsize=4)
 def load_questions(folder: str, dataset: str, split: str) -> tuple[Task, ...]:
-    if dataset not in (*DATASETS, "all") or split not in SPLITS:
-        raise ValueError(f"dataset must be one of {(*DATASETS, 'all')} and split one of {SPLITS}")
-    names = DATASETS if dataset == "all" else (dataset,)
+    """`dataset`: musique | hotpotqa | all (files in the data folder), or a path to a Search-R1 .jsonl /
+    .parquet file or a MuSiQue/HotpotQA-format .json file."""
+    is_file = dataset.endswith((".json", ".jsonl", ".parquet"))
+    if (not is_file and dataset not in (*DATASETS, "all")) or split not in SPLITS:
+        raise ValueError(f"dataset must be one of {(*DATASETS, 'all')} or a .json/.jsonl/.parquet path, "
+                         f"and split one of {SPLITS}; got {dataset!r}, {split!r}")
+    names = [dataset] if is_file else DATASETS if dataset == "all" else (dataset,)
     tasks: list[Task] = []
     for name in names:
-        rows = {"musique": load_musique, "hotpotqa": load_hotpotqa}[name](Path(folder) / f"{name}_train.json")
+        rows = _load_file(Path(name) if is_file else Path(folder) / f"{name}_train.json")
         cut = int(0.8 * len(rows))
         tasks += rows if split == "all" else rows[:cut] if split == "train" else rows[cut:]
     return tuple(tasks)
@@ -82,8 +114,9 @@ class SearchQAEnv(TaskEnv):
                  corpus: list[str] | str | None = None, retriever: str = "bm25", retriever_url: str | None = None,
                  topk: int = 3, max_turns: int | None = None) -> None:
         super().__init__(max_turns)
-        folder = _folder(data_dir)
-        self.questions = load_questions(str(folder), dataset, split)
+        own_files = dataset.endswith((".json", ".jsonl", ".parquet")) and corpus is not None
+        folder = None if own_files else _folder(data_dir)  # user files need no data folder
+        self.questions = load_questions(str(folder or ""), dataset, split)
         paths = [corpus] if isinstance(corpus, str) else corpus or [str(folder / name) for name in UNION]
         self.corpus = tuple(str(p) for p in paths)
         self.retriever_kind, self.retriever_url, self.topk = retriever, retriever_url, topk
@@ -113,7 +146,7 @@ class SearchQAEnv(TaskEnv):
                 found.append(f"{q} {a}.")
                 answers.append(a)
         else:
-            for title in task.meta.get("supporting_titles", []):
+            for title in task.meta.get("supporting_titles") or [task.question]:
                 steps.append(OracleStep(f"<search>{title}</search>", " ".join([*found, f"Look up {title}."])))
                 found.append(f"Read {title}.")
         steps.append(OracleStep(f"<answer>{task.answers[0]}</answer>", " ".join([*found, f"Answer: {task.answers[0]}."])))

@@ -120,13 +120,13 @@ class Trainer:
     def run(self) -> dict:
         rc = self.recipe
         if "zero_shot" not in self.evals:
-            self.evals["zero_shot"] = self._timed("eval_zero_shot", lambda: self.evaluate(rc.agent.name))
+            self.evals["zero_shot"] = self._eval("zero_shot")
         if self.sft_done < rc.sft.steps:
             self._timed("sft", self.sft)
-            self.evals["after_sft"] = self._timed("eval_after_sft", lambda: self.evaluate(rc.agent.name))
+            self.evals["after_sft"] = self._eval("after_sft")
             self._checkpoint()
         self._timed("grpo", self.grpo)
-        self.evals["after_grpo"] = self._timed("eval_after_grpo", lambda: self.evaluate(rc.agent.name))
+        self.evals["after_grpo"] = self._eval("after_grpo")
         self._checkpoint()
         if "sweep" not in self.evals:
             self.evals["sweep"] = self._timed("eval_sweep", self.sweep)
@@ -136,6 +136,12 @@ class Trainer:
         summary["model"] = str(self._timed("export", lambda: export(self.out, self.out / "model")))
         (self.out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
         return summary
+
+    def _eval(self, key: str) -> dict:
+        result = self._timed(f"eval_{key}", lambda: self.evaluate(self.recipe.agent.name))
+        log.info("eval %s: EM %.3f ± %.3f, F1 %.3f, format errors/turn %.2f, mean turns %.2f", key, result["em"],
+                 result["em_stderr"], result["f1"], result["format_error_rate"], result["mean_turns"])
+        return result
 
     def _timed(self, name: str, fn):
         t0 = time.perf_counter()

@@ -75,3 +75,19 @@ def test_difficulty_knobs_are_validated():
     with pytest.raises(ValueError, match="topk"):
         KBQAEnv(topk=0)
     assert KBQAEnv(max_hops=3).max_turns == 5
+
+
+def test_a_random_text_policy_scores_near_zero():
+    rng = np.random.default_rng(0)
+    env = make("memrl/KBQA-v0", min_hops=1, max_hops=2)
+    vocab = [p["title"] for p in build_world(0).corpus] + ["<search>", "</search>", "<answer>", "</answer>", "the"]
+    total = 0.0
+    for seed in range(100):
+        env.reset(seed=seed)
+        done = False
+        while not done:
+            action = " ".join(str(w) for w in rng.choice(vocab, size=int(rng.integers(1, 6))))
+            _, reward, terminated, truncated, _ = env.step(action)
+            done = terminated or truncated
+        total += reward
+    assert total / 100 < 0.05

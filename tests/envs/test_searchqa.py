@@ -34,3 +34,33 @@ def test_oracle_reaches_the_gold_answer_and_its_searches_find_support():
 def test_missing_data_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="MEMRL_DATA_DIR"):
         make("memrl/SearchQA-v0", data_dir=str(tmp_path))
+
+
+def test_search_r1_jsonl_and_parquet_questions_with_a_user_corpus(tmp_path):
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [{"id": "a", "question": "Who wrote Hamlet?", "golden_answers": ["William Shakespeare", "Shakespeare"]},
+            {"id": "b", "question": "Capital of Peru?", "golden_answers": "Lima"}]
+    (tmp_path / "qa.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    listed = [{**r, "golden_answers": [r["golden_answers"]] if isinstance(r["golden_answers"], str)
+               else r["golden_answers"]} for r in rows]  # parquet columns need one type
+    pq.write_table(pa.Table.from_pylist(listed), tmp_path / "qa.parquet")
+    corpus = tmp_path / "corpus.json"
+    corpus.write_text(json.dumps([{"title": "Hamlet", "text": "Hamlet is a tragedy by William Shakespeare."},
+                                  {"title": "Lima", "text": "Lima is the capital of Peru."}]))
+    for name in ("qa.jsonl", "qa.parquet"):
+        env = make("memrl/SearchQA-v0", dataset=str(tmp_path / name), corpus=str(corpus), data_dir=str(tmp_path))
+        for seed in range(6):
+            _, info = env.reset(seed=seed)
+            steps = env.unwrapped.oracle_steps()
+            obs = env.step(steps[0].action)[0]
+            assert "Doc 1 (Title: " in obs
+            *_, reward, terminated, _, info = env.step(steps[-1].action)
+            assert terminated and reward == 1.0
+        assert {q.answers[0] for q in env.unwrapped.questions} == {"William Shakespeare", "Lima"}
+    (tmp_path / "bad.jsonl").write_text(json.dumps({"query": "x"}))
+    with pytest.raises(ValueError, match="golden_answers"):
+        make("memrl/SearchQA-v0", dataset=str(tmp_path / "bad.jsonl"), corpus=str(corpus))
