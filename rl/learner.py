@@ -5,6 +5,11 @@ by a padded-token budget; every token's loss is weighted globally *before* micro
 (`rl.losses.token_weights`), so gradient accumulation over any number of micro-batches gives exactly
 the full-batch loss. DeepSpeed runs in unmanaged-accumulation mode: we call `backward` per
 micro-batch and `step` once. CPU: fp32 + gloo; GPU: bf16 + NCCL (from `memrl.device`).
+
+A `Layout` decides what one batch row is: one context padded to the row length (`PADDED`, the
+default), or one trajectory with all its contexts end to end under a block-causal mask (`PACKED`,
+MEM1 packed mode, `learner.packed`; see `rl.packing`). Both give the same per-token tensors, so the
+loss and its gradients do not depend on the layout (up to float error).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -20,6 +26,7 @@ import torch
 from memrl.device import plan
 from memrl.models import load_model
 from memrl.rl import losses
+from memrl.rl.packing import pack_contexts
 from memrl.rl.trajectory import Context, Trajectory
 
 log = logging.getLogger(__name__)
@@ -41,6 +48,7 @@ class LearnerConfig:
     entropy_coef: float = 0.0
     loss_agg: str = "token_mean"
     train_layers: int | None = None  # train only the top K decoder blocks (+ final norm, lm_head); None = all
+    packed: bool = False  # one row per trajectory, its contexts packed under a block-causal mask (MEM1 packed mode)
 
 
 def lr_at(step: int, base_lr: float, warmup_steps: int) -> float:
@@ -98,6 +106,90 @@ def micro_batches(lengths: list[int], budget: int) -> list[list[int]]:
     return batches
 
 
+@dataclass
+class Batch:
+    """One micro-batch: model inputs and per-token loss tensors, each (R, L) for R rows padded to length L."""
+
+    inputs: dict[str, torch.Tensor]  # forward kwargs: input_ids (R,L), attention_mask (R,L) or (R,1,L,L), [position_ids]
+    keep: torch.Tensor  # (R,L) 0 at each context's first token (no prefix: log-prob 0, no entropy), 1 elsewhere
+    mask: torch.Tensor  # (R,L) loss mask (0 on padding)
+    old_logp: torch.Tensor  # (R,L) sampling-time log-probs
+    weights: torch.Tensor  # (R,L) global per-token loss weights (`losses.token_weights`), 0 on padding
+    adv: torch.Tensor  # (R,L) the context's (trajectory's) advantage on masked tokens, 0 elsewhere
+
+    @property
+    def input_ids(self) -> torch.Tensor:
+        return self.inputs["input_ids"]
+
+    def to(self, device: torch.device | str) -> Batch:
+        return Batch({k: v.to(device) for k, v in self.inputs.items()}, *(x.to(device) for x in (
+            self.keep, self.mask, self.old_logp, self.weights, self.adv)))
+
+
+def _loss_tensors(rows: list[list[Context]], weights: list[list[torch.Tensor]], advs: list[list[float]], L: int,
+                  starts: list[list[int]]) -> tuple[torch.Tensor, ...]:
+    """keep, mask, old_logp, weights, adv (R,L) of rows whose contexts start at `starts` (end to end from there)."""
+    keep, mask, old, w, adv = (torch.zeros((len(rows), L)) for _ in range(5))
+    for r, row in enumerate(rows):
+        for c, s, wc, a in zip(row, starts[r], weights[r], advs[r], strict=True):
+            e = s + len(c)
+            keep[r, s + 1:e] = 1.0
+            mask[r, s:e] = torch.tensor(c.loss_mask, dtype=torch.float32)
+            old[r, s:e] = torch.tensor(c.logprobs)
+            w[r, s:e] = wc
+            adv[r, s:e] = a
+    return keep, mask, old, w, adv * (mask > 0)
+
+
+def padded_batch(rows: list[list[Context]], weights: list[list[torch.Tensor]], advs: list[list[float]],
+                 pad_id: int, dtype: torch.dtype) -> Batch:
+    """One context per row, right-padded; a 2D padding mask (the model adds the causal part)."""
+    ctxs = [c for (c,) in rows]
+    L = max(len(c) for c in ctxs)
+    ids = torch.full((len(ctxs), L), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(ctxs), L), dtype=torch.long)
+    for r, c in enumerate(ctxs):
+        ids[r, :len(c)] = torch.tensor(c.token_ids)
+        attn[r, :len(c)] = 1
+    return Batch({"input_ids": ids, "attention_mask": attn}, *_loss_tensors(rows, weights, advs, L, [[0]] * len(rows)))
+
+
+def packed_batch(rows: list[list[Context]], weights: list[list[torch.Tensor]], advs: list[list[float]],
+                 pad_id: int, dtype: torch.dtype) -> Batch:
+    """One trajectory per row, its contexts packed end to end (`rl.packing`), right-padded to the longest pack.
+
+    Each padding token is packed as its own 1-token context: it attends only to itself (no all-masked
+    softmax row, so no NaN) and nothing attends to it; it carries zero loss weight.
+    """
+    L = max(sum(len(c) for c in row) for row in rows)
+    packs = [pack_contexts([c.token_ids for c in row] + [[pad_id]] * (L - sum(len(c) for c in row)), dtype)
+             for row in rows]
+    inputs = {k: torch.cat([p.model_inputs()[k] for p in packs]) for k in ("input_ids", "position_ids",
+                                                                          "attention_mask")}
+    starts = [[s for s, _ in p.segments[:len(row)]] for p, row in zip(packs, rows, strict=True)]
+    return Batch(inputs, *_loss_tensors(rows, weights, advs, L, starts))
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What one batch row holds: `rows` groups context indices (given each context's trajectory) into rows,
+    `batch` builds a micro-batch of such rows."""
+
+    rows: Callable[[list[int]], list[list[int]]]
+    batch: Callable[..., Batch]
+
+
+def _one_per_trajectory(ctx_traj: list[int]) -> list[list[int]]:
+    rows: dict[int, list[int]] = {}
+    for i, t in enumerate(ctx_traj):
+        rows.setdefault(t, []).append(i)
+    return list(rows.values())
+
+
+PADDED = Layout(rows=lambda ctx_traj: [[i] for i in range(len(ctx_traj))], batch=padded_batch)
+PACKED = Layout(rows=_one_per_trajectory, batch=packed_batch)
+
+
 class Learner:
     """Owns the trainable model (a DeepSpeed engine), its optimizer and, when KL is on, a frozen reference."""
 
@@ -105,6 +197,7 @@ class Learner:
         import deepspeed
 
         self.cfg = cfg
+        self.layout = PACKED if cfg.packed else PADDED
         self.device = plan()
         init_distributed(self.device.dist_backend)
         torch.manual_seed(seed)
@@ -160,15 +253,19 @@ class Learner:
         tokens = 0
         skipped = False
         self.engine.train()
-        for idx in micro_batches([len(c) for c in contexts], self.cfg.micro_batch_tokens):
-            loss, stats = self._micro_loss([contexts[i] for i in idx], [weights[i] for i in idx],
-                                           [ctx_adv[i] for i in idx], sft)
+        rows = self.layout.rows(ctx_traj)
+        row_len = [sum(len(contexts[i]) for i in row) for row in rows]
+        for idx in micro_batches(row_len, self.cfg.micro_batch_tokens):
+            batch = self.layout.batch([[contexts[i] for i in rows[r]] for r in idx],
+                                      [[weights[i] for i in rows[r]] for r in idx],
+                                      [[ctx_adv[i] for i in rows[r]] for r in idx], self.pad_id, self.device.dtype)
+            loss, stats = self._micro_loss(batch, sft)
             if not torch.isfinite(loss):
-                log.warning("non-finite loss (%s) at optimizer step %d: update skipped", float(loss), self.steps)
+                log.warning("non-finite loss (%s) at optimizer step %d: update skipped", float(loss.detach()), self.steps)
                 skipped = True
                 break
             self.engine.backward(loss)
-            tokens += sum(int(sum(contexts[i].loss_mask)) for i in idx)
+            tokens += int(batch.mask.sum())
             for k, v in stats.items():
                 sums[k] = sums.get(k, 0.0) + v
         if not skipped:
@@ -185,42 +282,29 @@ class Learner:
                        lr=self._get_lr(), contexts=float(len(contexts)))
         return metrics
 
-    def _micro_loss(self, ctxs: list[Context], weights: list[torch.Tensor], advs: list[float], sft: bool):
-        dev = self.device.torch_device
-        T = max(len(c) for c in ctxs)
-        ids = torch.full((len(ctxs), T), self.pad_id, dtype=torch.long)
-        attn = torch.zeros((len(ctxs), T), dtype=torch.long)
-        mask = torch.zeros((len(ctxs), T))
-        old = torch.zeros((len(ctxs), T))
-        w = torch.zeros((len(ctxs), T))
-        for r, c in enumerate(ctxs):
-            n = len(c)
-            ids[r, :n] = torch.tensor(c.token_ids)
-            attn[r, :n] = 1
-            mask[r, :n] = torch.tensor(c.loss_mask, dtype=torch.float32)
-            old[r, :n] = torch.tensor(c.logprobs)
-            w[r, :n] = weights[r]
-        ids, attn, mask, old, w = (x.to(dev) for x in (ids, attn, mask, old, w))
-        logits = self.engine(input_ids=ids, attention_mask=attn, use_cache=False).logits.float()
-        logp = losses.token_logprobs(logits, ids)
+    def _micro_loss(self, batch: Batch, sft: bool) -> tuple[torch.Tensor, dict[str, float]]:
+        b = batch.to(self.device.torch_device)
+        mask, w = b.mask, b.weights
+        logits = self.engine(**b.inputs, use_cache=False).logits.float()
+        logp = losses.token_logprobs(logits, b.input_ids) * b.keep
         if sft:
             per_token = -logp
             loss = (per_token * w * mask).sum()
             return loss, {"sft_loss": float(loss.detach())}
-        adv = losses.token_advantages(torch.tensor(advs, device=dev), mask)
-        pg, st = losses.ppo_clip_loss(logp, old, adv, mask, self.cfg.clip_low, self.cfg.clip_high, self.cfg.dual_clip)
+        pg, st = losses.ppo_clip_loss(logp, b.old_logp, b.adv, mask, self.cfg.clip_low, self.cfg.clip_high,
+                                      self.cfg.dual_clip)
         per_token = pg
         stats = {"pg_loss": float((pg.detach() * w * mask).sum())}
         wsum = float((w * mask).sum())
         stats["clip_frac"] = float(torch.as_tensor(st["clip_frac"]).detach()) * wsum
         stats["approx_kl"] = float(torch.as_tensor(st["approx_kl"]).detach()) * wsum
-        ent = losses.masked_entropy(logits if self.cfg.entropy_coef > 0 else logits.detach(), mask)
+        ent = losses.masked_entropy(logits if self.cfg.entropy_coef > 0 else logits.detach(), mask * b.keep)
         stats["entropy"] = float((ent.detach() * w * mask).sum())
         if self.cfg.entropy_coef > 0:
             per_token = per_token - self.cfg.entropy_coef * ent
         if self.ref is not None:
             with torch.no_grad():
-                ref_logp = losses.token_logprobs(self.ref(input_ids=ids, attention_mask=attn).logits.float(), ids)
+                ref_logp = losses.token_logprobs(self.ref(**b.inputs).logits.float(), b.input_ids) * b.keep
             kl = losses.kl_k3(logp, ref_logp)
             stats["kl"] = float((kl.detach() * w * mask).sum())
             per_token = per_token + self.cfg.kl_coef * kl

@@ -45,7 +45,7 @@ def learner_config(recipe: Recipe) -> LearnerConfig:
     lc, al = recipe.learner, recipe.algorithm
     return LearnerConfig(lc.zero_stage, lc.lr, lc.weight_decay, lc.warmup_steps, lc.grad_clip, lc.micro_batch_tokens,
                          lc.gradient_checkpointing, al.clip_low, al.clip_high, al.dual_clip, al.kl_coef,
-                         al.entropy_coef, al.loss_agg, lc.train_layers)
+                         al.entropy_coef, al.loss_agg, lc.train_layers, lc.packed)
 
 
 def task_seeds(recipe: Recipe, step: int) -> tuple[list[int], list[int]]:
