@@ -76,20 +76,8 @@ def serve(retriever: Retriever, host: str = "127.0.0.1", port: int = 8000) -> No
     uvicorn.run(create_app(retriever), host=host, port=port, log_level="info")
 
 
-def add_cli(subparsers) -> None:
-    """Register `retriever serve --corpus PATH [--kind bm25|dense] [--host] [--port]`."""
-    retriever = subparsers.add_parser("retriever", help="retrieval server (Search-R1 /retrieve API)")
-    actions = retriever.add_subparsers(dest="action", required=True)
-    p = actions.add_parser("serve", help="serve a BM25 or dense index over a corpus file")
-    p.add_argument("--corpus", required=True, nargs="+",
-                   help="corpus JSON file(s): a list of {title, text} or a dict title -> sentences")
-    p.add_argument("--kind", choices=("bm25", "dense"), default="bm25", help="retrieval backend")
-    p.add_argument("--host", default="127.0.0.1", help="interface to bind (0.0.0.0 for all)")
-    p.add_argument("--port", type=int, default=8000, help="TCP port")
-    p.set_defaults(func=run_cli)
-
-
 def run_cli(args: argparse.Namespace) -> int:
+    """`memrl retriever serve` (its parser lives in memrl.cli so `memrl --help` needs no server deps)."""
     from memrl.envs.retrieval import load_corpus, make_retriever
 
     corpus = [p for path in args.corpus for p in load_corpus(path)]

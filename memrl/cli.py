@@ -92,6 +92,12 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _retriever_serve(args: argparse.Namespace) -> int:
+    from memrl.envs.server import run_cli
+
+    return run_cli(args)
+
+
 def _envs_list(args: argparse.Namespace) -> int:
     from memrl.envs import list_envs
 
@@ -145,9 +151,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     envs = sub.add_parser("envs", help="environments").add_subparsers(dest="action", required=True)
     envs.add_parser("list", help="list the registered memrl/ environments").set_defaults(func=_envs_list)
-    from memrl.envs.server import add_cli as add_retriever_cli
-
-    add_retriever_cli(sub)
+    retriever = sub.add_parser("retriever", help="retrieval server (Search-R1 /retrieve API)")
+    p = retriever.add_subparsers(dest="action", required=True).add_parser(
+        "serve", help="serve a BM25 or dense index over a corpus file")
+    p.add_argument("--corpus", required=True, nargs="+",
+                   help="corpus JSON file(s): a list of {title, text} or a dict title -> sentences")
+    p.add_argument("--kind", choices=("bm25", "dense"), default="bm25", help="retrieval backend")
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (0.0.0.0 for all)")
+    p.add_argument("--port", type=int, default=8000, help="TCP port")
+    p.set_defaults(func=_retriever_serve)
     from memrl.cluster.submit import add_cli as add_cluster_cli
 
     add_cluster_cli(sub)

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from memrl.envs.retrieval import BM25Retriever, HttpRetriever, Passage, RetrievalError
-from memrl.envs.server import add_cli, create_app
+from memrl.envs.server import create_app
 
 CORPUS = [
     {"title": "Paris", "text": "Paris is the capital and largest city of France."},
@@ -228,10 +228,9 @@ def test_openapi_schema_fuzz_never_gets_a_5xx(app):
 
 
 def test_cli_registers_retriever_serve():
-    import argparse
+    from memrl.cli import build_parser
 
-    parser = argparse.ArgumentParser()
-    add_cli(parser.add_subparsers(dest="command"))
+    parser = build_parser()
     args = parser.parse_args(["retriever", "serve", "--corpus", "a.json", "--port", "9001"])
     assert (args.command, args.action, args.corpus, args.kind, args.host, args.port) == (
         "retriever", "serve", ["a.json"], "bm25", "127.0.0.1", 9001)
