@@ -1,0 +1,52 @@
+"""The benchmarks run end to end at tiny size and print their tables with finite numbers (no timing asserts)."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import pytest
+
+pytestmark = pytest.mark.slow  # starts a vLLM engine (shared) and trains
+
+NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?(?:e[-+]?\d+)?")
+
+
+def _table_rows(text: str, first_cell: str) -> list[list[str]]:
+    return [[c.strip() for c in line.strip("|").split("|")] for line in text.splitlines()
+            if line.startswith(f"| {first_cell}")]
+
+
+def _finite(cell: str) -> float:
+    value = float(NUMBER.fullmatch(cell).group())
+    assert math.isfinite(value), cell
+    return value
+
+
+def test_roofline_prints_peak_and_fraction_of_peak_for_learner_and_rollout(capsys, vllm_tiny):
+    from memrl.bench import roofline
+
+    out = roofline.main(["--model", "tiny:0", "--batch", "2", "--length", "32", "--repeats", "1", "--prompts", "4",
+                         "--prompt-tokens", "8", "--gen-tokens", "8", "--matmul-n", "256", "--copy-mib", "16"],
+                        backend=vllm_tiny)
+    text = capsys.readouterr().out
+    assert "GFLOP/s" in text and "decode bandwidth bound" in text
+    rows = _table_rows(text, "learner") + _table_rows(text, "vLLM rollout")
+    assert len(rows) == 2
+    for row in rows:
+        assert _finite(row[-1]) > 0 and _finite(row[-2]) > 0  # fraction of peak, achieved GFLOP/s
+    assert all(math.isfinite(v) and v > 0 for v in out.values())
+
+
+def test_trl_compare_prints_both_sides_and_a_finite_ratio(capsys, vllm_tiny):
+    from memrl.bench import trl_compare
+
+    out = trl_compare.main(["--model", "tiny:0", "--prompts", "2", "--group", "2", "--tokens", "4"], backend=vllm_tiny)
+    text = capsys.readouterr().out
+    rows = {r[0]: r for r in _table_rows(text, "TRL") + _table_rows(text, "memrl")}
+    assert set(rows) == {"TRL GRPOTrainer (HF generate)", "memrl (vLLM engine)", "memrl (HFBackend, unbatched)"}
+    for row in rows.values():
+        assert _finite(row[1]) > 0 and _finite(row[4]) == 2 * 2 * 4  # step s; exact token budget on every path
+    ratio = re.search(r"ratio memrl\(vLLM\) / TRL step time: (\S+)", text)
+    assert ratio and _finite(ratio.group(1)) > 0
+    assert math.isfinite(out["ratio_step_time"])
