@@ -18,6 +18,7 @@ from functools import lru_cache
 import numpy as np
 
 from memrl.envs.core import OracleStep, Task, TaskEnv
+from memrl.envs.retrieval import render_hits
 
 # relation -> (subject kind, object kind, noun phrase of the object, passage sentence)
 RELATIONS: dict[str, tuple[str, str, str, str]] = {
@@ -156,7 +157,7 @@ class KBQAEnv(TaskEnv):
     def tool_search(self, query: str) -> str:
         """search the knowledge base; returns the top passages"""
         hits = _retriever(self.world_seed, self.sizes, self.retriever_kind).search(query, self.topk)
-        return "\n".join(f"Doc {i + 1} (Title: {p.title}) {p.text}" for i, p in enumerate(hits)) or "No results."
+        return render_hits(hits)
 
     def backend_of(self, name: str) -> object:
         return ("kb", self.world_seed, self.sizes, self.retriever_kind, self.topk)

@@ -34,6 +34,11 @@ class Passage:
         return f"({self.title}) {self.text}"
 
 
+def render_hits(hits: list[Passage]) -> str:
+    """Search results as the model sees them (Search-R1's "Doc i (Title: ...) text" layout)."""
+    return "\n".join(f"Doc {i + 1} (Title: {p.title}) {p.text}" for i, p in enumerate(hits)) or "No results."
+
+
 class Retriever(Protocol):
     """Top-k passages for a query; an empty query gives [], k is clamped to the corpus size."""
 

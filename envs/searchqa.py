@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from memrl.envs.core import OracleStep, Task, TaskEnv
+from memrl.envs.retrieval import render_hits
 from memrl.paths import data_dir
 
 DATASETS = ("musique", "hotpotqa")
@@ -127,7 +128,7 @@ class SearchQAEnv(TaskEnv):
     def tool_search(self, query: str) -> str:
         """search Wikipedia passages; returns the top passages"""
         hits = _retriever(self.retriever_kind, self.corpus, self.retriever_url).search(query, self.topk)
-        return "\n".join(f"Doc {i + 1} (Title: {p.title}) {p.text}" for i, p in enumerate(hits)) or "No results."
+        return render_hits(hits)
 
     def backend_of(self, name: str) -> object:
         return ("searchqa", self.retriever_kind, self.corpus, self.retriever_url, self.topk)
