@@ -28,12 +28,15 @@ class SamplingConfig:
     seed: int | None = None
 
 
+CONTEXT_FULL = "context"  # finish_reason of a prompt that already fills the engine's context window
+
+
 @dataclass
 class Generation:
     token_ids: list[int]  # (G,) sampled ids, including a final EOS or the token that completed a stop string
     logprobs: list[float]  # (G,) log-prob of each sampled id under the sampling policy
     text: str  # decoded token_ids
-    finish_reason: str = "length"  # "stop" (EOS or stop string) or "length"
+    finish_reason: str = "length"  # "stop" (EOS or stop string), "length", or CONTEXT_FULL
     meta: dict = field(default_factory=dict)
 
 
@@ -126,23 +129,22 @@ class VLLMBackend:
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
         self.llm = LLM(**kwargs)
         self.tokenizer = self.llm.get_tokenizer()
+        self.max_model_len = max_model_len
         self.version = 0
 
     def generate(self, prompts: list[list[int]], cfg: SamplingConfig) -> list[Generation]:
-        from vllm import SamplingParams
+        """One Generation per prompt; a prompt with no room left in the context window gets an empty
+        Generation with finish_reason "context" (vLLM would reject the whole batch for it)."""
         from vllm.inputs import TokensPrompt
 
-        params = SamplingParams(
-            max_tokens=cfg.max_tokens,
-            temperature=cfg.temperature,
-            top_p=cfg.top_p,
-            stop=list(cfg.stop) or None,
-            include_stop_str_in_output=True,
-            logprobs=0,
-            seed=cfg.seed,
-        )
-        outs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
-        return [_from_vllm(o.outputs[0], self.tokenizer) for o in outs]
+        room = [self.max_model_len - len(p) for p in prompts]
+        fits = [i for i, r in enumerate(room) if r > 0]
+        outs = self.llm.generate([TokensPrompt(prompt_token_ids=prompts[i]) for i in fits],
+                                 [_params(cfg, min(cfg.max_tokens, room[i])) for i in fits], use_tqdm=False)
+        gens = [Generation([], [], "", CONTEXT_FULL) for _ in prompts]
+        for i, o in zip(fits, outs, strict=True):
+            gens[i] = _from_vllm(o.outputs[0], self.tokenizer)
+        return gens
 
     def load_state_dict(self, state_dict: dict[str, torch.Tensor], version: int) -> None:
         from memrl.rl.weight_sync import state_dict_blob
@@ -156,6 +158,13 @@ class VLLMBackend:
 
     def param_checksum(self) -> float:
         return self.llm.collective_rpc("memrl_param_checksum")[0]
+
+
+def _params(cfg: SamplingConfig, max_tokens: int):
+    from vllm import SamplingParams
+
+    return SamplingParams(max_tokens=max_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                          stop=list(cfg.stop) or None, include_stop_str_in_output=True, logprobs=0, seed=cfg.seed)
 
 
 def _from_vllm(out, tokenizer) -> Generation:

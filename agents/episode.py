@@ -4,7 +4,8 @@ call per turn, then all env steps run concurrently in a thread pool (retrieval w
 Fault rule (documented, tested): an env whose reset/step raises, hangs past `env_timeout` seconds or
 returns a non-string observation ends only its own episode. That trajectory is kept with
 `failed=True`, reward 0 and `info["error"]`; the trainer excludes failed trajectories from the loss
-(their group baseline uses the others).
+(their group baseline uses the others). An episode whose prompt fills the engine's context window
+(a full-context agent on many objectives) ends as truncated with reward 0 and `info["context_full"]`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 
-from memrl.agents.backends import Generation, SamplingConfig
+from memrl.agents.backends import CONTEXT_FULL, Generation, SamplingConfig
 from memrl.agents.base import Agent, EpisodeState
 from memrl.rl.trajectory import Trajectory
 
@@ -64,15 +65,19 @@ def run_episodes(
                                  tuple(dict.fromkeys([*sampling.stop, *stop])), sampling.seed)
             gens = policy(prompts, live, cfg)
             parsed = [agent.parse(g.text, episodes[i].state) for i, g in zip(live, gens, strict=True)]
-            calls = [(lambda e=episodes[i].env, a=p.action: e.step(a)) for i, p in zip(live, parsed, strict=True)]
+            stepping = [(i, p) for i, p, g in zip(live, parsed, gens, strict=True) if g.finish_reason != CONTEXT_FULL]
+            calls = [(lambda e=episodes[i].env, a=p.action: e.step(a)) for i, p in stepping]
             outs: dict[int, tuple] = {}
-            _call_envs(pool, [episodes[i] for i in live], calls, env_timeout,
+            _call_envs(pool, [episodes[i] for i, _ in stepping], calls, env_timeout,
                        lambda ep, out, box=outs: box.__setitem__(id(ep), out))
             for i, prompt, gen, p in zip(live, prompts, gens, parsed, strict=True):
                 ep = episodes[i]
                 out = outs.get(id(ep))
                 obs = None
-                if out is not None:
+                if gen.finish_reason == CONTEXT_FULL:  # no room left to answer: ends like running out of turns
+                    ep.done = True
+                    ep.info.update(terminated=False, truncated=True, context_full=True)
+                elif out is not None:
                     obs, reward, terminated, truncated, info = out
                     ep.reward += float(reward)
                     ep.info.update(info)
@@ -127,7 +132,7 @@ def _trajectory(ep: _Episode, group_id: int, version: int) -> Trajectory:
 
 
 _KEEP = {"em", "f1", "objective_rewards", "objective_em", "objective_f1", "format_reward", "answers",
-         "objectives", "terminated", "truncated", "turn", "invalid_action"}
+         "objectives", "terminated", "truncated", "turn", "invalid_action", "context_full"}
 
 
 def oracle_policy(agent: Agent, envs: Sequence) -> Policy:

@@ -8,38 +8,68 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
 from memrl.agents.backends import SamplingConfig
-from memrl.agents.evaluate import summarize
+from memrl.agents.evaluate import episode_records, summarize, timing_row, write_jsonl
 
 log = logging.getLogger(__name__)
 
 COLUMNS = ["agent", "objectives", "episodes", "em", "em_stderr", "em_sum", "f1", "format_error_rate",
-           "mean_turns", "peak_context_tokens", "max_context_tokens", "tokens_per_s", "failed"]
+           "mean_turns", "peak_context_tokens", "max_context_tokens", "peak_kv_mib", "wall_s_per_episode",
+           "tokens_per_s", "context_full_rate", "failed"]
 
 
-def run_eval(model: str, agents: list[str], env_id: str, env_kwargs: dict, objectives: list[int], episodes: int,
-             out: Path, max_tokens: int = 128, seed_offset: int = 10_000_000, max_model_len: int = 4096,
-             kv_cache_gib: float = 1.0, max_turns: int | None = None) -> list[dict]:
-    from memrl.models import resolve_model_dir
+@dataclass
+class EvalSetup:
+    """Everything an eval needs besides the model and the agents; `from_recipe` copies a training recipe's
+    env, agent budgets, turn budget and held-out seeds so a trained model is evaluated as it was trained."""
+
+    env_id: str = "memrl/KBQA-v0"
+    env_kwargs: dict = field(default_factory=dict)
+    max_turns: int | None = None
+    max_tokens: int = 128
+    max_observation_tokens: int = 256
+    memory_tokens: int = 256
+    seed_offset: int = 10_000_000
+    max_model_len: int = 4096
+    kv_cache_gib: float = 1.0
+
+    @classmethod
+    def from_recipe(cls, recipe) -> EvalSetup:
+        return cls(recipe.env.id, dict(recipe.env.kwargs), recipe.env.max_turns, recipe.rollout.max_tokens,
+                   recipe.agent.max_observation_tokens, recipe.agent.memory_tokens, recipe.env.eval_seed_offset,
+                   recipe.rollout.max_model_len, recipe.rollout.kv_cache_gib)
+
+
+def run_eval(model: str, agents: list[str], objectives: list[int], episodes: int, out: Path,
+             setup: EvalSetup | None = None) -> list[dict]:
+    """Greedy episodes of each agent at each N on the same held-out seeds; writes episodes.jsonl,
+    summary.json/.md and (for sweeps) the peak-context plot under `out`."""
+    from memrl.models import kv_bytes_per_token, resolve_model_dir
     from memrl.rl.rollout import AgentSpec, EnvSpec, RolloutWorker
 
+    s = setup or EvalSetup()
     out.mkdir(parents=True, exist_ok=True)
-    worker = RolloutWorker(str(resolve_model_dir(model)), dict(max_model_len=max_model_len, kv_cache_gib=kv_cache_gib))
-    rows = []
-    seeds = [seed_offset + i for i in range(episodes)]
-    with (out / "episodes.jsonl").open("w") as f:
-        for agent in agents:
-            for n in objectives:
-                spec = EnvSpec(env_id, env_kwargs, n, max_turns)
-                trajs, stats = worker.rollout(seeds, list(range(episodes)), spec, AgentSpec(agent),
-                                              SamplingConfig(max_tokens, temperature=0.0))
-                row = {"agent": agent, "objectives": n, **summarize(trajs), "tokens_per_s": stats.tokens_per_s}
-                rows.append(row)
-                for t in trajs:
-                    f.write(json.dumps({"agent": agent, "objectives": n, "reward": t.reward, "failed": t.failed,
-                                        **{k: v for k, v in t.info.items() if k != "memory"}}, default=str) + "\n")
+    model_dir = resolve_model_dir(model)
+    kvb = kv_bytes_per_token(model_dir)
+    worker = RolloutWorker(str(model_dir), dict(max_model_len=s.max_model_len, kv_cache_gib=s.kv_cache_gib))
+    rows, records = [], []
+    seeds = [s.seed_offset + i for i in range(episodes)]
+    for agent in agents:
+        for n in tqdm(objectives, desc=f"eval {agent}"):
+            spec = EnvSpec(s.env_id, s.env_kwargs, n, s.max_turns)
+            trajs, stats = worker.rollout(seeds, list(range(episodes)), spec,
+                                          AgentSpec(agent, s.max_observation_tokens, s.memory_tokens),
+                                          SamplingConfig(s.max_tokens, temperature=0.0))
+            summary = summarize(trajs)
+            rows.append({"agent": agent, "objectives": n, "model": str(model), **summary,
+                         **timing_row(stats, summary, kvb)})
+            records.extend(episode_records(trajs, agent=agent, objectives=n, model=str(model), kv_bytes_per_token=kvb))
+            write_jsonl(out / "episodes.jsonl", records)
     (out / "summary.json").write_text(json.dumps(rows, indent=1))
     (out / "summary.md").write_text(table(rows))
     if len(objectives) > 1:

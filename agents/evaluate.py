@@ -20,6 +20,19 @@ def mean_stderr(xs: Sequence[float]) -> tuple[float, float]:
     return m, math.sqrt(var / n)
 
 
+def bootstrap_ci(xs: Sequence[float], level: float = 0.95, resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean (resampling episodes with replacement); (m, m) for n < 2."""
+    import numpy as np
+
+    a = np.asarray(xs, dtype=float)
+    if a.size < 2:
+        m = float(a.mean()) if a.size else 0.0
+        return m, m
+    means = np.random.default_rng(seed).choice(a, size=(resamples, a.size), replace=True).mean(axis=1)
+    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
+
+
 def summarize(trajs: Sequence[Trajectory]) -> dict:
     """EM, F1, reward (mean and stderr), format-error rate, turns and token accounting over episodes."""
     out: dict = {"episodes": len(trajs), "failed": sum(t.failed for t in trajs)}
@@ -29,6 +42,7 @@ def summarize(trajs: Sequence[Trajectory]) -> dict:
         ("reward", [t.reward for t in trajs]),
     ):
         out[key], out[f"{key}_stderr"] = mean_stderr(values)
+        out[f"{key}_ci95"] = bootstrap_ci(values)
     out["em_sum"] = out["em"] * _mean_objectives(trajs)  # MEM1 reports EM summed over the N objectives
     turns = sum(t.info.get("turns", 0) for t in trajs)
     out["format_error_rate"] = sum(t.info.get("format_errors", 0) for t in trajs) / max(1, turns)
@@ -37,6 +51,7 @@ def summarize(trajs: Sequence[Trajectory]) -> dict:
     peaks = [t.info.get("peak_context_tokens", 0) for t in trajs]
     out["peak_context_tokens"] = sum(peaks) / max(1, len(peaks))
     out["max_context_tokens"] = max(peaks, default=0)
+    out["context_full_rate"] = sum(bool(t.info.get("context_full")) for t in trajs) / max(1, len(trajs))
     out["generated_tokens"] = sum(t.info.get("generated_tokens", 0) for t in trajs)
     out["prefilled_tokens"] = sum(t.info.get("prefilled_tokens", 0) for t in trajs)
     return out
@@ -45,3 +60,37 @@ def summarize(trajs: Sequence[Trajectory]) -> dict:
 def _mean_objectives(trajs: Sequence[Trajectory]) -> float:
     counts = [len(t.info.get("objectives") or [None]) for t in trajs]
     return sum(counts) / max(1, len(counts))
+
+
+def timing_row(stats, summary: dict, kv_bytes_per_token: int) -> dict:
+    """Throughput and memory columns of an eval row: tokens/s, seconds per episode, peak KV-cache MiB
+    (mean over episodes of peak context tokens x KV bytes per token)."""
+    return {"tokens_per_s": stats.tokens_per_s, "wall_s": stats.wall_time,
+            "wall_s_per_episode": stats.wall_time / max(1, stats.episodes),
+            "episode_latency_s": sum(stats.episode_latency) / max(1, len(stats.episode_latency)),
+            "peak_kv_mib": summary["peak_context_tokens"] * kv_bytes_per_token / 2**20}
+
+
+def episode_records(trajs: Sequence[Trajectory], **fields) -> list[dict]:
+    """One JSON-able dict per episode (scores, tokens, peak KV bytes) for bootstrap intervals and plots."""
+    kvb = fields.pop("kv_bytes_per_token", None)
+    rows = []
+    for t in trajs:
+        info = {k: v for k, v in t.info.items() if k not in ("memory", "context_tokens")}
+        row = {**fields, "reward": t.reward, "failed": t.failed, **info}
+        if kvb:
+            row["peak_kv_bytes"] = info.get("peak_context_tokens", 0) * kvb
+        rows.append(row)
+    return rows
+
+
+def write_jsonl(path, rows: Sequence[dict]) -> None:
+    """Write rows atomically (a killed run never leaves half a file)."""
+    import json
+    import os
+    from pathlib import Path
+
+    path = Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text("".join(json.dumps(r, default=str) + "\n" for r in rows))
+    os.replace(tmp, path)

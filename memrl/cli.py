@@ -75,11 +75,20 @@ def _eval(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from memrl.agents.eval_cli import run_eval, table
+    from memrl.agents.eval_cli import EvalSetup, run_eval, table
 
-    rows = run_eval(args.model, args.agent.split(","), args.env, json.loads(args.env_kwargs),
-                    [int(x) for x in args.objectives.split(",")], args.episodes, Path(args.out), args.max_tokens,
-                    max_turns=args.max_turns)
+    setup = EvalSetup()
+    if args.recipe:
+        from memrl.recipes.schema import load_recipe
+
+        setup = EvalSetup.from_recipe(load_recipe(args.recipe))
+    for flag, attr in (("env", "env_id"), ("max_tokens", "max_tokens"), ("max_turns", "max_turns")):
+        if getattr(args, flag) is not None:
+            setattr(setup, attr, getattr(args, flag))
+    if args.env_kwargs is not None:
+        setup.env_kwargs = json.loads(args.env_kwargs)
+    rows = run_eval(args.model, args.agent.split(","), [int(x) for x in args.objectives.split(",")], args.episodes,
+                    Path(args.out), setup)
     print(table(rows), end="")
     print(f"episodes: {Path(args.out) / 'episodes.jsonl'}")
     return 0
@@ -167,11 +176,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate agents on an env (sweep composed objectives)")
     p.add_argument("--model", default="smollm2-135m-instruct")
     p.add_argument("--agent", default="mem1,memsearcher,full_context", help="comma-separated agents")
-    p.add_argument("--env", default="memrl/KBQA-v0")
-    p.add_argument("--env-kwargs", default="{}", help="JSON kwargs of the env")
+    p.add_argument("--recipe", default=None, help="take env, agent budgets, turns and held-out seeds from a recipe")
+    p.add_argument("--env", default=None, help="env id (default memrl/KBQA-v0 or the recipe's)")
+    p.add_argument("--env-kwargs", default=None, help="JSON kwargs of the env (default {} or the recipe's)")
     p.add_argument("--objectives", default="1", help="comma-separated N, e.g. 1,2,4,8,16")
     p.add_argument("--episodes", type=int, default=16)
-    p.add_argument("--max-tokens", type=int, default=128)
+    p.add_argument("--max-tokens", type=int, default=None, help="tokens per turn (default 128 or the recipe's)")
     p.add_argument("--max-turns", type=int, default=None)
     p.add_argument("--out", default="runs/eval")
     p.set_defaults(func=_eval)

@@ -69,6 +69,20 @@ def load_tokenizer(name_or_path: str | os.PathLike) -> PreTrainedTokenizerFast:
     return tok
 
 
+def kv_bytes_per_token(name_or_path: str | os.PathLike, dtype: torch.dtype | None = None) -> int:
+    """KV-cache bytes one token occupies in every layer: 2 (K and V) x layers x KV heads x head_dim x dtype
+    size. Peak KV memory of an episode = its peak context tokens x this (vLLM pages round up to a block)."""
+    from transformers import AutoConfig
+
+    from memrl.device import plan
+
+    cfg = AutoConfig.from_pretrained(resolve_model_dir(name_or_path))
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+    size = torch.tensor([], dtype=dtype or plan().dtype).element_size()
+    return 2 * cfg.num_hidden_layers * kv_heads * head_dim * size
+
+
 def untie_lm_head(model: torch.nn.Module) -> None:
     """Give the lm_head its own copy of the embedding so trained weights sync into vLLM correctly."""
     if getattr(model.config, "tie_word_embeddings", False):

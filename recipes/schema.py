@@ -88,6 +88,7 @@ class SFTCfg(Section):
 
 class TrainCfg(Section):
     steps: int = Field(10, ge=0, description="GRPO steps")
+    zero_shot_eval: bool = Field(True, description="eval the untrained model first (off when a sweep covers it)")
     eval_every: int = Field(0, ge=0, description="eval on held-out tasks every K steps (0 = only at start/end)")
     eval_tasks: int = Field(32, ge=1, description="held-out tasks per eval")
     eval_objectives: list[int] = Field(default_factory=list, description="N swept at the end (memory vs baseline agent)")

@@ -16,8 +16,8 @@ import torch
 from tqdm.auto import tqdm
 
 from memrl.agents import SamplingConfig, make_agent, oracle_policy, run_episodes
-from memrl.agents.evaluate import summarize
-from memrl.models import load_tokenizer, resolve_model_dir
+from memrl.agents.evaluate import episode_records, summarize, timing_row, write_jsonl
+from memrl.models import kv_bytes_per_token, load_tokenizer, resolve_model_dir
 from memrl.recipes.schema import Recipe, dump
 from memrl.rl import checkpoint, losses
 from memrl.rl.export import export
@@ -80,6 +80,7 @@ class Trainer:
         (self.out / "recipe.yaml").write_text(dump(recipe))
         self.model_dir = resolve_model_dir(recipe.model.name)
         self.tokenizer = load_tokenizer(self.model_dir)
+        self.kv_bytes = kv_bytes_per_token(self.model_dir)
         self.resume = resume
         self.timings: dict[str, float] = {}
         self.evals: dict[str, dict] = {}
@@ -119,7 +120,7 @@ class Trainer:
     # ------------------------------------------------------------------ phases
     def run(self) -> dict:
         rc = self.recipe
-        if "zero_shot" not in self.evals:
+        if "zero_shot" not in self.evals and rc.train.zero_shot_eval:
             self.evals["zero_shot"] = self._eval("zero_shot")
         if self.sft_done < rc.sft.steps:
             self._timed("sft", self.sft)
@@ -214,7 +215,8 @@ class Trainer:
             "sync_share": t_sync / dt, **{k: v for k, v in lm.items() if k not in ("learner_time",)},
         }
 
-    def evaluate(self, agent_name: str, objectives: int | None = None, tasks: int | None = None) -> dict:
+    def evaluate(self, agent_name: str, objectives: int | None = None, tasks: int | None = None,
+                 record: list | None = None) -> dict:
         """Greedy episodes on held-out task seeds (disjoint from training seeds)."""
         rc = self.recipe
         seeds = [rc.env.eval_seed_offset + i for i in range(tasks or rc.train.eval_tasks)]
@@ -222,8 +224,11 @@ class Trainer:
         trajs, stats = self.rollouts.rollout(seeds, list(range(len(seeds))), env_spec(rc, objectives),
                                              agent_spec(rc, agent_name), sampling, env_timeout=rc.rollout.env_timeout)
         out = summarize(trajs)
-        out["tokens_per_s"] = stats.tokens_per_s
+        out.update(timing_row(stats, out, self.kv_bytes))
         out["context_tokens_per_turn"] = _mean_per_turn(trajs)
+        if record is not None:
+            record.extend(episode_records(trajs, agent=agent_name, objectives=objectives or rc.env.objectives,
+                                          kv_bytes_per_token=self.kv_bytes))
         return out
 
     def sweep(self) -> list[dict]:
@@ -231,11 +236,13 @@ class Trainer:
         rc = self.recipe
         agents = [rc.agent.name] + ([rc.train.baseline_agent] if rc.train.baseline_agent not in (None, rc.agent.name)
                                     else [])
-        rows = []
+        rows, episodes = [], []
         for name in agents:
-            for n in rc.train.eval_objectives or [rc.env.objectives]:
-                row = self.evaluate(name, n, tasks=rc.train.sweep_tasks)
+            for n in tqdm(rc.train.eval_objectives or [rc.env.objectives], desc=f"sweep {name}",
+                          disable=not rc.logging.progress):
+                row = self.evaluate(name, n, tasks=rc.train.sweep_tasks, record=episodes)
                 rows.append({"agent": name, "objectives": n, **row})
+                write_jsonl(self.out / "sweep_episodes.jsonl", episodes)
         return rows
 
     def _sync(self) -> float:

@@ -24,3 +24,33 @@ def test_faulty_env_fails_only_its_episode(policy, tiny_tokenizer, fault):
     assert {"raise": "exploded", "hang": "timed out", "non_string": "non-string"}[fault] in bad.info["error"]
     for good in (trajs[0], trajs[2]):
         assert good.info["turns"] == 2 and len(good.contexts) == 2 and good.info["terminated"]
+
+
+def test_prompt_that_fills_the_context_window_ends_only_its_episode(vllm_tiny, tiny_tokenizer):
+    """vLLM rejects a whole batch when one prompt is longer than max_model_len; the backend answers
+    that prompt with an empty CONTEXT_FULL generation and the episode ends truncated with reward 0."""
+    from memrl.agents.backends import CONTEXT_FULL
+
+    long_prompt, short_prompt = [5] * vllm_tiny.max_model_len, [5] * 10
+    gens = vllm_tiny.generate([short_prompt, long_prompt], SamplingConfig(max_tokens=4, temperature=0.0))
+    assert gens[1].finish_reason == CONTEXT_FULL and gens[1].token_ids == []
+    assert len(gens[0].token_ids) >= 1 and gens[0].finish_reason != CONTEXT_FULL
+    # a prompt near the limit gets only the tokens that still fit
+    near = vllm_tiny.generate([[5] * (vllm_tiny.max_model_len - 2)], SamplingConfig(max_tokens=8, temperature=0.0))
+    assert 1 <= len(near[0].token_ids) <= 2
+
+    from memrl.testing import LettersEnv
+
+    base = backend_policy(vllm_tiny)
+
+    def policy(prompts, episodes, cfg):  # episode 1 "overflows" on its second turn
+        gens = base(prompts, episodes, cfg)
+        return [g if not (e == 1 and len(p) > 40) else type(g)([], [], "", CONTEXT_FULL)
+                for p, e, g in zip(prompts, episodes, gens, strict=True)]
+
+    agent = make_agent("full_context", tiny_tokenizer)
+    trajs = run_episodes(agent, [LettersEnv(turns=2) for _ in range(2)], [0, 1], policy,
+                         SamplingConfig(max_tokens=8, temperature=1.0, seed=0))
+    assert not trajs[1].failed and trajs[1].reward == 0.0 and trajs[1].info["context_full"]
+    assert trajs[1].info["truncated"] and not trajs[1].info["terminated"]
+    assert trajs[0].info["terminated"] and not trajs[0].info.get("context_full")

@@ -59,8 +59,8 @@ def test_experiment_recipes_differ_only_in_the_agent():
         dumps[name] = d
     first = dumps[EXPERIMENTS[0]]
     assert all(d == first for d in dumps.values())
-    assert first["env"] == {**first["env"], "id": "memrl/KBQA-v0", "kwargs": {"min_hops": 1, "max_hops": 2},
-                            "objectives": 2}
+    assert first["env"] == {**first["env"], "id": "memrl/KBQA-v0", "objectives": 2}
+    assert first["env"]["kwargs"]["min_hops"] >= 1
     assert first["train"]["eval_objectives"] == [1, 2, 4, 8, 16]
     assert first["sft"]["steps"] > 0
     assert {load_recipe(n).agent.name for n in EXPERIMENTS} == {"mem1", "memsearcher", "full_context"}
