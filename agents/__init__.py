@@ -2,7 +2,13 @@
 
 from memrl.agents.backends import Generation, HFBackend, SamplingConfig, VLLMBackend
 from memrl.agents.base import Agent, EpisodeState, TokenStats
-from memrl.agents.episode import backend_policy, oracle_policy, run_episodes
+from memrl.agents.episode import (
+    StreamingPolicy,
+    backend_policy,
+    oracle_policy,
+    run_episodes,
+    streaming_policy,
+)
 from memrl.agents.full_context import FullContextAgent
 from memrl.agents.mem1 import Mem1Agent
 from memrl.agents.memsearcher import MemSearcherAgent
@@ -21,5 +27,5 @@ def make_agent(name: str, tokenizer, **kwargs) -> Agent:
 __all__ = [
     "AGENTS", "Agent", "EpisodeState", "FullContextAgent", "Generation", "HFBackend", "Mem1Agent",
     "MemSearcherAgent", "Parsed", "SamplingConfig", "TokenStats", "VLLMBackend", "backend_policy",
-    "make_agent", "oracle_policy", "parse_output", "run_episodes",
+    "make_agent", "oracle_policy", "parse_output", "run_episodes", "StreamingPolicy", "streaming_policy",
 ]

@@ -7,6 +7,7 @@ the raw model distribution (temperature 1, before top-p), which is what the lear
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 from dataclasses import dataclass, field
@@ -131,6 +132,9 @@ class VLLMBackend:
         self.tokenizer = self.llm.get_tokenizer()
         self.max_model_len = max_model_len
         self.version = 0
+        self._keys: dict[str, int] = {}  # streaming: vLLM request id -> caller's key
+        self._done: list[tuple[int, Generation]] = []  # streaming: answered without the engine
+        self._ids = itertools.count()
 
     def generate(self, prompts: list[list[int]], cfg: SamplingConfig) -> list[Generation]:
         """One Generation per prompt; a prompt with no room left in the context window gets an empty
@@ -145,6 +149,34 @@ class VLLMBackend:
         for i, o in zip(fits, outs, strict=True):
             gens[i] = _from_vllm(o.outputs[0], self.tokenizer)
         return gens
+
+    # ---------------------------------------------------------------- streaming (continuous batching)
+    def submit(self, key: int, prompt: list[int], cfg: SamplingConfig) -> None:
+        """Queue one prompt; the engine batches it with everything in flight. `poll` returns it when done."""
+        from vllm.inputs import TokensPrompt
+
+        room = self.max_model_len - len(prompt)
+        if room <= 0:
+            self._done.append((key, Generation([], [], "", CONTEXT_FULL)))
+            return
+        rid = f"memrl-{next(self._ids)}"  # outputs carry this id (vLLM adds a suffix only internally)
+        self.llm.llm_engine.add_request(rid, TokensPrompt(prompt_token_ids=prompt), _params(cfg, min(cfg.max_tokens, room)))
+        self._keys[rid] = key
+
+    def poll(self) -> list[tuple[int, Generation]]:
+        """Run one engine step (one decode iteration over every queued request); return the finished ones."""
+        done, self._done = self._done, []
+        if self._keys:
+            if not self.llm.llm_engine.has_unfinished_requests():  # never spin on requests the engine dropped
+                lost, self._keys = sorted(self._keys), {}
+                raise RuntimeError(f"vLLM has no unfinished requests but {len(lost)} were never answered: {lost[:4]}")
+            for out in self.llm.llm_engine.step():
+                if out.finished and out.request_id in self._keys:
+                    done.append((self._keys.pop(out.request_id), _from_vllm(out.outputs[0], self.tokenizer)))
+        return done
+
+    def in_flight(self) -> int:
+        return len(self._keys) + len(self._done)
 
     def load_state_dict(self, state_dict: dict[str, torch.Tensor], version: int) -> None:
         from memrl.rl.weight_sync import state_dict_blob
@@ -162,9 +194,11 @@ class VLLMBackend:
 
 def _params(cfg: SamplingConfig, max_tokens: int):
     from vllm import SamplingParams
+    from vllm.sampling_params import RequestOutputKind
 
     return SamplingParams(max_tokens=max_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                          stop=list(cfg.stop) or None, include_stop_str_in_output=True, logprobs=0, seed=cfg.seed)
+                          stop=list(cfg.stop) or None, include_stop_str_in_output=True, logprobs=0, seed=cfg.seed,
+                          output_kind=RequestOutputKind.FINAL_ONLY)
 
 
 def _from_vllm(out, tokenizer) -> Generation:

@@ -1,5 +1,11 @@
-"""Run agents through episodes, turn-synchronously batched: every live episode generates in one engine
-call per turn, then all env steps run concurrently in a thread pool (retrieval waits overlap).
+"""Run agents through episodes. Two schedules, one loop:
+
+- streaming (a `StreamingPolicy`, e.g. a VLLMBackend): every episode moves on its own. Its next prompt
+  joins the engine's running batch as soon as its env step returns (continuous batching), so a long
+  generation or a slow retrieval of one episode never holds up the others, and env steps run in a
+  thread pool while the engine decodes.
+- turn-synchronous (a batch `Policy` callable: HF reference, oracle, test policies): every live
+  episode generates in one call per turn, then all env steps run concurrently.
 
 Fault rule (documented, tested): an env whose reset/step raises, hangs past `env_timeout` seconds or
 returns a non-string observation ends only its own episode. That trajectory is kept with
@@ -11,10 +17,11 @@ returns a non-string observation ends only its own episode. That trajectory is k
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
 
 from memrl.agents.backends import CONTEXT_FULL, Generation, SamplingConfig
 from memrl.agents.base import Agent, EpisodeState
@@ -26,9 +33,40 @@ log = logging.getLogger(__name__)
 Policy = Callable[[list[list[int]], list[int], SamplingConfig], list[Generation]]
 
 
+@runtime_checkable
+class StreamingPolicy(Protocol):
+    """Continuous batching: queue prompts one at a time, advance the engine, collect finished ones."""
+
+    def submit(self, key: int, prompt: list[int], cfg: SamplingConfig) -> None: ...
+
+    def poll(self) -> list[tuple[int, Generation]]: ...
+
+
 def backend_policy(backend) -> Policy:
-    """Adapt an HFBackend/VLLMBackend (anything with `generate(prompts, cfg)`) to a Policy."""
+    """Adapt an HFBackend/VLLMBackend (anything with `generate(prompts, cfg)`) to a batch Policy."""
     return lambda prompts, episodes, cfg: backend.generate(prompts, cfg)
+
+
+def streaming_policy(backend) -> StreamingPolicy | Policy:
+    """The backend itself when it streams (VLLMBackend), else its batch Policy."""
+    return backend if isinstance(backend, StreamingPolicy) else backend_policy(backend)
+
+
+class _TurnBatch:
+    """A batch Policy seen as a StreamingPolicy: `poll` generates everything submitted, in one call."""
+
+    def __init__(self, policy: Policy) -> None:
+        self.policy, self.queue = policy, []
+
+    def submit(self, key: int, prompt: list[int], cfg: SamplingConfig) -> None:
+        self.queue.append((key, prompt, cfg))
+
+    def poll(self) -> list[tuple[int, Generation]]:
+        if not self.queue:
+            return []
+        queue, self.queue = self.queue, []
+        gens = self.policy([p for _, p, _ in queue], [k for k, _, _ in queue], queue[0][2])
+        return [(k, g) for (k, _, _), g in zip(queue, gens, strict=True)]
 
 
 @dataclass
@@ -39,13 +77,15 @@ class _Episode:
     info: dict = field(default_factory=dict)
     done: bool = False
     error: str | None = None
+    started: float = field(default_factory=time.monotonic)
+    deadline: float | None = None  # of the env call in flight
 
 
 def run_episodes(
     agent: Agent,
     envs: Sequence,
     seeds: Sequence[int],
-    policy: Policy,
+    policy: Policy | StreamingPolicy,
     sampling: SamplingConfig,
     group_ids: Sequence[int] | None = None,
     env_timeout: float = 60.0,
@@ -53,54 +93,97 @@ def run_episodes(
     weight_version: int = 0,
     on_turn: Callable[[int, int], None] | None = None,
 ) -> list[Trajectory]:
-    """Play one episode per env (reset with its seed) and return one Trajectory each, in order."""
+    """Play one episode per env (reset with its seed) and return one Trajectory each, in order.
+
+    `on_turn(turns, tokens)` is called whenever generations finish (how many, how many tokens)."""
+    streaming = isinstance(policy, StreamingPolicy)
+    engine = policy if streaming else _TurnBatch(policy)
     episodes = [_Episode(env) for env in envs]
     with ThreadPoolExecutor(max_workers=max(1, min(max_threads, len(envs)))) as pool:
-        _call_envs(pool, episodes, [(lambda e=e, s=s: e.reset(seed=int(s))) for e, s in zip(envs, seeds, strict=True)],
-                   env_timeout, lambda ep, out: _on_reset(agent, ep, out))
-        while live := [i for i, ep in enumerate(episodes) if not ep.done]:
-            prompts = [agent.context_ids(episodes[i].state) for i in live]
-            stop = agent.stop_strings(episodes[live[0]].state)
-            cfg = SamplingConfig(sampling.max_tokens, sampling.temperature, sampling.top_p,
-                                 tuple(dict.fromkeys([*sampling.stop, *stop])), sampling.seed)
-            gens = policy(prompts, live, cfg)
-            parsed = [agent.parse(g.text, episodes[i].state) for i, g in zip(live, gens, strict=True)]
-            stepping = [(i, p) for i, p, g in zip(live, parsed, gens, strict=True) if g.finish_reason != CONTEXT_FULL]
-            calls = [(lambda e=episodes[i].env, a=p.action: e.step(a)) for i, p in stepping]
-            outs: dict[int, tuple] = {}
-            _call_envs(pool, [episodes[i] for i, _ in stepping], calls, env_timeout,
-                       lambda ep, out, box=outs: box.__setitem__(id(ep), out))
-            for i, prompt, gen, p in zip(live, prompts, gens, parsed, strict=True):
-                ep = episodes[i]
-                out = outs.get(id(ep))
-                obs = None
+        resets = {pool.submit(e.reset, seed=int(s)): i for i, (e, s) in enumerate(zip(envs, seeds, strict=True))}
+        for _, i, out in _collect(resets, episodes, env_timeout, wait_all=True):
+            if out is not None:
+                _on_reset(agent, episodes[i], out)
+        ready = [i for i, ep in enumerate(episodes) if not ep.done]
+        prompts: dict[int, list[int]] = {}  # episodes generating -> their prompt
+        steps: dict = {}  # env step futures -> (episode, prompt, generation, parsed, deadline)
+        while ready or prompts or steps:
+            for i in ready:
+                state = episodes[i].state
+                prompts[i] = agent.context_ids(state)
+                engine.submit(i, prompts[i], _turn_config(sampling, agent.stop_strings(state)))
+            ready = []
+            finished = engine.poll() if prompts else []
+            if finished and on_turn:
+                on_turn(len(finished), sum(len(g.token_ids) for _, g in finished))
+            for i, gen in finished:
+                ep, prompt = episodes[i], prompts.pop(i)
+                parsed = agent.parse(gen.text, ep.state)
                 if gen.finish_reason == CONTEXT_FULL:  # no room left to answer: ends like running out of turns
                     ep.done = True
                     ep.info.update(terminated=False, truncated=True, context_full=True)
-                elif out is not None:
+                    agent.update(ep.state, prompt, gen, parsed, None)
+                    _finish(ep)
+                    continue
+                fut = pool.submit(ep.env.step, parsed.action)
+                steps[fut] = (i, prompt, gen, parsed)
+                ep.deadline = time.monotonic() + env_timeout
+            # streaming: take the env steps that are done and go on decoding; turn batch: wait for all
+            block = not streaming or not prompts
+            futs = {f: v[0] for f, v in steps.items()}
+            for fut, i, out in _collect(futs, episodes, env_timeout, wait_all=not streaming, block=block):
+                _, prompt, gen, parsed = steps.pop(fut)
+                ep = episodes[i]
+                obs = None
+                if out is not None:
                     obs, reward, terminated, truncated, info = out
                     ep.reward += float(reward)
                     ep.info.update(info)
                     ep.done = bool(terminated or truncated)
                     ep.info["terminated"], ep.info["truncated"] = bool(terminated), bool(truncated)
-                agent.update(ep.state, prompt, gen, p, None if ep.done else obs)
-            if on_turn:
-                on_turn(len(live), sum(len(g.token_ids) for g in gens))
+                agent.update(ep.state, prompt, gen, parsed, None if ep.done else obs)
+                if ep.done:
+                    _finish(ep)
+                else:
+                    ready.append(i)
     groups = group_ids if group_ids is not None else list(range(len(envs)))
     return [_trajectory(ep, g, weight_version) for ep, g in zip(episodes, groups, strict=True)]
 
 
-def _call_envs(pool, episodes, calls, timeout, on_ok) -> None:
-    futures = [pool.submit(c) for c in calls]
-    for ep, fut in zip(episodes, futures, strict=True):
-        try:
-            out = fut.result(timeout=timeout)
-            _check_output(out)
-            on_ok(ep, out)
-        except FutureTimeout:
+def _turn_config(sampling: SamplingConfig, stop: tuple[str, ...]) -> SamplingConfig:
+    return SamplingConfig(sampling.max_tokens, sampling.temperature, sampling.top_p,
+                          tuple(dict.fromkeys([*sampling.stop, *stop])), sampling.seed)
+
+
+def _collect(futures: dict, episodes: list[_Episode], timeout: float, wait_all: bool, block: bool = True):
+    """Yield (future, episode index, output or None) for env calls that finished, failed or ran out of time.
+
+    A failed call marks its episode failed and yields None. `block=False` only takes what is done now;
+    otherwise waits for the first one (or all, `wait_all`), each call bounded by its episode deadline."""
+    if not futures:
+        return
+    now = time.monotonic()
+    deadline = min(episodes[i].deadline or now + timeout for i in futures.values())
+    wait_for = max(0.0, deadline - now) if block else 0.0
+    done, _ = wait(list(futures), timeout=wait_for, return_when=ALL_COMPLETED if wait_all else FIRST_COMPLETED)
+    now = time.monotonic()
+    for fut, i in futures.items():
+        ep = episodes[i]
+        if fut in done:
+            try:
+                out = fut.result()
+                _check_output(out)
+            except Exception as exc:  # an env bug ends its episode, never the run
+                _fail(ep, f"{type(exc).__name__}: {exc}")
+                out = None
+            yield fut, i, out
+        elif now >= (ep.deadline or deadline):
             _fail(ep, f"env call timed out after {timeout:.0f}s")
-        except Exception as exc:  # an env bug ends its episode, never the run
-            _fail(ep, f"{type(exc).__name__}: {exc}")
+            yield fut, i, None
+
+
+def _finish(ep: _Episode) -> None:
+    ep.info.setdefault("episode_seconds", time.monotonic() - ep.started)
 
 
 def _check_output(out) -> None:
@@ -111,6 +194,7 @@ def _check_output(out) -> None:
 def _fail(ep: _Episode, message: str) -> None:
     log.warning("episode failed: %s", message)
     ep.error, ep.done, ep.reward = message, True, 0.0
+    _finish(ep)
 
 
 def _on_reset(agent: Agent, ep: _Episode, out) -> None:
@@ -132,7 +216,7 @@ def _trajectory(ep: _Episode, group_id: int, version: int) -> Trajectory:
 
 
 _KEEP = {"em", "f1", "objective_rewards", "objective_em", "objective_f1", "format_reward", "answers",
-         "objectives", "terminated", "truncated", "turn", "invalid_action", "context_full"}
+         "objectives", "terminated", "truncated", "turn", "invalid_action", "context_full", "episode_seconds"}
 
 
 def oracle_policy(agent: Agent, envs: Sequence) -> Policy:

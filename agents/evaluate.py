@@ -77,7 +77,8 @@ def episode_records(trajs: Sequence[Trajectory], **fields) -> list[dict]:
     rows = []
     for t in trajs:
         info = {k: v for k, v in t.info.items() if k not in ("memory", "context_tokens")}
-        row = {**fields, "reward": t.reward, "failed": t.failed, **info}
+        info["questions"] = info.pop("objectives", None)  # the objective texts; `objectives` is N
+        row = {"reward": t.reward, "failed": t.failed, **info, **fields}
         if kvb:
             row["peak_kv_bytes"] = info.get("peak_context_tokens", 0) * kvb
         rows.append(row)

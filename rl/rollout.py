@@ -2,9 +2,9 @@
 a batch of tasks over them, re-runs the work of a worker that died, and keeps every engine's weights
 at the learner's version.
 
-Within a worker, episodes are batched turn by turn: all live episodes generate in one engine call
-(vLLM batches them continuously), then env steps run concurrently in threads, off the generation path
-(see `memrl.agents.episode`). A worker restarted by Ray comes back with its initial weights; every
+Within a worker, episodes are scheduled one by one on the engine (continuous batching): an episode's
+next prompt joins the running batch as soon as its env step returns, and env steps run in threads while
+the engine decodes (see `memrl.agents.episode`). A worker restarted by Ray comes back with its initial weights; every
 rollout call carries the wanted version and a reference to the latest weights, and a worker that is
 behind loads them before it starts.
 """
@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from memrl.agents import SamplingConfig, VLLMBackend, backend_policy, make_agent, run_episodes
+from memrl.agents import SamplingConfig, VLLMBackend, make_agent, run_episodes, streaming_policy
 from memrl.rl.trajectory import Trajectory
 
 log = logging.getLogger(__name__)
@@ -126,12 +126,12 @@ class RolloutWorker:
                 os._exit(1)  # a real crash of this worker process, for the fault tests
 
         t0 = time.perf_counter()
-        trajs = run_episodes(agent_obj, self._env_pool(env, len(seeds)), seeds, backend_policy(self.backend),
+        trajs = run_episodes(agent_obj, self._env_pool(env, len(seeds)), seeds, streaming_policy(self.backend),
                              sampling, group_ids=group_ids, env_timeout=env_timeout,
                              weight_version=self.backend.version, on_turn=on_turn)
         stats.wall_time = time.perf_counter() - t0
         stats.episodes = len(trajs)
-        stats.episode_latency = [stats.wall_time] * len(trajs)  # turn-synchronous: all finish by the batch end
+        stats.episode_latency = [float(t.info.get("episode_seconds", stats.wall_time)) for t in trajs]
         return trajs, stats
 
 
@@ -156,10 +156,23 @@ class RolloutManager:
     def sync(self, blob: bytes, version: int) -> float:
         """Push new weights to every engine; returns seconds taken."""
         import ray
+        from ray.exceptions import ActorUnavailableError, RayActorError
 
         t0 = time.perf_counter()
         self._weights_ref = ray.put(blob)
-        ray.get([w.load_blob.remote(self._weights_ref, version) for w in self.workers], timeout=self.timeout)
+        refs = [w.load_blob.remote(self._weights_ref, version) for w in self.workers]
+        for i, ref in enumerate(refs):
+            for attempt in range(3):  # a worker that died (e.g. killed for memory) is restarted by Ray: load again
+                try:
+                    ray.get(ref, timeout=self.timeout)
+                    break
+                except (ActorUnavailableError, RayActorError) as exc:
+                    if attempt == 2:
+                        raise RuntimeError(f"rollout worker {i} failed to load weights v{version} 3 times") from exc
+                    log.warning("worker %d unavailable during weight sync (%s); waiting for its restart", i,
+                                type(exc).__name__)
+                    self._await_restart(i)
+                    ref = self.workers[i].load_blob.remote(self._weights_ref, version)
         self.version = version
         return time.perf_counter() - t0
 

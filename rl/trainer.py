@@ -124,6 +124,8 @@ class Trainer:
             self.evals["zero_shot"] = self._eval("zero_shot")
         if self.sft_done < rc.sft.steps:
             self._timed("sft", self.sft)
+            self._checkpoint()
+        if rc.sft.steps and "after_sft" not in self.evals:
             self.evals["after_sft"] = self._eval("after_sft")
             self._checkpoint()
         self._timed("grpo", self.grpo)

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Every run behind docs/RESULTS.md, in order; each line is resumable / re-runnable on its own.
+#   bash recipes/experiments/run_all.sh            (about 2 hours on 2 CPU cores)
+# then: memrl bench results   (tables + plots -> docs/RESULTS.md)
+set -euo pipefail
+EPISODES=${EPISODES:-16}        # held-out tasks per (agent, N) point
+REAL=${REAL:-32}                # real-data questions per dataset
+declare -A AGENT=([mem1-n2]=mem1 [memsearcher-n2]=memsearcher [full-context-n2]=full_context)
+
+# 1. one training run per agent (N = 2), each ending with its own sweep over N = 1, 2, 4, 8, 16
+for run in mem1-n2 memsearcher-n2 full-context-n2; do
+  [ -f "runs/$run/summary.json" ] || memrl train "experiments/$run" --resume
+done
+# 2. the untrained model, every agent format, the same held-out tasks and budgets
+memrl eval --recipe experiments/mem1-n2 --model smollm2-135m-instruct --agent mem1,memsearcher,full_context \
+  --objectives 1,2,4,8,16 --episodes "$EPISODES" --out runs/untrained-sweep
+# 3. real multi-hop QA (../shared/data or $MEMRL_DATA_DIR): zero-shot vs trained, one objective, 4 turns
+for ds in musique hotpotqa; do
+  kw="{\"dataset\": \"$ds\", \"split\": \"eval\", \"topk\": 2}"
+  memrl eval --recipe experiments/mem1-n2 --model smollm2-135m-instruct --agent mem1,memsearcher,full_context \
+    --env memrl/SearchQA-v0 --env-kwargs "$kw" --max-turns 4 --episodes "$REAL" --out "runs/untrained-$ds"
+  for run in mem1-n2 memsearcher-n2 full-context-n2; do
+    memrl eval --recipe "experiments/$run" --model "runs/$run/model" --agent "${AGENT[$run]}" \
+      --env memrl/SearchQA-v0 --env-kwargs "$kw" --max-turns 4 --episodes "$REAL" --out "runs/$run/$ds"
+  done
+done
