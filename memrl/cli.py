@@ -116,7 +116,7 @@ def _envs_list(args: argparse.Namespace) -> int:
     return 0
 
 
-BENCHES = ("rollout", "learner", "memory_scaling", "trl_compare", "roofline")
+BENCHES = ("rollout", "learner", "memory_scaling", "trl_compare", "roofline", "results")
 
 
 def _bench(args: argparse.Namespace) -> int:

@@ -50,3 +50,15 @@ def test_trl_compare_prints_both_sides_and_a_finite_ratio(capsys, vllm_tiny):
     ratio = re.search(r"ratio memrl\(vLLM\) / TRL step time: (\S+)", text)
     assert ratio and _finite(ratio.group(1)) > 0
     assert math.isfinite(out["ratio_step_time"])
+
+
+def test_rollout_bench_prints_both_schedules_and_the_ratio(capsys, tiny_dir):
+    from memrl.bench import rollout
+
+    out = rollout.main(["--model", str(tiny_dir), "--episodes", "6", "--turns", "2", "--max-tokens", "6"])
+    text = capsys.readouterr().out
+    for schedule in ("streaming", "turn-synchronous"):
+        (row,) = _table_rows(text, schedule)
+        assert _finite(row[1]) > 0 and _finite(row[-1]) > 0
+    assert out["ratio"] > 0 and out["turn_synchronous_ratio"] > 0 and out["generations"] >= 6
+    assert math.isfinite(out["logprob_mae"])

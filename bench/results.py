@@ -1,0 +1,226 @@
+"""Build docs/RESULTS.md from the runs of `recipes/experiments/run_all.sh`: tables, plots, verdicts.
+
+Reads, under --runs (default runs/):
+  <run>/summary.json, <run>/sweep_episodes.jsonl   one training run per agent (mem1-n2, memsearcher-n2,
+                                                   full-context-n2), with its final N-sweep
+  untrained-sweep/episodes.jsonl                   the untrained model, every agent format
+  untrained-<ds>/summary.json, <run>/<ds>/summary.json   real multi-hop QA, zero-shot vs trained
+Error bars are 95% bootstrap intervals over held-out episodes (same tasks for every agent).
+
+    memrl bench results [--runs runs] [--out docs]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from memrl.agents.evaluate import bootstrap_ci
+
+RUNS = {"mem1": "mem1-n2", "memsearcher": "memsearcher-n2", "full_context": "full-context-n2"}
+DATASETS = ("musique", "hotpotqa")
+RESAMPLES = 2000
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def n_of(row: dict) -> int:
+    """Objectives of an episode record (older records stored the question list under `objectives`)."""
+    n = row["objectives"]
+    return n if isinstance(n, int) else len(n)
+
+
+def points(records: list[dict]) -> dict[tuple[str, int], list[dict]]:
+    out: dict[tuple[str, int], list[dict]] = defaultdict(list)
+    for r in records:
+        out[(r["agent"], n_of(r))].append(r)
+    return out
+
+
+def point_row(eps: list[dict], kv_bytes: int) -> dict:
+    """Mean and 95% bootstrap interval of EM/F1; mean peak tokens, peak KV MiB, seconds per episode."""
+    em = [float(e.get("em") or 0.0) for e in eps]
+    n = n_of(eps[0])
+    peak = [e.get("peak_context_tokens", 0) for e in eps]
+    secs = [e["episode_seconds"] for e in eps if "episode_seconds" in e]
+    return {
+        "episodes": len(eps), "em": float(np.mean(em)), "em_ci": bootstrap_ci(em, resamples=RESAMPLES),
+        "em_sum": float(np.mean(em)) * n, "f1": float(np.mean([float(e.get("f1") or 0.0) for e in eps])),
+        "peak_tokens": float(np.mean(peak)), "peak_tokens_ci": bootstrap_ci(peak, resamples=RESAMPLES),
+        "max_tokens": int(max(peak)), "peak_kv_mib": float(np.mean(peak)) * kv_bytes / 2**20,
+        "episode_s": float(np.mean(secs)) if secs else None,
+        "context_full": float(np.mean([bool(e.get("context_full")) for e in eps])),
+        "answered": float(np.mean([bool(e.get("terminated")) for e in eps])),
+    }
+
+
+def slope_ci(by_n: dict[int, list[float]], seed: int = 0) -> tuple[float, float, float]:
+    """Least-squares slope of mean EM vs N, with a 95% bootstrap interval (episodes resampled per N)."""
+    ns = sorted(by_n)
+    x = np.array(ns, dtype=float)
+
+    def slope(means):
+        return float(np.polyfit(x, means, 1)[0])
+
+    rng = np.random.default_rng(seed)
+    est = slope([np.mean(by_n[n]) for n in ns])
+    boots = [slope([rng.choice(by_n[n], size=len(by_n[n])).mean() for n in ns]) for _ in range(RESAMPLES)]
+    lo, hi = np.quantile(boots, [0.025, 0.975])
+    return est, float(lo), float(hi)
+
+
+def plot(rows: dict, key: str, ylabel: str, path: Path, ci_key: str | None = None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, pts in rows.items():
+        ns = sorted(pts)
+        ys = [pts[n][key] for n in ns]
+        style = "--" if label.startswith("untrained") else "-"
+        if ci_key:
+            lo = [ys[i] - pts[n][ci_key][0] for i, n in enumerate(ns)]
+            hi = [pts[n][ci_key][1] - ys[i] for i, n in enumerate(ns)]
+            ax.errorbar(ns, ys, yerr=[lo, hi], marker="o", capsize=3, linestyle=style, label=label)
+        else:
+            ax.plot(ns, ys, marker="o", linestyle=style, label=label)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("objectives per episode (N); trained at N = 2")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def fmt_ci(v: float, ci: tuple[float, float]) -> str:
+    return f"{v:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
+
+
+def collect(runs: Path, kv_bytes: int) -> dict:
+    curves: dict[str, dict[int, dict]] = {}
+    raw: dict[str, dict[int, list[float]]] = {}
+    summaries = {}
+    for agent, run in RUNS.items():
+        recs = read_jsonl(runs / run / "sweep_episodes.jsonl")
+        if (runs / run / "summary.json").exists():
+            summaries[agent] = json.loads((runs / run / "summary.json").read_text())
+        for (a, n), eps in points(recs).items():
+            curves.setdefault(f"{a} (trained)", {})[n] = point_row(eps, kv_bytes)
+            raw.setdefault(f"{a} (trained)", {})[n] = [float(e.get("em") or 0.0) for e in eps]
+    for (a, n), eps in points(read_jsonl(runs / "untrained-sweep" / "episodes.jsonl")).items():
+        curves.setdefault(f"untrained {a}", {})[n] = point_row(eps, kv_bytes)
+        raw.setdefault(f"untrained {a}", {})[n] = [float(e.get("em") or 0.0) for e in eps]
+    real = {}
+    for ds in DATASETS:
+        for label, path in [("untrained", runs / f"untrained-{ds}" / "summary.json"),
+                            *[(f"{a} (trained)", runs / r / ds / "summary.json") for a, r in RUNS.items()]]:
+            if path.exists():
+                for row in json.loads(path.read_text()):
+                    key = f"untrained {row['agent']}" if label == "untrained" else label
+                    real.setdefault(ds, {})[key] = row
+    return {"curves": curves, "raw": raw, "summaries": summaries, "real": real}
+
+
+def verdicts(data: dict) -> list[str]:
+    curves, raw = data["curves"], data["raw"]
+    out = []
+    trained = {a: curves.get(f"{a} (trained)") for a in RUNS}
+    if all(trained.values()):
+        lo_n, hi_n = min(trained["mem1"]), max(trained["mem1"])
+        growth = {a: c[hi_n]["peak_tokens"] / c[lo_n]["peak_tokens"] for a, c in trained.items()}
+        held = growth["mem1"] < 2.5 and growth["memsearcher"] < 2.5 and growth["full_context"] > 2 * max(
+            growth["mem1"], growth["memsearcher"])
+        out.append(f"- **H1, peak context flat in N for memory agents, growing for full context: "
+                   f"{'CONFIRMED' if held else 'REFUTED'}.** Peak tokens N={hi_n} / N={lo_n}: "
+                   + ", ".join(f"{a} {g:.2f}x ({c[lo_n]['peak_tokens']:.0f} -> {c[hi_n]['peak_tokens']:.0f})"
+                               for (a, g), c in zip(growth.items(), trained.values(), strict=True)) + ".")
+        slopes = {a: slope_ci(raw[f"{a} (trained)"]) for a in RUNS}
+        fc = slopes["full_context"]
+        lines = []
+        for a in ("mem1", "memsearcher"):
+            s = slopes[a]
+            better = s[0] > fc[0]
+            sep = s[1] > fc[2]
+            lines.append(f"{a} {s[0]:+.4f} [{s[1]:+.4f}, {s[2]:+.4f}] vs full context {fc[0]:+.4f} "
+                         f"[{fc[1]:+.4f}, {fc[2]:+.4f}]: {'less loss' if better else 'not less loss'}"
+                         f"{' (intervals separate)' if sep else ' (intervals overlap)'}")
+        verdict = ("CONFIRMED" if all(slopes[a][1] > fc[2] for a in ("mem1", "memsearcher"))
+                   else "NOT SHOWN" if any(slopes[a][0] > fc[0] for a in ("mem1", "memsearcher")) else "REFUTED")
+        out.append(f"- **H2, trained memory agents lose less EM per added objective than full context: {verdict}.** "
+                   "EM slope per added objective (least squares over N, 95% bootstrap): " + "; ".join(lines) + ".")
+        h3 = []
+        for a, c in trained.items():
+            un = curves.get(f"untrained {a}", {}).get(hi_n)
+            base = f", untrained {un['em']:.3f}" if un else ""
+            h3.append(f"{a}: EM at N=2 {c[2]['em']:.3f}, at N={hi_n} {fmt_ci(c[hi_n]['em'], c[hi_n]['em_ci'])}{base}")
+        gen = [a for a, c in trained.items() if c[hi_n]["em_ci"][0] > 0]
+        out.append(f"- **H3, training at N = 2 generalizes to N = {hi_n}: "
+                   f"{'CONFIRMED for ' + ', '.join(gen) if gen else 'REFUTED'}** (EM at N={hi_n} with a 95% "
+                   f"interval above 0). " + "; ".join(h3) + ".")
+    return out
+
+
+def write(data: dict, out: Path, kv_bytes: int) -> Path:
+    curves = data["curves"]
+    out.mkdir(parents=True, exist_ok=True)
+    plot(curves, "em", "EM (mean over objectives), 95% bootstrap", out / "results_em_vs_n.png", "em_ci")
+    plot(curves, "peak_tokens", "peak context tokens per episode", out / "results_peak_tokens_vs_n.png",
+         "peak_tokens_ci")
+    lines = ["| agent | N | episodes | EM [95% CI] | EM sum | F1 | answered | peak tokens | max tokens | "
+             "peak KV MiB | s / episode | context full |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for label, pts in curves.items():
+        for n in sorted(pts):
+            r = pts[n]
+            secs = f"{r['episode_s']:.1f}" if r["episode_s"] is not None else "-"
+            lines.append(f"| {label} | {n} | {r['episodes']} | {fmt_ci(r['em'], r['em_ci'])} | {r['em_sum']:.2f} | "
+                         f"{r['f1']:.3f} | {r['answered']:.2f} | {r['peak_tokens']:.0f} | {r['max_tokens']} | "
+                         f"{r['peak_kv_mib']:.1f} | {secs} | {r['context_full']:.2f} |")
+    train = ["| agent | EM after SFT (N=2) | EM after GRPO (N=2) | SFT s | GRPO s | sweep s | total s |",
+             "|---|---|---|---|---|---|---|"]
+    for a, s in data["summaries"].items():
+        ev, t = s["evals"], s["timings"]
+        sft, grpo = ev.get("after_sft", {}), ev.get("after_grpo", {})
+        train.append(f"| {a} | {sft.get('em', 0):.3f} ± {sft.get('em_stderr', 0):.3f} | "
+                     f"{grpo.get('em', 0):.3f} ± {grpo.get('em_stderr', 0):.3f} | {t.get('sft', 0):.0f} | "
+                     f"{t.get('grpo', 0):.0f} | {t.get('eval_sweep', 0):.0f} | {sum(t.values()):.0f} |")
+    real = ["| dataset | agent | episodes | EM ± s.e. | F1 | answered | peak tokens |", "|---|---|---|---|---|---|---|"]
+    for ds, rows in data["real"].items():
+        for label, r in rows.items():
+            real.append(f"| {ds} | {label} | {r['episodes']} | {r['em']:.3f} ± {r['em_stderr']:.3f} | {r['f1']:.3f} | "
+                        f"{r.get('answered_rate', 0):.2f} | {r['peak_context_tokens']:.0f} |")
+    template = (Path(__file__).parent / "results_template.md").read_text()
+    notes = out / "results_notes.md"
+    text = template.format(
+        verdicts="\n".join(verdicts(data)) or "(runs missing)", training="\n".join(train), sweep="\n".join(lines),
+        real="\n".join(real), kv_bytes=kv_bytes, notes=notes.read_text() if notes.exists() else "")
+    path = out / "RESULTS.md"
+    path.write_text(text)
+    return path
+
+
+def main(argv: list[str] | None = None) -> Path:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", default="runs")
+    ap.add_argument("--out", default="docs")
+    ap.add_argument("--model", default="smollm2-135m-instruct", help="for KV bytes per token")
+    args = ap.parse_args(argv)
+    from memrl.models import kv_bytes_per_token
+
+    kv = kv_bytes_per_token(args.model)
+    path = write(collect(Path(args.runs), kv), Path(args.out), kv)
+    print(path)
+    return path
+
+
+if __name__ == "__main__":
+    main()

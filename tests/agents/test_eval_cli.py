@@ -1,0 +1,31 @@
+"""`memrl eval --recipe`: a trained model is evaluated with its recipe's env, budgets and held-out seeds."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from memrl.cli import main
+
+pytestmark = pytest.mark.slow  # starts its own vLLM engine
+
+
+def test_eval_with_recipe_writes_rows_episode_records_and_plot(tmp_path, tiny_dir, capsys):
+    out = tmp_path / "eval"
+    assert main(["eval", "--recipe", "quickstart", "--model", str(tiny_dir), "--agent", "mem1,full_context",
+                 "--objectives", "1,2", "--episodes", "3", "--max-tokens", "8", "--out", str(out)]) == 0
+    rows = json.loads((out / "summary.json").read_text())
+    assert [(r["agent"], r["objectives"]) for r in rows] == [("mem1", 1), ("mem1", 2), ("full_context", 1),
+                                                               ("full_context", 2)]
+    for r in rows:
+        assert r["episodes"] == 3 and r["peak_context_tokens"] > 0
+        assert r["peak_kv_mib"] == pytest.approx(r["peak_context_tokens"] * 2048 / 2**20)  # tiny: 2 layers x 2 heads
+        assert r["wall_s_per_episode"] > 0 and len(r["em_ci95"]) == 2
+    records = [json.loads(line) for line in (out / "episodes.jsonl").read_text().splitlines()]
+    assert len(records) == 12
+    assert {r["objectives"] for r in records} == {1, 2}  # N, not the question list
+    assert all(len(r["questions"]) == r["objectives"] for r in records)
+    assert all(r["episode_seconds"] > 0 and r["peak_kv_bytes"] == r["peak_context_tokens"] * 2048 for r in records)
+    assert (out / "peak_context_vs_objectives.png").stat().st_size > 0
+    assert "| mem1 | 2 | 3 |" in capsys.readouterr().out
