@@ -191,6 +191,11 @@ class VLLMBackend:
     def param_checksum(self) -> float:
         return self.llm.collective_rpc("memrl_param_checksum")[0]
 
+    def close(self) -> None:
+        """Stop the engine core process now, before its owner goes (we saw a CPU EngineCore outlive a
+        killed `memrl train` and keep its KV cache; shutting it down explicitly leaves nothing behind)."""
+        self.llm.llm_engine.engine_core.shutdown()
+
 
 def _params(cfg: SamplingConfig, max_tokens: int):
     from vllm import SamplingParams

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 
 from memrl import __version__
@@ -35,6 +36,8 @@ def _train(args: argparse.Namespace) -> int:
     from memrl.rl.trainer import Trainer
 
     recipe = load_recipe(args.recipe, args.set)
+    # SIGTERM (kill, a scheduler's stop) unwinds like Ctrl-C so the engines are shut down, not orphaned
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     trainer = Trainer(recipe, resume=args.resume)
     try:
         summary = trainer.run()

@@ -89,6 +89,9 @@ class RolloutWorker:
     def version(self) -> int:
         return self.backend.version
 
+    def close(self) -> None:
+        self.backend.close()
+
     def load_blob(self, blob: bytes, version: int) -> int:
         self.backend.load_blob(blob, version)
         return version
@@ -247,8 +250,13 @@ class RolloutManager:
                 time.sleep(1.0)
 
     def shutdown(self) -> None:
+        """Stop every engine, then the actors (ray.kill alone would orphan the engine processes)."""
         import ray
 
+        try:
+            ray.get([w.close.remote() for w in self.workers], timeout=60)
+        except Exception as exc:  # a dead or hung worker must not block the shutdown of the others
+            log.warning("rollout worker shutdown: %s", exc)
         for w in self.workers:
             ray.kill(w)
         self.workers = []

@@ -22,3 +22,28 @@ def test_killed_worker_is_restarted_and_the_batch_completes(tmp_path, tiny_dir, 
     assert len(trajs) == 8 and not any(t.failed for t in trajs)
     assert [t.group_id for t in trajs] == list(range(8))
     assert all(len(t.contexts) == 2 for t in trajs)
+
+
+def _alive(pids):
+    import psutil
+
+    return [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+
+
+def test_shutdown_leaves_no_engine_process_behind(tiny_dir, ray_local):
+    """Every engine process of every worker is gone after shutdown (an orphaned CPU engine keeps its KV
+    cache, gigabytes, until someone kills it by hand)."""
+    import time
+
+    import psutil
+    import ray
+
+    mgr = RolloutManager(str(tiny_dir), workers=1, engine_kwargs={"max_model_len": 512})
+    actor_pids = ray.get([w.ready.remote() for w in mgr.workers])
+    pids = [c.pid for p in actor_pids for c in psutil.Process(p).children(recursive=True)]
+    assert pids
+    mgr.shutdown()
+    deadline = time.monotonic() + 60
+    while _alive(pids) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _alive(pids) == []
