@@ -57,19 +57,22 @@ def run_eval(model: str, agents: list[str], objectives: list[int], episodes: int
     model_dir = resolve_model_dir(model)
     kvb = kv_bytes_per_token(model_dir)
     worker = RolloutWorker(str(model_dir), dict(max_model_len=s.max_model_len, kv_cache_gib=s.kv_cache_gib))
-    rows, records = [], []
-    seeds = [s.seed_offset + i for i in range(episodes)]
-    for agent in agents:
-        for n in tqdm(objectives, desc=f"eval {agent}"):
-            spec = EnvSpec(s.env_id, s.env_kwargs, n, s.max_turns)
-            trajs, stats = worker.rollout(seeds, list(range(episodes)), spec,
-                                          AgentSpec(agent, s.max_observation_tokens, s.memory_tokens),
-                                          SamplingConfig(s.max_tokens, temperature=0.0))
-            summary = summarize(trajs)
-            rows.append({"agent": agent, "objectives": n, "model": str(model), **summary,
-                         **timing_row(stats, summary, kvb)})
-            records.extend(episode_records(trajs, agent=agent, objectives=n, model=str(model), kv_bytes_per_token=kvb))
-            write_jsonl(out / "episodes.jsonl", records)
+    try:
+        rows, records = [], []
+        seeds = [s.seed_offset + i for i in range(episodes)]
+        for agent in agents:
+            for n in tqdm(objectives, desc=f"eval {agent}"):
+                spec = EnvSpec(s.env_id, s.env_kwargs, n, s.max_turns)
+                trajs, stats = worker.rollout(seeds, list(range(episodes)), spec,
+                                              AgentSpec(agent, s.max_observation_tokens, s.memory_tokens),
+                                              SamplingConfig(s.max_tokens, temperature=0.0))
+                summary = summarize(trajs)
+                rows.append({"agent": agent, "objectives": n, "model": str(model), **summary,
+                             **timing_row(stats, summary, kvb)})
+                records.extend(episode_records(trajs, agent=agent, objectives=n, model=str(model), kv_bytes_per_token=kvb))
+                write_jsonl(out / "episodes.jsonl", records)
+    finally:
+        worker.close()  # stop the engine process now, even on SIGTERM or an error
     (out / "summary.json").write_text(json.dumps(rows, indent=1))
     (out / "summary.md").write_text(table(rows))
     if len(objectives) > 1:

@@ -36,8 +36,6 @@ def _train(args: argparse.Namespace) -> int:
     from memrl.rl.trainer import Trainer
 
     recipe = load_recipe(args.recipe, args.set)
-    # SIGTERM (kill, a scheduler's stop) unwinds like Ctrl-C so the engines are shut down, not orphaned
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     trainer = Trainer(recipe, resume=args.resume)
     try:
         summary = trainer.run()
@@ -207,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     from memrl.recipes.schema import RecipeError
 
+    if argv is None:  # the real command line: SIGTERM unwinds like Ctrl-C (finally blocks shut engines down;
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a killed vLLM owner orphans its EngineCore)
     try:
         return int(args.func(args) or 0)
     except RecipeError as exc:

@@ -3,8 +3,8 @@
 #   bash recipes/experiments/run_all.sh            (about 2 hours on 2 CPU cores)
 # then: memrl bench results   (tables + plots -> docs/RESULTS.md)
 set -euo pipefail
-EPISODES=${EPISODES:-16}        # held-out tasks per (agent, N) point
-REAL=${REAL:-32}                # real-data questions per dataset
+EPISODES=${EPISODES:-8}         # held-out tasks per (agent, N) point of the untrained sweep
+REAL=${REAL:-16}                # real-data questions per dataset
 declare -A AGENT=([mem1-n2]=mem1 [memsearcher-n2]=memsearcher [full-context-n2]=full_context)
 
 # 1. one training run per agent (N = 2), each ending with its own sweep over N = 1, 2, 4, 8, 16
