@@ -68,7 +68,7 @@ def test_results_page_has_tables_verdicts_and_plots(tmp_path):
     path = results.write(results.collect(tmp_path / "runs", 1024), tmp_path / "docs", 1024)
     text = path.read_text()
     assert "**H1, peak context flat in N for memory agents, growing for full context: CONFIRMED.**" in text
-    assert "mem1 1.00x (300 -> 300)" in text and "full_context 16.00x (200 -> 3200)" in text
+    assert "mem1 1.00x (300 -> 300)" in text and "full_context (trained) 16.00x (200 -> 3200)" in text
     assert "lose less EM per added objective than full context: CONFIRMED" in text
     assert "H3, training at N = 2 generalizes to N = 16: CONFIRMED for mem1, memsearcher**" in text
     assert "| full_context (trained) | 16 | 40 | 0.000 [0.000, 0.000] |" in text
@@ -80,3 +80,14 @@ def test_results_page_has_tables_verdicts_and_plots(tmp_path):
 def test_results_page_without_runs_says_so(tmp_path):
     text = results.write(results.collect(tmp_path / "nothing", 1024), tmp_path / "docs", 1024).read_text()
     assert "(runs missing)" in text
+
+
+def test_missing_full_context_run_leaves_h2_pending_and_h1_on_the_untrained_curve(tmp_path):
+    import shutil
+
+    _write_runs(tmp_path / "runs")
+    shutil.rmtree(tmp_path / "runs" / results.RUNS["full_context"])
+    text = results.write(results.collect(tmp_path / "runs", 1024), tmp_path / "docs", 1024).read_text()
+    assert "untrained full_context 16.00x (100 -> 1600)" in text and "growing for full context: CONFIRMED" in text
+    assert "than full context: PENDING** (the trained full-context run has not finished)" in text
+    assert "generalizes to N = 16: CONFIRMED for mem1, memsearcher**" in text
