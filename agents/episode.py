@@ -99,14 +99,15 @@ def run_episodes(
     streaming = isinstance(policy, StreamingPolicy)
     engine = policy if streaming else _TurnBatch(policy)
     episodes = [_Episode(env) for env in envs]
-    with ThreadPoolExecutor(max_workers=max(1, min(max_threads, len(envs)))) as pool:
+    pool = ThreadPoolExecutor(max_workers=max(1, min(max_threads, len(envs))))
+    try:
         resets = {pool.submit(e.reset, seed=int(s)): i for i, (e, s) in enumerate(zip(envs, seeds, strict=True))}
         for _, i, out in _collect(resets, episodes, env_timeout, wait_all=True):
             if out is not None:
                 _on_reset(agent, episodes[i], out)
         ready = [i for i, ep in enumerate(episodes) if not ep.done]
         prompts: dict[int, list[int]] = {}  # episodes generating -> their prompt
-        steps: dict = {}  # env step futures -> (episode, prompt, generation, parsed, deadline)
+        steps: dict = {}  # env step futures -> (episode, prompt, generation, parsed)
         while ready or prompts or steps:
             for i in ready:
                 state = episodes[i].state
@@ -146,6 +147,8 @@ def run_episodes(
                     _finish(ep)
                 else:
                     ready.append(i)
+    finally:  # never wait for an env call that timed out: a hung tool must not hang the rollout
+        pool.shutdown(wait=False, cancel_futures=True)
     groups = group_ids if group_ids is not None else list(range(len(envs)))
     return [_trajectory(ep, g, weight_version) for ep, g in zip(episodes, groups, strict=True)]
 

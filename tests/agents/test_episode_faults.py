@@ -54,3 +54,23 @@ def test_prompt_that_fills_the_context_window_ends_only_its_episode(vllm_tiny, t
     assert not trajs[1].failed and trajs[1].reward == 0.0 and trajs[1].info["context_full"]
     assert trajs[1].info["truncated"] and not trajs[1].info["terminated"]
     assert trajs[0].info["terminated"] and not trajs[0].info.get("context_full")
+
+
+def test_a_tool_call_that_never_returns_does_not_hold_the_rollout(policy, tiny_tokenizer):
+    import threading
+
+    from memrl.testing import LettersEnv
+
+    release, returned = threading.Event(), threading.Event()
+
+    class StuckEnv(LettersEnv):
+        def step(self, action):
+            release.wait(120)  # a dead retrieval server with no client timeout
+            returned.set()
+            return super().step(action)
+
+    agent = make_agent("memsearcher", tiny_tokenizer)
+    trajs = run_episodes(agent, [StuckEnv()], [0], policy, SamplingConfig(max_tokens=4, seed=0), env_timeout=1.0)
+    assert not returned.is_set()  # run_episodes came back while the env call was still blocked
+    release.set()
+    assert trajs[0].failed and "timed out" in trajs[0].info["error"]
