@@ -141,26 +141,31 @@ class VLLMBackend:
         Generation with finish_reason "context" (vLLM would reject the whole batch for it)."""
         from vllm.inputs import TokensPrompt
 
-        room = [self.max_model_len - len(p) for p in prompts]
-        fits = [i for i, r in enumerate(room) if r > 0]
+        params = [self._fit(p, cfg) for p in prompts]
+        fits = [i for i, sp in enumerate(params) if sp is not None]
         outs = self.llm.generate([TokensPrompt(prompt_token_ids=prompts[i]) for i in fits],
-                                 [_params(cfg, min(cfg.max_tokens, room[i])) for i in fits], use_tqdm=False)
-        gens = [Generation([], [], "", CONTEXT_FULL) for _ in prompts]
+                                 [params[i] for i in fits], use_tqdm=False)
+        gens = [_context_full() for _ in prompts]
         for i, o in zip(fits, outs, strict=True):
             gens[i] = _from_vllm(o.outputs[0], self.tokenizer)
         return gens
+
+    def _fit(self, prompt: list[int], cfg: SamplingConfig):
+        """Sampling params with max_tokens cut to the room left in the window; None when there is none."""
+        room = self.max_model_len - len(prompt)
+        return _params(cfg, min(cfg.max_tokens, room)) if room > 0 else None
 
     # ---------------------------------------------------------------- streaming (continuous batching)
     def submit(self, key: int, prompt: list[int], cfg: SamplingConfig) -> None:
         """Queue one prompt; the engine batches it with everything in flight. `poll` returns it when done."""
         from vllm.inputs import TokensPrompt
 
-        room = self.max_model_len - len(prompt)
-        if room <= 0:
-            self._done.append((key, Generation([], [], "", CONTEXT_FULL)))
+        params = self._fit(prompt, cfg)
+        if params is None:
+            self._done.append((key, _context_full()))
             return
         rid = f"memrl-{next(self._ids)}"  # outputs carry this id (vLLM adds a suffix only internally)
-        self.llm.llm_engine.add_request(rid, TokensPrompt(prompt_token_ids=prompt), _params(cfg, min(cfg.max_tokens, room)))
+        self.llm.llm_engine.add_request(rid, TokensPrompt(prompt_token_ids=prompt), params)
         self._keys[rid] = key
 
     def poll(self) -> list[tuple[int, Generation]]:
@@ -195,6 +200,10 @@ class VLLMBackend:
         """Stop the engine core process now, before its owner goes (we saw a CPU EngineCore outlive a
         killed `memrl train` and keep its KV cache; shutting it down explicitly leaves nothing behind)."""
         self.llm.llm_engine.engine_core.shutdown()
+
+
+def _context_full() -> Generation:
+    return Generation([], [], "", CONTEXT_FULL)
 
 
 def _params(cfg: SamplingConfig, max_tokens: int):

@@ -14,7 +14,8 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from memrl.agents.backends import SamplingConfig
-from memrl.agents.evaluate import episode_records, summarize, timing_row, write_jsonl
+from memrl.agents.evaluate import episode_records, summarize, timing_row
+from memrl.rl.metrics import write_jsonl
 
 log = logging.getLogger(__name__)
 

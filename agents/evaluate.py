@@ -71,27 +71,16 @@ def timing_row(stats, summary: dict, kv_bytes_per_token: int) -> dict:
             "peak_kv_mib": summary["peak_context_tokens"] * kv_bytes_per_token / 2**20}
 
 
-def episode_records(trajs: Sequence[Trajectory], **fields) -> list[dict]:
-    """One JSON-able dict per episode (scores, tokens, peak KV bytes) for bootstrap intervals and plots."""
-    kvb = fields.pop("kv_bytes_per_token", None)
+def episode_records(trajs: Sequence[Trajectory], kv_bytes_per_token: int | None = None, **fields) -> list[dict]:
+    """One JSON-able dict per episode (scores, tokens, peak KV bytes) for bootstrap intervals and plots;
+    `fields` (agent, objectives, ...) are added to every row."""
     rows = []
     for t in trajs:
         info = {k: v for k, v in t.info.items() if k not in ("memory", "context_tokens")}
         info["questions"] = info.pop("objectives", None)  # the objective texts; `objectives` is N
         row = {"reward": t.reward, "failed": t.failed, **info, **fields}
-        if kvb:
-            row["peak_kv_bytes"] = info.get("peak_context_tokens", 0) * kvb
+        if kv_bytes_per_token:
+            row["peak_kv_bytes"] = info.get("peak_context_tokens", 0) * kv_bytes_per_token
         rows.append(row)
     return rows
 
-
-def write_jsonl(path, rows: Sequence[dict]) -> None:
-    """Write rows atomically (a killed run never leaves half a file)."""
-    import json
-    import os
-    from pathlib import Path
-
-    path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text("".join(json.dumps(r, default=str) + "\n" for r in rows))
-    os.replace(tmp, path)

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from memrl.agents.evaluate import bootstrap_ci
+from memrl.rl.metrics import read_metrics
 
 RUNS = {"mem1": "mem1-n2", "memsearcher": "memsearcher-n2", "full_context": "full-context-n2"}
 DATASETS = ("musique", "hotpotqa")
@@ -27,7 +28,7 @@ RESAMPLES = 2000
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    return read_metrics(path) if path.exists() else []
 
 
 def n_of(row: dict) -> int:

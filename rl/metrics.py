@@ -31,10 +31,8 @@ class MetricsWriter:
             except json.JSONDecodeError:
                 continue  # a line cut by a kill
             if rec.get("phase") != "grpo" or rec.get("step", -1) < step:
-                kept.append(line)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text("".join(k + "\n" for k in kept))
-        os.replace(tmp, self.path)
+                kept.append(rec)
+        write_jsonl(self.path, kept)
 
     def write(self, record: dict) -> None:
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
@@ -55,7 +53,16 @@ class MetricsWriter:
             self.tb.close()
 
 
+def write_jsonl(path: str | os.PathLike, rows: list[dict]) -> None:
+    """Write rows as JSON lines atomically (a killed run never leaves half a file)."""
+    path = Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text("".join(json.dumps(r, default=str) + "\n" for r in rows))
+    os.replace(tmp, path)
+
+
 def read_metrics(path: Path) -> list[dict]:
+    """JSON lines of a file, skipping a line cut by a kill."""
     out = []
     for line in Path(path).read_text().splitlines():
         try:

@@ -16,13 +16,13 @@ import torch
 from tqdm.auto import tqdm
 
 from memrl.agents import SamplingConfig, make_agent, oracle_policy, run_episodes
-from memrl.agents.evaluate import episode_records, summarize, timing_row, write_jsonl
+from memrl.agents.evaluate import episode_records, summarize, timing_row
 from memrl.models import kv_bytes_per_token, load_tokenizer, resolve_model_dir
 from memrl.recipes.schema import Recipe, dump
 from memrl.rl import checkpoint, losses
 from memrl.rl.export import export
 from memrl.rl.learner import Learner, LearnerConfig
-from memrl.rl.metrics import MetricsWriter
+from memrl.rl.metrics import MetricsWriter, write_jsonl
 from memrl.rl.rollout import AgentSpec, EnvSpec, RolloutManager
 from memrl.rl.trajectory import Trajectory
 from memrl.rl.weight_sync import state_dict_blob
