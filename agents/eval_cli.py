@@ -14,7 +14,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from memrl.agents.backends import SamplingConfig
-from memrl.agents.evaluate import episode_records, summarize, timing_row
+from memrl.agents.evaluate import eval_point
 from memrl.rl.metrics import write_jsonl
 
 log = logging.getLogger(__name__)
@@ -67,10 +67,9 @@ def run_eval(model: str, agents: list[str], objectives: list[int], episodes: int
                 trajs, stats = worker.rollout(seeds, list(range(episodes)), spec,
                                               AgentSpec(agent, s.max_observation_tokens, s.memory_tokens),
                                               SamplingConfig(s.max_tokens, temperature=0.0))
-                summary = summarize(trajs)
-                rows.append({"agent": agent, "objectives": n, "model": str(model), **summary,
-                             **timing_row(stats, summary, kvb)})
-                records.extend(episode_records(trajs, agent=agent, objectives=n, model=str(model), kv_bytes_per_token=kvb))
+                row, recs = eval_point(trajs, stats, kvb, agent=agent, objectives=n, model=str(model))
+                rows.append({"agent": agent, "objectives": n, "model": str(model), **row})
+                records.extend(recs)
                 write_jsonl(out / "episodes.jsonl", records)
     finally:
         worker.close()  # stop the engine process now, even on SIGTERM or an error

@@ -16,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from memrl.agents import SamplingConfig, make_agent, oracle_policy, run_episodes
-from memrl.agents.evaluate import episode_records, summarize, timing_row
+from memrl.agents.evaluate import eval_point, summarize
 from memrl.models import kv_bytes_per_token, load_tokenizer, resolve_model_dir
 from memrl.recipes.schema import Recipe, dump
 from memrl.rl import checkpoint, losses
@@ -103,6 +103,7 @@ class Trainer:
             self.step, self.sft_done = state["step"], state.get("sft_done", 0)
             self.evals, self.timings = state.get("evals", {}), {**state.get("timings", {}), **self.timings}
             self.learner.steps = state.get("optimizer_steps", 0)
+            self.version = state.get("version", 0)  # weight versions keep counting up across a resume
             log.info("resumed from %s (step %d)", ckpt, self.step)
             self._sync()
         elif resume:
@@ -225,12 +226,11 @@ class Trainer:
         sampling = SamplingConfig(rc.rollout.max_tokens, temperature=0.0)
         trajs, stats = self.rollouts.rollout(seeds, list(range(len(seeds))), env_spec(rc, objectives),
                                              agent_spec(rc, agent_name), sampling, env_timeout=rc.rollout.env_timeout)
-        out = summarize(trajs)
-        out.update(timing_row(stats, out, self.kv_bytes))
+        out, records = eval_point(trajs, stats, self.kv_bytes, agent=agent_name,
+                                  objectives=objectives or rc.env.objectives)
         out["context_tokens_per_turn"] = _mean_per_turn(trajs)
         if record is not None:
-            record.extend(episode_records(trajs, agent=agent_name, objectives=objectives or rc.env.objectives,
-                                          kv_bytes_per_token=self.kv_bytes))
+            record.extend(records)
         return out
 
     def sweep(self) -> list[dict]:

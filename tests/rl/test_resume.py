@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -45,9 +46,10 @@ def test_kill_9_then_resume_loses_and_repeats_no_step(tmp_path):
     log, _ = resumed.communicate(timeout=900)
     assert resumed.returncode == 0, log
     assert "resumed from" in log and "step_000004" in log
-    steps = [r["step"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
-             if r["phase"] == "grpo"]
-    assert steps == list(range(8))
+    rows = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if r["phase"] == "grpo"]
+    assert [r["step"] for r in rows] == list(range(8))
+    versions = [r["weight_version"] for r in rows]  # the resumed run goes on counting, never reuses a version
+    assert all(a < b for a, b in pairwise(versions)), versions
 
 
 def test_truncated_and_unfinished_checkpoints_are_skipped(tmp_path, caplog):
