@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every run behind docs/RESULTS.md, in order; each line is resumable / re-runnable on its own.
+# Every run behind docs/RESULTS.md, in order; a step whose summary.json exists is skipped (delete it to redo).
 #   bash recipes/experiments/run_all.sh            (about 2 hours on 2 CPU cores)
 # then: memrl bench results   (tables + plots -> docs/RESULTS.md)
 set -euo pipefail
@@ -12,15 +12,16 @@ for run in mem1-n2 memsearcher-n2 full-context-n2; do
   [ -f "runs/$run/summary.json" ] || memrl train "experiments/$run" --resume
 done
 # 2. the untrained model, every agent format, the same held-out tasks and budgets
-memrl eval --recipe experiments/mem1-n2 --model smollm2-135m-instruct --agent mem1,memsearcher,full_context \
-  --objectives 1,2,4,8,16 --episodes "$EPISODES" --out runs/untrained-sweep
+[ -f runs/untrained-sweep/summary.json ] || memrl eval --recipe experiments/mem1-n2 --model smollm2-135m-instruct \
+  --agent mem1,memsearcher,full_context --objectives 1,2,4,8,16 --episodes "$EPISODES" --out runs/untrained-sweep
 # 3. real multi-hop QA (../shared/data or $MEMRL_DATA_DIR): zero-shot vs trained, one objective, 4 turns
 for ds in musique hotpotqa; do
   kw="{\"dataset\": \"$ds\", \"split\": \"eval\", \"topk\": 2}"
-  memrl eval --recipe experiments/mem1-n2 --model smollm2-135m-instruct --agent mem1,memsearcher,full_context \
-    --env memrl/SearchQA-v0 --env-kwargs "$kw" --max-turns 4 --episodes "$REAL" --out "runs/untrained-$ds"
+  [ -f "runs/untrained-$ds/summary.json" ] || memrl eval --recipe experiments/mem1-n2 --model smollm2-135m-instruct \
+    --agent mem1,memsearcher,full_context --env memrl/SearchQA-v0 --env-kwargs "$kw" --max-turns 4 \
+    --episodes "$REAL" --out "runs/untrained-$ds"
   for run in mem1-n2 memsearcher-n2 full-context-n2; do
-    memrl eval --recipe "experiments/$run" --model "runs/$run/model" --agent "${AGENT[$run]}" \
+    [ -f "runs/$run/$ds/summary.json" ] || memrl eval --recipe "experiments/$run" --model "runs/$run/model" --agent "${AGENT[$run]}" \
       --env memrl/SearchQA-v0 --env-kwargs "$kw" --max-turns 4 --episodes "$REAL" --out "runs/$run/$ds"
   done
 done
