@@ -17,7 +17,7 @@ def _recipe(tmp_path, steps: int, **extra):
         "rollout.kv_cache_gib=1", "algorithm.group_size=4", "algorithm.tasks_per_step=8", "learner.lr=3e-3",
         "learner.zero_stage=2", "algorithm.format_penalty=false", "train.eval_tasks=16", f"train.steps={steps}",
         "train.checkpoint_every=4", "train.baseline_agent=null", "sft.steps=0", "resources.num_cpus=2",
-        "logging.progress=false",
+        "logging.progress=false", "algorithm.minibatches=1", "rollout.temperature=0.8",  # not the quickstart's tuning
     ]
     return load_recipe("quickstart", sets + [f"{k}={v}" for k, v in extra.items()])
 
