@@ -33,6 +33,14 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
+def _logits_at(model, inputs: dict[str, torch.Tensor], sel: torch.Tensor) -> torch.Tensor:
+    """LM-head logits (M,V) at the positions `sel` (R,L) only: the decoder runs on every token, the
+    vocabulary projection only where a loss token is predicted (like TRL's `logits_to_keep`, but per
+    row). On CPU this cut the learner's time per GRPO step by about a third (bench/RESULTS.md)."""
+    hidden = model.get_decoder()(**inputs, use_cache=False).last_hidden_state  # (R,L,H)
+    return model.get_output_embeddings()(hidden[sel])
+
+
 class LearnerConfig:
     zero_stage: int = 2
     lr: float = 1e-5
@@ -285,8 +293,9 @@ class Learner:
     def _micro_loss(self, batch: Batch, sft: bool) -> tuple[torch.Tensor, dict[str, float]]:
         b = batch.to(self.device.torch_device)
         mask, w = b.mask, b.weights
-        logits = self.engine(**b.inputs, use_cache=False).logits.float()
-        logp = losses.token_logprobs(logits, b.input_ids) * b.keep
+        sel = losses.predicting_positions(mask * b.keep)
+        logits = _logits_at(self.engine.module, b.inputs, sel)
+        logp = losses.selected_logprobs(logits, b.input_ids, sel)
         if sft:
             per_token = -logp
             loss = (per_token * w * mask).sum()
@@ -298,13 +307,13 @@ class Learner:
         wsum = float((w * mask).sum())
         stats["clip_frac"] = float(torch.as_tensor(st["clip_frac"]).detach()) * wsum
         stats["approx_kl"] = float(torch.as_tensor(st["approx_kl"]).detach()) * wsum
-        ent = losses.masked_entropy(logits if self.cfg.entropy_coef > 0 else logits.detach(), mask * b.keep)
+        ent = losses.selected_entropy(logits if self.cfg.entropy_coef > 0 else logits.detach(), sel)
         stats["entropy"] = float((ent.detach() * w * mask).sum())
         if self.cfg.entropy_coef > 0:
             per_token = per_token - self.cfg.entropy_coef * ent
         if self.ref is not None:
             with torch.no_grad():
-                ref_logp = losses.token_logprobs(self.ref(**b.inputs).logits.float(), b.input_ids) * b.keep
+                ref_logp = losses.selected_logprobs(_logits_at(self.ref, b.inputs, sel), b.input_ids, sel)
             kl = losses.kl_k3(logp, ref_logp)
             stats["kl"] = float((kl.detach() * w * mask).sum())
             per_token = per_token + self.cfg.kl_coef * kl

@@ -190,6 +190,45 @@ def token_logprobs(logits: torch.Tensor, token_ids: torch.Tensor) -> torch.Tenso
     return torch.cat([out[:, :1], torch.stack(rows)], dim=1)
 
 
+def predicting_positions(mask: torch.Tensor) -> torch.Tensor:
+    """Positions whose next-token distribution scores a loss token: (C,T) mask -> (C,T) bool with
+    out[:, t] = mask[:, t+1] > 0 (the causal-LM shift; the last position predicts nothing).
+
+    Prompt and observation tokens carry no loss, so a learner needs logits only here: on a
+    multi-turn context that is a small share of the positions, and the (positions, V) LM-head
+    output is the largest tensor of the forward.
+    """
+    sel = torch.zeros(mask.shape, dtype=torch.bool, device=mask.device)
+    sel[:, :-1] = mask[:, 1:] > 0
+    return sel
+
+
+def selected_logprobs(logits: torch.Tensor, token_ids: torch.Tensor, sel: torch.Tensor) -> torch.Tensor:
+    """`token_logprobs` from logits computed only at `sel` (see `predicting_positions`).
+
+    logits (M,V) are the rows of positions `sel` (C,T) in row-major order, M = sel.sum();
+    returns (C,T) float32 aligned like `token_logprobs` (the token after each selected position
+    gets its log-prob), zeros elsewhere. Differentiable with respect to `logits`.
+    """
+    lg = logits.float()
+    targets = token_ids[:, 1:][sel[:, :-1]]  # (M,) the token each selected position predicts
+    lp = lg.gather(-1, targets[:, None]).squeeze(-1) - torch.logsumexp(lg, dim=-1)
+    return _scatter_next(lp, sel)
+
+
+def selected_entropy(logits: torch.Tensor, sel: torch.Tensor) -> torch.Tensor:
+    """`masked_entropy` from logits (M,V) computed only at `sel` (C,T): -> (C,T), zeros elsewhere."""
+    lg = logits.float()
+    return _scatter_next(torch.logsumexp(lg, dim=-1) - (torch.softmax(lg, dim=-1) * lg).sum(-1), sel)
+
+
+def _scatter_next(values: torch.Tensor, sel: torch.Tensor) -> torch.Tensor:
+    """(M,) values of selected positions -> (C,T) at the *next* token of each, zeros elsewhere."""
+    inner = torch.zeros(sel[:, :-1].shape, dtype=values.dtype, device=values.device)
+    inner = inner.masked_scatter(sel[:, :-1], values)
+    return torch.cat([torch.zeros_like(inner[:, :1]), inner], dim=1)
+
+
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     """Entropy of the next-token distribution, aligned like `token_logprobs`: (C,T,V) -> (C,T) float32.
 
@@ -206,25 +245,6 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
         rows.append(torch.logsumexp(lg, dim=-1) - (torch.softmax(lg, dim=-1) * lg).sum(-1))
     return torch.cat([out[:, :1], torch.stack(rows)], dim=1)
 
-
-def masked_entropy(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """`entropy_from_logits` computed only where mask (C,T) is 1 (zeros elsewhere): (C,T,V) -> (C,T).
-
-    Entropy needs a full pass over the vocabulary per token; prompt and observation tokens carry no
-    loss, so skipping them saves that pass on most of a multi-turn context.
-    """
-    out = torch.zeros(mask.shape, dtype=torch.float32, device=logits.device)
-    sel = mask[:, 1:].bool()
-    if not sel.any():
-        return out
-    lg = logits[:, :-1][sel].float()  # (M, V) rows that predict a masked token
-    ent = torch.logsumexp(lg, dim=-1) - (torch.softmax(lg, dim=-1) * lg).sum(-1)
-    inner = out[:, 1:].clone()
-    inner[sel] = ent
-    return torch.cat([out[:, :1], inner], dim=1)
-
-
-# ------------------------------------------------------------------------------------ policy loss
 
 def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * mask).sum() / mask.sum().clamp(min=1)

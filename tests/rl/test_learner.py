@@ -110,3 +110,19 @@ def test_train_layers_updates_only_the_top_blocks_and_the_head(make_learner):
     top = f"model.layers.{len(learner.module.model.layers) - 1}."
     assert moved and all(k.startswith(top) or k.startswith(("lm_head", "model.norm")) for k in moved)
     assert any(k.startswith(top) for k in moved) and "lm_head.weight" in moved
+
+
+def test_logits_at_selected_positions_equal_the_full_forward():
+    from memrl.models import load_model
+    from memrl.rl.learner import _logits_at
+    from memrl.rl.losses import predicting_positions
+
+    model = load_model("tiny:0", dtype=torch.float32).eval()
+    ids = torch.randint(3, 250, (2, 12), generator=torch.Generator().manual_seed(0))
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    sel = predicting_positions(torch.tensor([[0] * 6 + [1] * 6, [0] * 9 + [1] * 3]))
+    with torch.no_grad():
+        full = model(**inputs).logits
+        part = _logits_at(model, inputs, sel)
+    assert part.shape == (int(sel.sum()), full.shape[-1])
+    torch.testing.assert_close(part, full[sel], atol=1e-5, rtol=1e-5)

@@ -212,12 +212,29 @@ def test_grpo_objective_on_policy_is_minus_mean_advantage_minus_entropy_bonus():
     assert logits.grad is not None and logits.grad.abs().sum() > 0
 
 
-def test_masked_entropy_equals_full_entropy_where_masked():
-    from memrl.rl.losses import entropy_from_logits, masked_entropy
+def test_predicting_positions_shift_the_loss_mask_left_by_one():
+    mask = torch.tensor([[0, 0, 1, 1, 0], [0, 1, 0, 0, 1]])
+    assert L.predicting_positions(mask).tolist() == [[False, True, True, False, False],
+                                                     [True, False, False, True, False]]
+
+
+def test_logprobs_from_selected_positions_equal_the_full_computation_and_its_gradients():
+    ln3 = math.log(3.0)
+    logits = torch.tensor([[[0.0, ln3], [ln3, 0.0], [5.0, -5.0]]])  # as in the shift test above
+    ids = torch.tensor([[1, 1, 0]])
+    sel = L.predicting_positions(torch.tensor([[0, 0, 1]]))  # only token 2 carries loss: logits[1] scores it
+    close(L.selected_logprobs(logits[sel], ids, sel), [[0.0, 0.0, math.log(0.75)]])
 
     g = torch.Generator().manual_seed(0)
-    logits = torch.randn(3, 7, 11, generator=g)
+    full = torch.randn(3, 7, 11, generator=g, requires_grad=True)
+    ids = torch.randint(0, 11, (3, 7), generator=g)
     mask = torch.tensor([[0, 0, 1, 1, 0, 1, 1], [0, 1, 1, 1, 1, 1, 1], [0, 0, 0, 0, 0, 0, 0]], dtype=torch.float32)
-    full = entropy_from_logits(logits)
-    got = masked_entropy(logits, mask)
-    assert torch.allclose(got, full * mask, atol=1e-6)
+    sel = L.predicting_positions(mask)
+    part = full.detach()[sel].requires_grad_(True)  # what the learner's LM head computes: (M, V)
+    got = L.selected_logprobs(part, ids, sel)
+    want = L.token_logprobs(full, ids) * mask
+    close(got, want, 1e-5)
+    close(L.selected_entropy(part, sel), L.entropy_from_logits(full) * mask, 1e-5)
+    (got * mask).sum().backward()
+    want.sum().backward()
+    close(part.grad, full.grad[sel], 1e-6)
