@@ -32,15 +32,15 @@ from memrl.rl.trajectory import Context, Trajectory
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
 def _logits_at(model, inputs: dict[str, torch.Tensor], sel: torch.Tensor) -> torch.Tensor:
     """LM-head logits (M,V) at the positions `sel` (R,L) only: the decoder runs on every token, the
     vocabulary projection only where a loss token is predicted (like TRL's `logits_to_keep`, but per
-    row). On CPU this cut the learner's time per GRPO step by about a third (bench/RESULTS.md)."""
+    row): the (positions, V) logits are the largest tensor of the forward."""
     hidden = model.get_decoder()(**inputs, use_cache=False).last_hidden_state  # (R,L,H)
     return model.get_output_embeddings()(hidden[sel])
 
 
+@dataclass(frozen=True)
 class LearnerConfig:
     zero_stage: int = 2
     lr: float = 1e-5
