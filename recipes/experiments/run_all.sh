@@ -3,7 +3,7 @@
 #   bash recipes/experiments/run_all.sh            (about 2 hours on 2 CPU cores)
 # then: memrl bench results   (tables + plots -> docs/RESULTS.md)
 set -euo pipefail
-EPISODES=${EPISODES:-8}         # held-out tasks per (agent, N) point of the untrained sweep
+EPISODES=${EPISODES:-4}         # held-out tasks per (agent, N) point of the untrained sweep (its EM is 0: format)
 REAL=${REAL:-16}                # real-data questions per dataset
 declare -A AGENT=([mem1-n2]=mem1 [memsearcher-n2]=memsearcher [full-context-n2]=full_context)
 
