@@ -85,7 +85,6 @@ def episode_records(trajs: Sequence[Trajectory], kv_bytes_per_token: int | None 
     return rows
 
 
-
 def eval_point(trajs: Sequence[Trajectory], stats, kv_bytes_per_token: int, **fields) -> tuple[dict, list[dict]]:
     """One (agent, N) point of an eval: the summary row with its timing columns, and the per-episode
     records tagged with `fields`. Shared by the trainer's evals and `memrl eval`."""

@@ -217,7 +217,7 @@ def selected_logprobs(logits: torch.Tensor, token_ids: torch.Tensor, sel: torch.
 
 
 def selected_entropy(logits: torch.Tensor, sel: torch.Tensor) -> torch.Tensor:
-    """`masked_entropy` from logits (M,V) computed only at `sel` (C,T): -> (C,T), zeros elsewhere."""
+    """`entropy_from_logits` from logits (M,V) computed only at `sel` (C,T): -> (C,T), zeros elsewhere."""
     lg = logits.float()
     return _scatter_next(torch.logsumexp(lg, dim=-1) - (torch.softmax(lg, dim=-1) * lg).sum(-1), sel)
 
