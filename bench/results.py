@@ -7,13 +7,19 @@ Reads, under --runs (default runs/):
   untrained-<ds>/summary.json, <run>/<ds>/summary.json   real multi-hop QA, zero-shot vs trained
 Error bars are 95% bootstrap intervals over held-out episodes (same tasks for every agent).
 
-    memrl bench results [--runs runs] [--out docs]
+Those files are first copied into --archive (default docs/results_data/, committed), and the page is built
+from the archive: runs/ is scratch space that a machine reset loses, and a step re-run later replaces only
+its own files, so the page can always be regenerated from the repository.
+
+    memrl bench results [--runs runs] [--archive docs/results_data] [--out docs]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 from collections import defaultdict
 from pathlib import Path
 
@@ -101,6 +107,30 @@ def plot(rows: dict, key: str, ylabel: str, path: Path, ci_key: str | None = Non
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def inputs() -> list[str]:
+    """Every file under --runs that the page reads, relative to it."""
+    rel = [f"{run}/{name}" for run in RUNS.values() for name in ("summary.json", "sweep_episodes.jsonl")]
+    rel.append("untrained-sweep/episodes.jsonl")
+    for ds in DATASETS:
+        rel += [f"untrained-{ds}/summary.json", *[f"{run}/{ds}/summary.json" for run in RUNS.values()]]
+    return rel
+
+
+def archive_inputs(runs: Path, archive: Path) -> list[str]:
+    """Copy the inputs that exist under `runs` into `archive` (each replaced atomically); returns them."""
+    copied = []
+    for rel in inputs():
+        src = runs / rel
+        if src.is_file():
+            dst = archive / rel
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            tmp = dst.with_name(dst.name + ".tmp")
+            shutil.copyfile(src, tmp)
+            os.replace(tmp, dst)
+            copied.append(rel)
+    return copied
 
 
 def fmt_ci(v: float, ci: tuple[float, float]) -> str:
@@ -222,13 +252,16 @@ def write(data: dict, out: Path, kv_bytes: int) -> Path:
 def main(argv: list[str] | None = None) -> Path:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", default="runs")
+    ap.add_argument("--archive", default="docs/results_data", help="committed copy of the inputs the page is built from")
     ap.add_argument("--out", default="docs")
     ap.add_argument("--model", default="smollm2-135m-instruct", help="for KV bytes per token")
     args = ap.parse_args(argv)
     from memrl.models import kv_bytes_per_token
 
     kv = kv_bytes_per_token(args.model)
-    path = write(collect(Path(args.runs), kv), Path(args.out), kv)
+    copied = archive_inputs(Path(args.runs), Path(args.archive))
+    print(f"archived {len(copied)} input files from {args.runs} into {args.archive}")
+    path = write(collect(Path(args.archive), kv), Path(args.out), kv)
     print(path)
     return path
 

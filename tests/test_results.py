@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -83,11 +84,30 @@ def test_results_page_without_runs_says_so(tmp_path):
 
 
 def test_missing_full_context_run_leaves_h2_pending_and_h1_on_the_untrained_curve(tmp_path):
-    import shutil
-
     _write_runs(tmp_path / "runs")
     shutil.rmtree(tmp_path / "runs" / results.RUNS["full_context"])
     text = results.write(results.collect(tmp_path / "runs", 1024), tmp_path / "docs", 1024).read_text()
     assert "untrained full_context 16.00x (100 -> 1600)" in text and "growing for full context: CONFIRMED" in text
     assert "than full context: PENDING** (the trained full-context run has not finished)" in text
     assert "generalizes to N = 16: CONFIRMED for mem1, memsearcher**" in text
+
+
+def test_archive_keeps_inputs_when_runs_are_lost_and_takes_newer_ones(tmp_path):
+    runs, archive = tmp_path / "runs", tmp_path / "archive"
+    _write_runs(runs)
+    (runs / "untrained-sweep" / "debug.log").write_text("not an input")
+    copied = results.archive_inputs(runs, archive)
+    assert "mem1-n2/sweep_episodes.jsonl" in copied and "untrained-musique/summary.json" in copied
+    assert not (archive / "untrained-sweep" / "debug.log").exists()
+    first = results.write(results.collect(archive, 1024), tmp_path / "a", 1024).read_text()
+    shutil.rmtree(runs)  # a machine reset: the page still builds, identically, from the archive
+    assert results.write(results.collect(archive, 1024), tmp_path / "b", 1024).read_text() == first
+    # a step re-run later replaces only its own files
+    (runs / "untrained-musique").mkdir(parents=True)
+    (runs / "untrained-musique" / "summary.json").write_text(json.dumps([
+        {"agent": "memsearcher", "episodes": 16, "em": 0.25, "em_stderr": 0.1, "f1": 0.3, "answered_rate": 1.0,
+         "peak_context_tokens": 300}]))
+    assert results.archive_inputs(runs, archive) == ["untrained-musique/summary.json"]
+    text = results.write(results.collect(archive, 1024), tmp_path / "c", 1024).read_text()
+    assert "| musique | untrained memsearcher | 16 | 0.250 ± 0.100 |" in text
+    assert "| mem1 (trained) | 16 | 40 |" in text

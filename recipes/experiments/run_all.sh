@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every run behind docs/RESULTS.md, in order; a step whose summary.json exists is skipped (delete it to redo).
 #   bash recipes/experiments/run_all.sh            (about 2 hours on 2 CPU cores)
-# then: memrl bench results   (tables + plots -> docs/RESULTS.md)
+# then: memrl bench results   (copies the inputs into docs/results_data/, then tables + plots -> docs/RESULTS.md)
 set -euo pipefail
 EPISODES=${EPISODES:-4}         # held-out tasks per (agent, N) point of the untrained sweep (its EM is 0: format)
 REAL=${REAL:-16}                # real-data questions per dataset
