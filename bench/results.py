@@ -11,7 +11,7 @@ Those files are first copied into --archive (default docs/results_data/, committ
 from the archive: runs/ is scratch space that a machine reset loses, and a step re-run later replaces only
 its own files, so the page can always be regenerated from the repository.
 
-    memrl bench results [--runs runs] [--archive docs/results_data] [--out docs]
+    memrl bench results [--runs runs] [--archive docs/results_data] [--out docs] [--archive-only]
 """
 
 from __future__ import annotations
@@ -254,13 +254,16 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--runs", default="runs")
     ap.add_argument("--archive", default="docs/results_data", help="committed copy of the inputs the page is built from")
     ap.add_argument("--out", default="docs")
+    ap.add_argument("--archive-only", action="store_true", help="copy the inputs into --archive, write no page")
     ap.add_argument("--model", default="smollm2-135m-instruct", help="for KV bytes per token")
     args = ap.parse_args(argv)
+    copied = archive_inputs(Path(args.runs), Path(args.archive))
+    print(f"archived {len(copied)} input files from {args.runs} into {args.archive}")
+    if args.archive_only:
+        return Path(args.archive)
     from memrl.models import kv_bytes_per_token
 
     kv = kv_bytes_per_token(args.model)
-    copied = archive_inputs(Path(args.runs), Path(args.archive))
-    print(f"archived {len(copied)} input files from {args.runs} into {args.archive}")
     path = write(collect(Path(args.archive), kv), Path(args.out), kv)
     print(path)
     return path

@@ -111,3 +111,12 @@ def test_archive_keeps_inputs_when_runs_are_lost_and_takes_newer_ones(tmp_path):
     text = results.write(results.collect(archive, 1024), tmp_path / "c", 1024).read_text()
     assert "| musique | untrained memsearcher | 16 | 0.250 ± 0.100 |" in text
     assert "| mem1 (trained) | 16 | 40 |" in text
+
+
+def test_archive_only_copies_and_writes_no_page(tmp_path):
+    _write_runs(tmp_path / "runs")
+    out = results.main(["--runs", str(tmp_path / "runs"), "--archive", str(tmp_path / "archive"),
+                        "--out", str(tmp_path / "docs"), "--archive-only"])
+    assert out == tmp_path / "archive"
+    assert (tmp_path / "archive" / "full-context-n2" / "sweep_episodes.jsonl").is_file()
+    assert not (tmp_path / "docs").exists()

@@ -1,27 +1,36 @@
 #!/usr/bin/env bash
 # Every run behind docs/RESULTS.md, in order; a step whose summary.json exists is skipped (delete it to redo).
 #   bash recipes/experiments/run_all.sh            (about 2 hours on 2 CPU cores)
-# then: memrl bench results   (copies the inputs into docs/results_data/, then tables + plots -> docs/RESULTS.md)
+# After each step its inputs are archived into docs/results_data/ (committed; runs/ is scratch space that a
+# machine reset loses), so a campaign spread over several sittings keeps what finished. Each trained agent's
+# real-data evals run right after its training, while its checkpoint is still there.
+# then: memrl bench results   (tables + plots from docs/results_data/ -> docs/RESULTS.md)
 set -euo pipefail
 EPISODES=${EPISODES:-4}         # held-out tasks per (agent, N) point of the untrained sweep (its EM is 0: format)
 REAL=${REAL:-16}                # real-data questions per dataset
+DATASETS=(musique hotpotqa)     # real multi-hop QA (../shared/data or $MEMRL_DATA_DIR), one objective, 4 turns
 declare -A AGENT=([mem1-n2]=mem1 [memsearcher-n2]=memsearcher [full-context-n2]=full_context)
+kwargs() { echo "{\"dataset\": \"$1\", \"split\": \"eval\", \"topk\": 2}"; }
+archive() { memrl bench results --archive-only; }
 
-# 1. one training run per agent (N = 2), each ending with its own sweep over N = 1, 2, 4, 8, 16
+# 1. one training run per agent (N = 2), each ending with its own sweep over N = 1, 2, 4, 8, 16, then
+#    the trained agent on the real data
 for run in mem1-n2 memsearcher-n2 full-context-n2; do
   [ -f "runs/$run/summary.json" ] || memrl train "experiments/$run" --resume
+  for ds in "${DATASETS[@]}"; do
+    [ -f "runs/$run/$ds/summary.json" ] || memrl eval --recipe "experiments/$run" --model "runs/$run/model" \
+      --agent "${AGENT[$run]}" --env memrl/SearchQA-v0 --env-kwargs "$(kwargs "$ds")" --max-turns 4 \
+      --episodes "$REAL" --out "runs/$run/$ds"
+  done
+  archive
 done
 # 2. the untrained model, every agent format, the same held-out tasks and budgets
 [ -f runs/untrained-sweep/summary.json ] || memrl eval --recipe experiments/mem1-n2 --model smollm2-135m-instruct \
   --agent mem1,memsearcher,full_context --objectives 1,2,4,8,16 --episodes "$EPISODES" --out runs/untrained-sweep
-# 3. real multi-hop QA (../shared/data or $MEMRL_DATA_DIR): zero-shot vs trained, one objective, 4 turns
-for ds in musique hotpotqa; do
-  kw="{\"dataset\": \"$ds\", \"split\": \"eval\", \"topk\": 2}"
+# 3. the untrained model on the real data, every agent format
+for ds in "${DATASETS[@]}"; do
   [ -f "runs/untrained-$ds/summary.json" ] || memrl eval --recipe experiments/mem1-n2 --model smollm2-135m-instruct \
-    --agent mem1,memsearcher,full_context --env memrl/SearchQA-v0 --env-kwargs "$kw" --max-turns 4 \
+    --agent mem1,memsearcher,full_context --env memrl/SearchQA-v0 --env-kwargs "$(kwargs "$ds")" --max-turns 4 \
     --episodes "$REAL" --out "runs/untrained-$ds"
-  for run in mem1-n2 memsearcher-n2 full-context-n2; do
-    [ -f "runs/$run/$ds/summary.json" ] || memrl eval --recipe "experiments/$run" --model "runs/$run/model" --agent "${AGENT[$run]}" \
-      --env memrl/SearchQA-v0 --env-kwargs "$kw" --max-turns 4 --episodes "$REAL" --out "runs/$run/$ds"
-  done
 done
+archive
