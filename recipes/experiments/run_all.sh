@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Every run behind docs/RESULTS.md, in order; a step whose summary.json exists is skipped (delete it to redo).
+# Every run behind docs/RESULTS.md, in order; a step whose output exists under runs/ or docs/results_data/ is
+# skipped (delete it from both to redo).
 #   bash recipes/experiments/run_all.sh            (about 2 hours on 2 CPU cores)
 # After each step its inputs are archived into docs/results_data/ (committed; runs/ is scratch space that a
 # machine reset loses), so a campaign spread over several sittings keeps what finished. Each trained agent's
@@ -12,24 +13,25 @@ DATASETS=(musique hotpotqa)     # real multi-hop QA (../shared/data or $MEMRL_DA
 declare -A AGENT=([mem1-n2]=mem1 [memsearcher-n2]=memsearcher [full-context-n2]=full_context)
 kwargs() { echo "{\"dataset\": \"$1\", \"split\": \"eval\", \"topk\": 2}"; }
 archive() { memrl bench results --archive-only; }
+have() { [ -f "runs/$1" ] || [ -f "docs/results_data/$1" ]; }
 
 # 1. one training run per agent (N = 2), each ending with its own sweep over N = 1, 2, 4, 8, 16, then
 #    the trained agent on the real data
 for run in mem1-n2 memsearcher-n2 full-context-n2; do
-  [ -f "runs/$run/summary.json" ] || memrl train "experiments/$run" --resume
+  have "$run/summary.json" || memrl train "experiments/$run" --resume
   for ds in "${DATASETS[@]}"; do
-    [ -f "runs/$run/$ds/summary.json" ] || memrl eval --recipe "experiments/$run" --model "runs/$run/model" \
+    have "$run/$ds/summary.json" || memrl eval --recipe "experiments/$run" --model "runs/$run/model" \
       --agent "${AGENT[$run]}" --env memrl/SearchQA-v0 --env-kwargs "$(kwargs "$ds")" --max-turns 4 \
       --episodes "$REAL" --out "runs/$run/$ds"
   done
   archive
 done
 # 2. the untrained model, every agent format, the same held-out tasks and budgets
-[ -f runs/untrained-sweep/summary.json ] || memrl eval --recipe experiments/mem1-n2 --model smollm2-135m-instruct \
+have untrained-sweep/episodes.jsonl || memrl eval --recipe experiments/mem1-n2 --model smollm2-135m-instruct \
   --agent mem1,memsearcher,full_context --objectives 1,2,4,8,16 --episodes "$EPISODES" --out runs/untrained-sweep
 # 3. the untrained model on the real data, every agent format
 for ds in "${DATASETS[@]}"; do
-  [ -f "runs/untrained-$ds/summary.json" ] || memrl eval --recipe experiments/mem1-n2 --model smollm2-135m-instruct \
+  have "untrained-$ds/summary.json" || memrl eval --recipe experiments/mem1-n2 --model smollm2-135m-instruct \
     --agent mem1,memsearcher,full_context --env memrl/SearchQA-v0 --env-kwargs "$(kwargs "$ds")" --max-turns 4 \
     --episodes "$REAL" --out "runs/untrained-$ds"
 done
