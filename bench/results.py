@@ -18,15 +18,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
 from memrl.agents.evaluate import bootstrap_ci
-from memrl.rl.metrics import read_metrics
+from memrl.rl.metrics import read_metrics, write_atomic
 
 RUNS = {"mem1": "mem1-n2", "memsearcher": "memsearcher-n2", "full_context": "full-context-n2"}
 DATASETS = ("musique", "hotpotqa")
@@ -126,9 +124,7 @@ def archive_inputs(runs: Path, archive: Path) -> list[str]:
         if src.is_file():
             dst = archive / rel
             dst.parent.mkdir(parents=True, exist_ok=True)
-            tmp = dst.with_name(dst.name + ".tmp")
-            shutil.copyfile(src, tmp)
-            os.replace(tmp, dst)
+            write_atomic(dst, src.read_bytes())
             copied.append(rel)
     return copied
 

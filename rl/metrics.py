@@ -53,12 +53,17 @@ class MetricsWriter:
             self.tb.close()
 
 
-def write_jsonl(path: str | os.PathLike, rows: list[dict]) -> None:
-    """Write rows as JSON lines atomically (a killed run never leaves half a file)."""
+def write_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Replace `path` with `data` in one step (a killed process never leaves half a file)."""
     path = Path(path)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text("".join(json.dumps(r, default=str) + "\n" for r in rows))
+    tmp.write_bytes(data)
     os.replace(tmp, path)
+
+
+def write_jsonl(path: str | os.PathLike, rows: list[dict]) -> None:
+    """Write rows as JSON lines atomically."""
+    write_atomic(path, "".join(json.dumps(r, default=str) + "\n" for r in rows).encode())
 
 
 def read_metrics(path: Path) -> list[dict]:
