@@ -78,6 +78,16 @@ def test_results_page_has_tables_verdicts_and_plots(tmp_path):
         assert (tmp_path / "docs" / png).stat().st_size > 5000
 
 
+def test_h2_verdict_separates_significant_from_point_estimate_differences():
+    fc = (-0.04, -0.05, -0.03)
+    assert results.h2_word({"full_context": fc, "mem1": (-0.01, -0.02, -0.00)}, ["mem1"]) == "CONFIRMED"
+    assert results.h2_word({"full_context": fc, "mem1": (-0.03, -0.045, -0.02)}, ["mem1"]) == "NOT SHOWN"
+    assert results.h2_word({"full_context": fc, "mem1": (-0.08, -0.09, -0.07)}, ["mem1"]) == "REFUTED"
+    both = results.h2_word({"full_context": fc, "mem1": (-0.04, -0.05, -0.03), "memsearcher": (-0.08, -0.09, -0.07)},
+                           ["mem1", "memsearcher"])
+    assert both.startswith("REFUTED at this scale") and "not significant" in both  # mem1 ties full context
+
+
 def test_results_page_without_runs_says_so(tmp_path):
     text = results.write(results.collect(tmp_path / "nothing", 1024), tmp_path / "docs", 1024).read_text()
     assert "(runs missing)" in text
