@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from memrl.agents import orphan_guard
 from memrl.device import plan
 
 log = logging.getLogger(__name__)
@@ -128,7 +129,9 @@ class VLLMBackend:
         )
         if device.kind == "cuda":
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+        before = orphan_guard.children()
         self.llm = LLM(**kwargs)
+        self._guard = orphan_guard.guard(os.getpid(), sorted(orphan_guard.children() - before))
         self.tokenizer = self.llm.get_tokenizer()
         self.max_model_len = max_model_len
         self.version = 0
@@ -158,15 +161,23 @@ class VLLMBackend:
     # ---------------------------------------------------------------- streaming (continuous batching)
     def submit(self, key: int, prompt: list[int], cfg: SamplingConfig) -> None:
         """Queue one prompt; the engine batches it with everything in flight. `poll` returns it when done."""
-        from vllm.inputs import TokensPrompt
-
         params = self._fit(prompt, cfg)
         if params is None:
             self._done.append((key, _context_full()))
             return
         rid = f"memrl-{next(self._ids)}"  # outputs carry this id (vLLM adds a suffix only internally)
-        self.llm.llm_engine.add_request(rid, TokensPrompt(prompt_token_ids=prompt), params)
+        self.llm.llm_engine.add_request(rid, self._engine_input(prompt), params)
         self._keys[rid] = key
+
+    def _engine_input(self, prompt: list[int]):
+        """The prompt rendered the way LLM.generate renders it. vLLM 0.32 deprecates raw prompts to
+        LLMEngine.add_request ("Passing raw prompts to InputProcessor is deprecated and will be removed");
+        versions without the renderer step (LLM._preprocess_cmpl_one) take the raw prompt."""
+        from vllm.inputs import TokensPrompt
+
+        raw = TokensPrompt(prompt_token_ids=prompt)
+        render = getattr(self.llm, "_preprocess_cmpl_one", None)
+        return raw if render is None else render(raw)
 
     def poll(self) -> list[tuple[int, Generation]]:
         """Run one engine step (one decode iteration over every queued request); return the finished ones."""
@@ -197,9 +208,12 @@ class VLLMBackend:
         return self.llm.collective_rpc("memrl_param_checksum")[0]
 
     def close(self) -> None:
-        """Stop the engine core process now, before its owner goes (we saw a CPU EngineCore outlive a
-        killed `memrl train` and keep its KV cache; shutting it down explicitly leaves nothing behind)."""
+        """Stop the engine core process now, before its owner goes (an engine core outlives its owner unless
+        shut down; orphan_guard covers the case where the owner is killed before it can call this)."""
         self.llm.llm_engine.engine_core.shutdown()
+        if self._guard is not None:  # the engine is gone: its watcher has nothing left to do
+            self._guard.kill()
+            self._guard.wait()
 
 
 def _context_full() -> Generation:

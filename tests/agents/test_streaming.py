@@ -76,3 +76,11 @@ def test_streaming_faulty_env_fails_only_its_episode(vllm_tiny, tiny_tokenizer, 
     assert [t.failed for t in trajs] == [False, True, False]
     assert {"raise": "exploded", "hang": "timed out", "non_string": "non-string"}[fault] in trajs[1].info["error"]
     assert vllm_tiny.in_flight() == 0
+
+
+def test_streamed_prompts_reach_the_engine_rendered(vllm_tiny):
+    """add_request gets the prompt as LLM.generate renders it, not the raw form vLLM 0.32 deprecates."""
+    ids = [5, 6, 7]
+    rendered = vllm_tiny._engine_input(ids)
+    assert "type" in rendered  # vLLM's InputProcessor takes its deprecated raw-prompt path without this key
+    assert list(rendered["prompt_token_ids"]) == ids

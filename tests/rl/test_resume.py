@@ -42,16 +42,17 @@ def _orphan_engines() -> set[int]:
 
 
 @pytest.fixture
-def reap_orphan_engines():
-    """SIGKILL leaves the killed run's EngineCore behind (~1 GB); kill it so it does not outlive the test."""
+def new_orphan_engines():
+    """A function listing orphaned engines that appeared during the test; any left at the end are killed
+    (~1 GB each) so that a failure here does not outlive the suite."""
     before = _orphan_engines()
-    yield
+    yield lambda: _orphan_engines() - before
     for pid in _orphan_engines() - before:
         os.kill(pid, signal.SIGKILL)
 
 
 @pytest.mark.slow
-def test_kill_9_then_resume_loses_and_repeats_no_step(tmp_path, reap_orphan_engines):
+def test_kill_9_then_resume_loses_and_repeats_no_step(tmp_path, new_orphan_engines):
     out = tmp_path / "run"
     proc = _train(out)
     deadline = time.time() + 600
@@ -70,6 +71,8 @@ def test_kill_9_then_resume_loses_and_repeats_no_step(tmp_path, reap_orphan_engi
     assert [r["step"] for r in rows] == list(range(8))
     versions = [r["weight_version"] for r in rows]  # the resumed run goes on counting, never reuses a version
     assert all(a < b for a, b in pairwise(versions)), versions
+    # the killed run's engine core was killed by its watcher (agents/orphan_guard.py), not left under init
+    assert not new_orphan_engines(), "a SIGKILLed run left its vLLM EngineCore running"
 
 
 def test_truncated_and_unfinished_checkpoints_are_skipped(tmp_path, caplog):
