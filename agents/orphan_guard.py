@@ -2,14 +2,16 @@
 
 Vendor behaviour (vLLM 0.32, V1 engine): the EngineCore runs in a child process that does not watch its
 parent. Its own workers watch the core through a death pipe (vllm/v1/executor/multiproc_executor.py), but
-nothing watches the owner: SIGKILL of `memrl train`, or Ray killing a rollout actor, leaves the core running
-with its weights and KV cache (~1 GB on CPU) under init. SIGTERM is not the problem (the owner then shuts
-the engine down itself); SIGKILL gives the owner no chance to.
+nothing watches the owner: SIGKILL of the process that made the engine (`memrl eval`, or a Ray rollout actor
+that is SIGKILLed) leaves the core and its worker running under init, with the weights and
+KV cache (~1 GB on CPU). SIGTERM and a normal exit are not the problem: the owner then shuts the engine
+down itself.
 
 The workaround: right after the engine starts, `guard` launches this file as a small watcher process
 (psutil only, no torch). It polls once a second; when the owner is gone it kills the engine's processes,
-and it exits by itself once they are gone. tests/rl/test_resume.py::test_kill_9_* fails if a killed run
-leaves an engine behind, with or without this watcher.
+and it exits by itself once they are gone. tests/agents/test_orphan_guard.py checks both that an
+unguarded engine still outlives its killed owner (drop this module when that stops being true) and that a
+guarded one does not.
 """
 
 from __future__ import annotations

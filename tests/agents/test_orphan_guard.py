@@ -1,12 +1,12 @@
-"""The watcher that kills an engine whose owner was SIGKILLed (agents/orphan_guard.py), on plain processes.
-
-The real case (a killed `memrl train` and its vLLM EngineCore) is tests/rl/test_resume.py::test_kill_9_*.
-"""
+"""The watcher that kills an engine whose owner was SIGKILLed (agents/orphan_guard.py): on plain processes,
+then on a real vLLM engine with and without the watcher (the vendor behaviour it works around)."""
 
 import signal
 import subprocess
 import sys
+import time
 
+import psutil
 import pytest
 
 from memrl.agents import orphan_guard
@@ -63,3 +63,51 @@ def test_watch_reports_whether_it_killed():
 
 def test_nothing_to_guard_starts_nothing():
     assert orphan_guard.guard(1, []) is None
+
+
+OWNER = """
+import sys, time
+if __name__ == "__main__":  # vLLM spawns its engine core: the owner must be importable without side effects
+    import memrl.agents.orphan_guard as g
+    if sys.argv[1] == "unguarded":
+        g.guard = lambda *a: None
+    from memrl.agents import VLLMBackend
+    VLLMBackend(sys.argv[2], max_model_len=512)
+    print("READY", flush=True)
+    time.sleep(600)
+"""
+
+
+def _kill_owner_of_an_engine(tmp_path, tiny_dir, mode: str) -> list[str]:
+    """Start a process owning a vLLM engine, SIGKILL it, and return the names of its descendants still
+    running 10 s later (killed here afterwards, whatever happens)."""
+    script = tmp_path / "owner.py"
+    script.write_text(OWNER)
+    owner = subprocess.Popen([sys.executable, str(script), mode, str(tiny_dir)], stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    try:
+        for line in owner.stdout:
+            if line.startswith("READY"):
+                break
+            print(line, end="")  # the owner's log, shown if the test fails
+        else:
+            pytest.fail("the owner exited before its engine was up (its output is above)")
+        kids = psutil.Process(owner.pid).children(recursive=True)
+        assert any("EngineCore" in k.name() for k in kids)
+    finally:
+        owner.kill()
+        owner.wait()
+    time.sleep(10 * orphan_guard.POLL_S)
+    alive = [k for k in kids if orphan_guard._alive(k)]
+    names = [k.name() for k in alive]
+    for k in alive:
+        k.kill()
+    return names
+
+
+@pytest.mark.slow
+def test_vllm_engine_outlives_a_killed_owner_unless_guarded(tmp_path, tiny_dir):
+    left = _kill_owner_of_an_engine(tmp_path, tiny_dir, "unguarded")
+    # vendor behaviour (vLLM 0.32): if this fails, the engine core watches its owner now; drop the watcher
+    assert any("EngineCore" in n for n in left), left
+    assert _kill_owner_of_an_engine(tmp_path, tiny_dir, "guarded") == []
