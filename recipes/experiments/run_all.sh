@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every run behind docs/RESULTS.md, in order; a step whose output exists under runs/ or docs/results_data/ is
 # skipped (delete it from both to redo).
-#   bash recipes/experiments/run_all.sh            (about 2 hours on 2 CPU cores)
+#   bash recipes/experiments/run_all.sh            (about 2 h 45 min on 2 CPU cores, measured step by step)
 # After each step its inputs are archived into docs/results_data/ (committed; runs/ is scratch space that a
 # machine reset loses), so a campaign spread over several sittings keeps what finished. Each trained agent's
 # real-data evals run right after its training, while its checkpoint is still there.
