@@ -109,7 +109,8 @@ def plot(rows: dict, key: str, ylabel: str, path: Path, ci_key: str | None = Non
     ax.set_xlabel("objectives per episode (N); trained at N = 2")
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if rows:  # an empty page (no runs yet) gets empty axes, not a legend warning
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
