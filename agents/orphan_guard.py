@@ -60,10 +60,9 @@ def _procs(pids: list[int]) -> list[psutil.Process]:
 
 def watch(owner: int, engines: list[int], poll_s: float = POLL_S) -> bool:
     """Block until the engines are gone; kill them if the owner goes first. True when it had to kill."""
-    procs = _procs(engines)
-    boss = _procs([owner])
+    procs, boss = _procs(engines), _procs([owner])  # boss is empty when the owner is already gone
     while any(map(_alive, procs)):
-        if not boss or not _alive(boss[0]):
+        if not any(map(_alive, boss)):
             for p in procs:
                 try:
                     p.kill()

@@ -167,17 +167,23 @@ def collect(runs: Path, kv_bytes: int) -> dict:
     return {"curves": curves, "raw": raw, "summaries": summaries, "real": real}
 
 
+def separate(a: tuple[float, float, float], b: tuple[float, float, float]) -> bool:
+    """Two (point, low, high) estimates whose intervals do not overlap, on either side."""
+    return a[1] > b[2] or a[2] < b[1]
+
+
 def h2_word(slopes: dict[str, tuple[float, float, float]], memory: list[str]) -> str:
     """H2's verdict from EM slopes (point, low, high) per agent: CONFIRMED when every memory agent's interval
     lies above full context's; NOT SHOWN when some point estimate is less steep but intervals overlap;
     REFUTED when none is less steep: plain when every memory interval lies below full context's, qualified
     when one overlaps (then the reverse difference is not significant either)."""
     f = slopes["full_context"]
-    if all(slopes[a][1] > f[2] for a in memory):
+    less = {a: slopes[a][0] > f[0] for a in memory}
+    if all(less[a] and separate(slopes[a], f) for a in memory):
         return "CONFIRMED"
-    if any(slopes[a][0] > f[0] for a in memory):
+    if any(less.values()):
         return "NOT SHOWN"
-    if all(slopes[a][2] < f[1] for a in memory):
+    if all(separate(slopes[a], f) for a in memory):
         return "REFUTED"
     return ("REFUTED at this scale (no memory agent loses less EM per objective than full context; the "
             "intervals overlap, so the reverse difference is not significant either)")
@@ -212,7 +218,7 @@ def verdicts(data: dict) -> list[str]:
         f = slopes["full_context"]
         lines = [f"{a} {slopes[a][0]:+.4f} [{slopes[a][1]:+.4f}, {slopes[a][2]:+.4f}] vs full context {f[0]:+.4f} "
                  f"[{f[1]:+.4f}, {f[2]:+.4f}]: {'less loss' if slopes[a][0] > f[0] else 'not less loss'}"
-                 f"{' (intervals separate)' if slopes[a][1] > f[2] else ' (intervals overlap)'}" for a in memory]
+                 f"{' (intervals separate)' if separate(slopes[a], f) else ' (intervals overlap)'}" for a in memory]
         verdict = h2_word(slopes, list(memory))
         out.append(f"- **H2, trained memory agents lose less EM per added objective than full context: {verdict}.** "
                    "EM slope per added objective (least squares over N, 95% bootstrap): " + "; ".join(lines) + ".")

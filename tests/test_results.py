@@ -86,6 +86,8 @@ def test_h2_verdict_separates_significant_from_point_estimate_differences():
     both = results.h2_word({"full_context": fc, "mem1": (-0.04, -0.05, -0.03), "memsearcher": (-0.08, -0.09, -0.07)},
                            ["mem1", "memsearcher"])
     assert both.startswith("REFUTED at this scale") and "not significant" in both  # mem1 ties full context
+    assert results.separate((-0.08, -0.09, -0.07), fc) and results.separate((-0.01, -0.02, -0.00), fc)
+    assert not results.separate((-0.03, -0.045, -0.02), fc)
 
 
 def test_results_page_without_runs_says_so(tmp_path):
