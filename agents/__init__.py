@@ -17,11 +17,13 @@ from memrl.agents.parsing import Parsed, parse_output
 AGENTS = {a.name: a for a in (Mem1Agent, MemSearcherAgent, FullContextAgent)}
 
 
-def make_agent(name: str, tokenizer, **kwargs) -> Agent:
-    """Build an agent by name: mem1, memsearcher or full_context."""
-    if name not in AGENTS:
-        raise ValueError(f"unknown agent {name!r}; choose one of {sorted(AGENTS)}")
-    return AGENTS[name](tokenizer, **kwargs)
+def make_agent(tokenizer, section) -> Agent:
+    """Build the agent of a recipe's `agent` section (read by keyword: name, max_observation_tokens,
+    memory_tokens); the names are the keys of `AGENTS`, which the recipe schema allows."""
+    if section.name not in AGENTS:
+        raise ValueError(f"unknown agent {section.name!r}; choose one of {sorted(AGENTS)}")
+    return AGENTS[section.name](tokenizer, max_observation_tokens=section.max_observation_tokens,
+                                memory_tokens=section.memory_tokens)
 
 
 __all__ = [

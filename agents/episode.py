@@ -25,7 +25,7 @@ from typing import Protocol, runtime_checkable
 
 from memrl.agents.backends import CONTEXT_FULL, Generation, SamplingConfig
 from memrl.agents.base import Agent, EpisodeState
-from memrl.rl.trajectory import Trajectory
+from memrl.records import Trajectory
 
 log = logging.getLogger(__name__)
 

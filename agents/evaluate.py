@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from memrl.rl.trajectory import Trajectory
+from memrl.records import Trajectory
 
 
 def mean_stderr(xs: Sequence[float]) -> tuple[float, float]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from memrl.agents.backends import Generation
 from memrl.agents.base import Agent, EpisodeState, tool_lines
-from memrl.rl.trajectory import Context
+from memrl.records import Context
 
 SYSTEM = """You solve tasks by searching. You may think inside <think> </think>. Then write exactly one \
 action:

@@ -1,4 +1,4 @@
-"""Parsing model text into an env action, a memory block and a format verdict. Never raises.
+"""Parsing model text into an env action, a memory block and a format verdict.
 
 Rules (documented in the README, tested on a corpus of malformed outputs):
 - The action is the first complete `<name>content</name>` block whose name is a tool of the env or
@@ -12,11 +12,11 @@ Rules (documented in the README, tested on a corpus of malformed outputs):
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
+from memrl.envs.core import find_action, tag_block
+
 MAX_RAW_ACTION = 2000
-_ANY_TAG = re.compile(r"</?[A-Za-z_][\w-]*(\s[^<>]*)?>")
 
 
 @dataclass(frozen=True)
@@ -29,34 +29,19 @@ class Parsed:
     error: str | None = None  # why parsing failed (for logs and metrics)
 
 
-def _block(tag: str) -> re.Pattern[str]:
-    return re.compile(rf"<{tag}(?:\s[^<>]*)?>(.*?)</{tag}\s*>", re.DOTALL | re.IGNORECASE)
-
-
 def parse_output(text: str, tools: list[str] | tuple[str, ...], memory_tag: str | None = None) -> Parsed:
-    """Extract (memory, action) from model text; see the module docstring for the rules."""
-    try:
-        return _parse(text if isinstance(text, str) else str(text), tools, memory_tag)
-    except Exception as exc:  # regex on hostile input must never take a rollout down
-        return Parsed(str(text)[:MAX_RAW_ACTION], None, "", None, False, f"parser error: {exc!r}")
-
-
-def _parse(text: str, tools, memory_tag: str | None) -> Parsed:
-    names = [*tools, "answer"]
-    best: tuple[int, str, str] | None = None
-    for name in names:
-        m = _block(re.escape(name)).search(text)
-        if m and (best is None or m.start() < best[0]):
-            best = (m.start(), name, m.group(1))
+    """Extract (memory, action) from model text with the env's action grammar (`memrl.envs.core.find_action`);
+    see the module docstring for the rules. A non-string (a broken backend) is parsed as its text."""
+    text = text if isinstance(text, str) else str(text)
+    found = find_action(text, [*tools, "answer"])
     memory = None
     if memory_tag:
-        m = _block(re.escape(memory_tag)).search(text, 0, best[0] if best else len(text))
+        m = tag_block(memory_tag).search(text, 0, found[0] if found else len(text))
         if m:
             memory = m.group(1).strip()
-    if best is None:
+    if found is None:
         return Parsed(text[:MAX_RAW_ACTION], None, "", memory, False, "no complete action tag")
-    _, name, content = best
-    content = _ANY_TAG.sub("", content).strip()
+    _, name, content = found
     if not content:
         return Parsed(text[:MAX_RAW_ACTION], None, "", memory, False, f"empty <{name}>")
     return Parsed(f"<{name}>{content}</{name}>", name, content, memory, True)

@@ -18,9 +18,10 @@ import torch
 
 from memrl.bench.common import machine, matmul_peak_flops
 from memrl.models import load_model
+from memrl.records import Context, Trajectory
 from memrl.rl import losses
-from memrl.rl.learner import Learner, LearnerConfig
-from memrl.rl.trajectory import Context, Trajectory
+from memrl.rl.learner import Learner
+from memrl.testing import learner_sections
 
 
 def batch(n: int, length: int, vocab: int, seed: int = 0, prompt_share: float = 0.5) -> list[Trajectory]:
@@ -41,8 +42,8 @@ def plain_step(model, opt, trajs: list[Trajectory], clip: float = 0.2) -> None:
     old = torch.tensor([t.contexts[0].logprobs for t in trajs])
     adv = torch.tensor([t.advantage for t in trajs])[:, None] * mask
     logp = losses.token_logprobs(model(input_ids=ids).logits.float(), ids)
-    per_token, _ = losses.ppo_clip_loss(logp, old, adv, mask, clip, clip)
-    loss = (per_token * mask).sum() / mask.sum()
+    sel = mask > 0
+    loss, _ = losses.objective(logp[sel], old[sel], adv[sel], mask[sel] / mask.sum(), clip_low=clip, clip_high=clip)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     opt.step()
@@ -68,8 +69,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--zero-stage", type=int, default=2)
     args = ap.parse_args(argv)
 
-    learner = Learner(args.model, LearnerConfig(zero_stage=args.zero_stage, lr=1e-6, clip_high=0.2,
-                                                micro_batch_tokens=args.contexts * args.length))
+    learner = Learner(args.model, **learner_sections(zero_stage=args.zero_stage, lr=1e-6, clip_high=0.2,
+                                                     micro_batch_tokens=args.contexts * args.length))
     vocab = learner.module.config.vocab_size
     trajs = batch(args.contexts, args.length, vocab, prompt_share=args.prompt_share)
     t_memrl = timed(lambda: learner.train_step(trajs), args.repeats)

@@ -20,8 +20,9 @@ import json
 
 from memrl.agents import SamplingConfig, VLLMBackend, backend_policy, make_agent, oracle_policy, run_episodes
 from memrl.bench.common import machine
+from memrl.envs import build as build_env
 from memrl.models import load_tokenizer, resolve_model_dir
-from memrl.rl.rollout import EnvSpec
+from memrl.recipes.schema import AgentCfg, EnvCfg, RolloutCfg
 
 AGENTS = ("mem1", "memsearcher", "full_context")
 
@@ -36,8 +37,8 @@ def kv_bytes_per_token(model_dir) -> int:
 
 def measure(agent_name: str, n: int, tasks: int, tokenizer, policy_kind: str, backend, env_kwargs: dict,
             max_tokens: int) -> dict:
-    agent = make_agent(agent_name, tokenizer, max_observation_tokens=256, memory_tokens=256)
-    envs = [EnvSpec("memrl/KBQA-v0", env_kwargs, objectives=n).build() for _ in range(tasks)]
+    agent = make_agent(tokenizer, AgentCfg(name=agent_name, max_observation_tokens=256, memory_tokens=256))
+    envs = [build_env(EnvCfg(kwargs=env_kwargs, objectives=n)) for _ in range(tasks)]
     policy = oracle_policy(agent, envs) if policy_kind == "oracle" else backend_policy(backend)
     cfg = SamplingConfig(max_tokens=10**6 if policy_kind == "oracle" else max_tokens, temperature=0.0)
     trajs = run_episodes(agent, envs, [10_000_000 + i for i in range(tasks)], policy, cfg)
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     model_dir = resolve_model_dir(args.model)
     tokenizer = load_tokenizer(model_dir)
     per_token = kv_bytes_per_token(model_dir)
-    backend = VLLMBackend(str(model_dir), max_model_len=32768) if args.policy == "model" else None
+    backend = VLLMBackend(str(model_dir), rollout=RolloutCfg(max_model_len=32768)) if args.policy == "model" else None
     env_kwargs = {"min_hops": args.hops, "max_hops": args.hops}
     rows = [measure(a, int(n), args.tasks, tokenizer, args.policy, backend, env_kwargs, args.max_tokens)
             for n in args.objectives.split(",") for a in AGENTS]

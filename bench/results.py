@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from memrl.agents.evaluate import bootstrap_ci
-from memrl.rl.metrics import read_metrics, write_atomic
+from memrl.io import write_atomic
+from memrl.rl.metrics import read_metrics
 
 RUNS = {"mem1": "mem1-n2", "memsearcher": "memsearcher-n2", "full_context": "full-context-n2"}
 DATASETS = ("musique", "hotpotqa")

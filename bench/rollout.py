@@ -20,6 +20,7 @@ from memrl.agents import SamplingConfig, VLLMBackend, make_agent, run_episodes
 from memrl.agents.episode import backend_policy, streaming_policy
 from memrl.bench.common import machine
 from memrl.models import load_model, resolve_model_dir
+from memrl.recipes.schema import AgentCfg, RolloutCfg
 from memrl.rl.losses import token_logprobs
 from memrl.testing import LettersEnv
 
@@ -88,8 +89,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
 
     model_dir = resolve_model_dir(args.model)
-    backend = VLLMBackend(model_dir, max_model_len=2048, kv_cache_gib=2)
-    agent = make_agent(args.agent, backend.tokenizer, memory_tokens=64)
+    backend = VLLMBackend(model_dir, rollout=RolloutCfg(max_model_len=2048, kv_cache_gib=2))
+    agent = make_agent(backend.tokenizer, AgentCfg(name=args.agent, memory_tokens=64))
     envs = [LettersEnv(turns=args.turns) for _ in range(args.episodes)]
     cfg = SamplingConfig(max_tokens=args.max_tokens, temperature=1.0)
     run_episodes(agent, envs[:4], range(4), streaming_policy(backend), cfg)  # warm-up

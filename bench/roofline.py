@@ -26,6 +26,7 @@ import torch
 from memrl.bench.common import machine, matmul_peak_flops
 from memrl.bench.rollout import raw_generate
 from memrl.models import load_model, resolve_model_dir
+from memrl.recipes.schema import RolloutCfg
 
 
 def peak_flops(n: int = 2048, tries: int = 5) -> float:
@@ -101,7 +102,7 @@ def main(argv: list[str] | None = None, backend=None) -> dict:
     if backend is None:
         from memrl.agents import VLLMBackend
 
-        backend = VLLMBackend(resolve_model_dir(args.model), max_model_len=2048)
+        backend = VLLMBackend(resolve_model_dir(args.model), rollout=RolloutCfg(max_model_len=2048))
     g = torch.Generator().manual_seed(1)
     prompts = torch.randint(10, cfg.vocab_size, (args.prompts, args.prompt_tokens), generator=g).tolist()
     lengths = [args.gen_tokens] * args.prompts

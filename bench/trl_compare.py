@@ -27,9 +27,11 @@ import torch
 from memrl.agents import Generation, HFBackend, SamplingConfig
 from memrl.bench.common import machine
 from memrl.models import load_model, load_tokenizer, resolve_model_dir
-from memrl.rl.learner import Learner, LearnerConfig
+from memrl.recipes.schema import RolloutCfg
+from memrl.records import Context, Trajectory
+from memrl.rl.learner import Learner
 from memrl.rl.losses import get_advantage_fn
-from memrl.rl.trajectory import Context, Trajectory
+from memrl.testing import learner_sections
 
 LR, CLIP_LOW, CLIP_HIGH = 1e-6, 0.2, 0.28
 
@@ -166,11 +168,11 @@ def main(argv: list[str] | None = None, backend=None) -> dict:
             trl_error = f"{type(e).__name__}: {e}"
             traceback.print_exc()
 
-    learner = Learner(str(model_dir), LearnerConfig(zero_stage=0, lr=LR, clip_low=CLIP_LOW, clip_high=CLIP_HIGH))
+    learner = Learner(str(model_dir), **learner_sections(zero_stage=0, lr=LR, clip_low=CLIP_LOW, clip_high=CLIP_HIGH))
     if backend is None:
         from memrl.agents import VLLMBackend
 
-        backend = VLLMBackend(model_dir, max_model_len=2048)
+        backend = VLLMBackend(model_dir, rollout=RolloutCfg(max_model_len=2048))
     engines = [("vllm", "memrl (vLLM engine)", lambda ps: vllm_generate_exact(backend, ps, args.tokens),
                 "vLLM generate + reward + Learner.train_step")]
     if args.hf:

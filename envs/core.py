@@ -71,14 +71,32 @@ class OracleStep:
     note: str  # everything an ideal agent still needs to know after this turn
 
 
-def parse_action(text: str, names: list[str]) -> tuple[str, str] | None:
-    """(name, argument) of the first complete `<name>argument</name>` block among `names`, else None."""
+_ANY_TAG = re.compile(r"</?[A-Za-z_][\w-]*(\s[^<>]*)?>")
+
+
+def tag_block(tag: str) -> re.Pattern[str]:
+    """A complete `<tag ...>content</tag>` block (case-insensitive, attributes allowed, content lazy)."""
+    return re.compile(rf"<{re.escape(tag)}(?:\s[^<>]*)?>(.*?)</{re.escape(tag)}\s*>", re.DOTALL | re.IGNORECASE)
+
+
+def find_action(text: str, names: list[str] | tuple[str, ...]) -> tuple[int, str, str] | None:
+    """The action grammar, the one implementation (envs and agents both parse with it): the first complete
+    `<name>content</name>` block whose name is in `names` -> (start offset, name, content with nested tags
+    removed and whitespace trimmed; "" when empty), or None when there is no complete block."""
     best = None
     for name in names:
-        m = re.search(rf"<{re.escape(name)}>(.*?)</{re.escape(name)}>", text, re.DOTALL)
-        if m and m.group(1).strip() and (best is None or m.start() < best[0]):
-            best = (m.start(), name, m.group(1).strip())
-    return None if best is None else (best[1], best[2])
+        m = tag_block(name).search(text)
+        if m and (best is None or m.start() < best[0]):
+            best = (m.start(), name, m.group(1))
+    if best is None:
+        return None
+    return best[0], best[1], _ANY_TAG.sub("", best[2]).strip()
+
+
+def parse_action(text: str, names: list[str] | tuple[str, ...]) -> tuple[str, str] | None:
+    """(name, argument) of the action in `text` (`find_action`), or None when there is none or it is empty."""
+    found = find_action(text, names)
+    return None if found is None or not found[2] else (found[1], found[2])
 
 
 class TurnEnv(TextEnv):

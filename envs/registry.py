@@ -37,3 +37,27 @@ def list_envs() -> list[tuple[str, str]]:
     register_all()
     return [(k, ENVS[k][1] if k in ENVS else str(gym.registry[k].entry_point))
             for k in sorted(gym.registry) if k.startswith("memrl/")]
+
+
+def build(section) -> gym.Env:
+    """The env of one episode from a recipe's `env` section (read by keyword: id, kwargs, objectives,
+    max_turns, aggregate): a registered id ("memrl/KBQA-v0") or an entry point ("mypkg.envs:MyEnv"),
+    composed (MEM1) when `objectives` > 1 or `max_turns` is set."""
+    from memrl.envs.compose import compose
+
+    if ":" in section.id and not section.id.startswith("memrl/"):  # an importable class, no registration needed
+        import importlib
+
+        module, cls = section.id.split(":", 1)
+        factory = getattr(importlib.import_module(module), cls)
+    else:
+        factory = lambda **kw: make(section.id, **kw)  # noqa: E731
+    if section.objectives == 1 and section.max_turns is None:
+        return factory(**section.kwargs)
+    return compose([factory(**section.kwargs) for _ in range(section.objectives)], max_turns=section.max_turns,
+                   aggregate=section.aggregate)
+
+
+def build_key(section) -> str:
+    """Envs built from sections with equal keys are interchangeable (a worker's env pool reuses them)."""
+    return repr((section.id, sorted(section.kwargs.items()), section.objectives, section.max_turns, section.aggregate))

@@ -7,9 +7,8 @@ import hashlib
 import json
 import logging
 import os
-import shutil
-import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -17,6 +16,7 @@ from typing import Protocol
 import numpy as np
 
 from memrl import paths
+from memrl.io import atomic_dir
 
 log = logging.getLogger(__name__)
 KINDS = ("bm25", "dense", "http")
@@ -51,14 +51,91 @@ class RetrievalError(RuntimeError):
     """The retrieval backend could not answer (after retries, for the HTTP client)."""
 
 
+def _numbered(path: Path, rows: object) -> Iterator[tuple[str, object]]:
+    if not isinstance(rows, list):
+        raise ValueError(f"{path}: expected a JSON list of objects (or JSON lines), got a JSON {type(rows).__name__}")
+    for i, row in enumerate(rows, 1):
+        yield f"{path} item {i}", row
+
+
+def _json_lines(path: Path) -> Iterator[tuple[str, object]]:
+    with path.open(encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path} line {n}: not JSON ({exc.msg}); a .jsonl file holds one JSON object a line") from exc
+            yield f"{path} line {n}", row
+
+
+def _parquet_rows(path: Path) -> Iterator[tuple[str, object]]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError as exc:
+        raise ImportError(f"reading {path} needs pyarrow: pip install pyarrow") from exc
+    n = 0
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
+        for row in batch.to_pylist():
+            n += 1
+            yield f"{path} row {n}", row
+
+
+def _load_json(path: Path) -> object:
+    """A .json file's content; JSON lines saved as .json (what `datasets`' `to_json` writes) give a list."""
+    text = path.read_text(encoding="utf-8")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        if exc.msg == "Extra data":  # a complete first value followed by more: JSON lines
+            return [row for _, row in _json_lines(path)]
+        raise ValueError(f"{path}: not JSON ({exc.msg} at line {exc.lineno})") from exc
+
+
+def read_rows(path: str | Path) -> Iterator[tuple[str, object]]:
+    """(where, row) for each row of a .jsonl (streamed line by line), .parquet (in batches) or .json list file;
+    `where` ("file line 7", "file row 7", "file item 7", 1-based) is for error messages."""
+    path = Path(path)
+    if path.suffix == ".jsonl":
+        return _json_lines(path)
+    if path.suffix == ".parquet":
+        return _parquet_rows(path)
+    return _numbered(path, _load_json(path))
+
+
+def _passage(where: str, row: object) -> dict:
+    """One corpus row as {"title", "text"} (+ "id" if it has one): {title, text}, or Search-R1/FlashRAG's
+    {id, contents: "Title\\ntext"} whose title may be in double quotes."""
+    if isinstance(row, dict) and isinstance(row.get("contents"), str):
+        title, newline, text = row["contents"].partition("\n")
+        title = title.strip()
+        if len(title) >= 2 and title[0] == title[-1] == '"':
+            title = title[1:-1]
+        record = {"title": title, "text": text} if newline else {"title": "", "text": title}
+    elif isinstance(row, dict) and "text" in row:
+        record = {"title": str(row.get("title", "")), "text": str(row["text"])}
+    else:
+        got = f"fields {sorted(row)}" if isinstance(row, dict) else f"a JSON {type(row).__name__}"
+        raise ValueError(f'{where}: expected a passage {{title, text}} or {{id, contents: "Title\\ntext"}}, got {got}')
+    if isinstance(row, dict) and row.get("id") is not None:
+        record["id"] = str(row["id"])
+    return record
+
+
 def load_corpus(path: str | Path) -> list[dict]:
-    """A corpus file as [{"title", "text"}]: a JSON list of {title, text} or a dict title -> sentences."""
-    data = json.loads(Path(path).read_text())
-    if isinstance(data, dict):
-        return [{"title": t, "text": "".join(s) if isinstance(s, list) else str(s)} for t, s in data.items()]
-    if isinstance(data, list) and all(isinstance(r, dict) and "text" in r for r in data):
-        return [{"title": str(r.get("title", "")), "text": str(r["text"])} for r in data]
-    raise ValueError(f"{path}: expected a list of {{title, text}} or a dict title -> sentences")
+    """A corpus file as [{"title", "text"}] (plus "id" where the file has ids). Accepted: Search-R1 / FlashRAG
+    .jsonl ({id, contents: '"Title"\\ntext'} a line, streamed), a JSON list (or .jsonl / .parquet rows) of
+    {title, text} or {id, contents}, or HotpotQA's JSON dict title -> sentences."""
+    path = Path(path)
+    if path.suffix == ".json":
+        data = _load_json(path)
+        if isinstance(data, dict):
+            return [{"title": t, "text": "".join(s) if isinstance(s, list) else str(s)} for t, s in data.items()]
+        rows = _numbered(path, data)
+    else:
+        rows = read_rows(path)
+    return [_passage(where, row) for where, row in rows]
 
 
 def corpus_hash(corpus: list[dict]) -> str:
@@ -68,20 +145,8 @@ def corpus_hash(corpus: list[dict]) -> str:
 
 
 def _atomic_build(target: Path, build) -> Path:
-    """Build into a temp dir beside `target`, then rename; a concurrent builder's result is kept."""
-    if target.exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp", dir=target.parent))
-    try:
-        build(tmp)
-        os.rename(tmp, target)
-    except OSError:
-        if not target.exists():
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    """The cached index at `target`, built once (atomically, `memrl.io.atomic_dir`) when missing."""
+    return target if target.exists() else atomic_dir(target, build)
 
 
 class _Indexed:

@@ -44,3 +44,33 @@ def split_answers(text: str, n: int) -> list[str]:
     """The N answers of a composed task, written in order and separated by ';' (missing ones are '')."""
     parts = [p.strip() for p in str(text).split(";")]
     return (parts + [""] * n)[:n]
+
+
+REWARD_SCORES = ("em", "f1")
+
+
+def shaped_reward(em: float, f1: float, malformed: bool, answered_cleanly: bool, *, score: str = "em",
+                  format_penalty: bool = False, format_floor: float = 0.0) -> float:
+    """The training reward of one episode from its scores and format (MemSearcher's rule when
+    score="f1", format_penalty=True, format_floor=0.1).
+
+    em, f1: the episode's answer scores from the env (0 when it never answered), `malformed`: a turn broke
+    the agent's format, `answered_cleanly`: it answered with no invalid action (the env's format reward).
+    `score` picks EM or F1; with `format_penalty` a malformed episode gets 0; with `format_floor` a
+    well-formed episode that answered but scored 0 gets the floor (it learned the format, not the answer).
+
+    >>> shaped_reward(0.0, 0.5, False, True, score="f1", format_penalty=True, format_floor=0.1)
+    0.5
+    >>> shaped_reward(0.0, 0.0, False, True, score="f1", format_penalty=True, format_floor=0.1)
+    0.1
+    >>> shaped_reward(1.0, 1.0, True, True, score="f1", format_penalty=True, format_floor=0.1)
+    0.0
+    """
+    if score not in REWARD_SCORES:
+        raise ValueError(f"score must be one of {REWARD_SCORES}, got {score!r}")
+    if format_penalty and malformed:
+        return 0.0
+    value = em if score == "em" else f1
+    if value == 0.0 and answered_cleanly and not malformed:
+        return float(format_floor)
+    return float(value)

@@ -5,23 +5,27 @@ Users bring the data (memrl ships loaders, never the data): a folder with `multi
 `../shared/data` next to a checkout. The default corpus is the union of the MuSiQue, HotpotQA and
 2WikiMultihopQA passages (~9,000), so most passages a search returns are distractors.
 Splits are fixed by question index: `train` = the first 80% of each dataset, `eval` = the rest.
-"""
+
+A user's own question file (`dataset="path"`) may be .json, .jsonl (read line by line) or .parquet, in
+MuSiQue's, HotpotQA's (official or Hugging Face `hotpot_qa`) or Search-R1's layout, told apart by the
+first row's fields; a bad row is a ValueError naming the file and the line / row."""
 
 from __future__ import annotations
 
-import json
+import logging
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
 from memrl.envs.core import OracleStep, Task, TaskEnv
-from memrl.envs.retrieval import render_hits
+from memrl.envs.retrieval import read_rows, render_hits
 from memrl.paths import data_dir
 
 DATASETS = ("musique", "hotpotqa")
 UNION = ("musique_train_corpus.json", "hotpotqa_train_corpus.json", "2wikimultihopqa_corpus.json")
 SPLITS = ("all", "train", "eval")
+log = logging.getLogger(__name__)
 
 
 def _folder(root: str | Path | None) -> Path:
@@ -33,52 +37,120 @@ def _folder(root: str | Path | None) -> Path:
     return base / "multihop"
 
 
+def _musique(row: dict, where: str, path: Path) -> Task:
+    titles = [p["title"] for p in row["paragraphs"] if p.get("is_supporting")]
+    steps = [(d["question"], d["answer"]) for d in row.get("question_decomposition") or []]
+    return Task(str(row["question"]), [str(a) for a in [row["answer"], *(row.get("answer_aliases") or [])]],
+                {"id": row.get("id", where), "dataset": "musique", "supporting_titles": titles, "steps": steps})
+
+
+def _supporting_titles(facts: object) -> list[str]:
+    """Titles of HotpotQA's supporting facts, in order: [[title, sent_id], ...] (official JSON) or
+    {"title": [...], "sent_id": [...]} (the Hugging Face `hotpot_qa` layout)."""
+    if isinstance(facts, dict):
+        if len(facts["title"]) != len(facts["sent_id"]):
+            raise ValueError(f"supporting_facts has {len(facts['title'])} titles but {len(facts['sent_id'])} sent_ids")
+        return list(dict.fromkeys(facts["title"]))
+    return list(dict.fromkeys(title for title, _ in facts))
+
+
+def _hotpotqa(row: dict, where: str, path: Path) -> Task:
+    """`context` is not read, so its two layouts ([[title, sentences]] or {title, sentences}) both load."""
+    return Task(str(row["question"]), [str(row["answer"])],
+                {"id": row.get("_id", row.get("id", where)), "dataset": "hotpotqa", "type": row.get("type"),
+                 "supporting_titles": _supporting_titles(row["supporting_facts"])})
+
+
+def _search_r1_golds(row: dict) -> object:
+    """`golden_answers`, else the verl/Search-R1 parquet's `reward_model.ground_truth.target`."""
+    if row.get("golden_answers") is not None:
+        return row["golden_answers"]
+    try:
+        return row["reward_model"]["ground_truth"]["target"]
+    except (KeyError, TypeError):
+        raise KeyError("golden_answers") from None
+
+
+def _search_r1(row: dict, where: str, path: Path) -> Task:
+    golds = _search_r1_golds(row)
+    golds = [str(g) for g in (golds if isinstance(golds, (list, tuple)) else [golds])]
+    if not golds:
+        raise ValueError("no gold answers")
+    return Task(str(row["question"]), golds, {"id": row.get("id", where), "supporting_titles": [],
+                                               "dataset": row.get("data_source") or path.stem})
+
+
+def _has_search_r1_golds(row: dict) -> bool:
+    try:
+        _search_r1_golds(row)
+    except KeyError:
+        return False
+    return True
+
+
+# layout name -> (is this row in the layout?, row -> Task, its fields for error messages)
+LAYOUTS = {
+    "musique": (lambda r: "paragraphs" in r, _musique, "question, answer, paragraphs[{title, is_supporting}]"),
+    "hotpotqa": (lambda r: "supporting_facts" in r, _hotpotqa,
+                 "question, answer, supporting_facts ([[title, sent_id]] or {title: [...], sent_id: [...]})"),
+    "search_r1": (lambda r: "question" in r and _has_search_r1_golds(r), _search_r1,
+                  "question, golden_answers (or reward_model.ground_truth.target)"),
+}
+
+
+def _load_rows(path: Path, layout: str | None = None) -> list[Task]:
+    """Tasks from a .json / .jsonl / .parquet QA file in `layout` (None: told by the first row's fields)."""
+    tasks: list[Task] = []
+    convert = schema = None
+    skipped = 0
+    for where, row in read_rows(path):
+        if convert is None:
+            found = f"fields {sorted(row)}" if isinstance(row, dict) else f"a JSON {type(row).__name__}"
+            layout = layout or next((name for name, (fits, _, _) in LAYOUTS.items()
+                                     if isinstance(row, dict) and fits(row)), None)
+            if layout is None:
+                raise ValueError(f"{path}: unknown QA layout, the first row has {found}; expected one of: "
+                                 + "; ".join(f"{name} ({fields})" for name, (_, _, fields) in LAYOUTS.items()))
+            _, convert, schema = LAYOUTS[layout]
+        if layout == "musique" and isinstance(row, dict) and row.get("answerable") is False:
+            skipped += 1  # MuSiQue-Full's unanswerable twins: their `answer` is not supported by the paragraphs
+            continue
+        try:
+            if not isinstance(row, dict):
+                raise TypeError(f"a JSON {type(row).__name__}, not an object")
+            tasks.append(convert(row, where, path))
+        except (KeyError, TypeError, ValueError) as exc:
+            problem = f"missing field {exc}" if isinstance(exc, KeyError) else f"{type(exc).__name__}: {exc}"
+            fields = f"; fields {sorted(row)}" if isinstance(row, dict) else ""
+            raise ValueError(f"{where}: not a {layout} row ({problem}{fields}); "
+                             f"expected {schema}") from exc
+    if skipped:
+        log.info("%s: skipped %d unanswerable MuSiQue questions", path, skipped)
+    if not tasks:
+        raise ValueError(f"{path}: no questions in the file")
+    return tasks
+
+
 def load_musique(path: Path) -> list[Task]:
-    out = []
-    for row in json.loads(path.read_text()):
-        titles = [p["title"] for p in row["paragraphs"] if p.get("is_supporting")]
-        steps = [(d["question"], d["answer"]) for d in row.get("question_decomposition", [])]
-        out.append(Task(row["question"], [row["answer"], *row.get("answer_aliases", [])],
-                        {"id": row["id"], "dataset": "musique", "supporting_titles": titles, "steps": steps}))
-    return out
+    """MuSiQue rows (.json list as in its repo, or the official .jsonl one question a line); unanswerable skipped."""
+    return _load_rows(Path(path), "musique")
 
 
 def load_hotpotqa(path: Path) -> list[Task]:
-    out = []
-    for row in json.loads(path.read_text()):
-        titles = list(dict.fromkeys(title for title, _ in row["supporting_facts"]))
-        out.append(Task(row["question"], [row["answer"]],
-                        {"id": row["_id"], "dataset": "hotpotqa", "supporting_titles": titles,
-                         "type": row.get("type")}))
-    return out
+    """HotpotQA rows: official JSON ([[title, sent_id]] facts) or the Hugging Face `hotpot_qa` layout (dicts)."""
+    return _load_rows(Path(path), "hotpotqa")
 
 
 def load_search_r1(path: Path) -> list[Task]:
-    """Search-R1's QA format: .jsonl or .parquet rows with `question` and `golden_answers` (list or str)."""
-    if path.suffix == ".parquet":
-        try:
-            import pyarrow.parquet as pq
-        except ImportError as exc:
-            raise ImportError(f"reading {path} needs pyarrow: pip install pyarrow") from exc
-        rows = pq.read_table(path).to_pylist()
-    else:
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    out = []
-    for i, row in enumerate(rows):
-        if "question" not in row or "golden_answers" not in row:
-            raise ValueError(f"{path} row {i}: expected keys question and golden_answers, got {sorted(row)}")
-        golds = row["golden_answers"]
-        golds = [golds] if isinstance(golds, str) else [str(g) for g in golds]
-        out.append(Task(str(row["question"]), golds, {"id": row.get("id", i), "dataset": path.stem,
-                                                      "supporting_titles": []}))
-    return out
+    """Search-R1's QA format: .jsonl (streamed) or .parquet rows with `question` and `golden_answers` (list or
+    str), or verl parquet rows whose answers are in `reward_model.ground_truth.target`."""
+    return _load_rows(Path(path), "search_r1")
 
 
-def _load_file(path: Path) -> list[Task]:
-    if path.suffix in (".jsonl", ".parquet"):
-        return load_search_r1(path)
-    rows = json.loads(path.read_text())
-    return load_musique(path) if rows and "paragraphs" in rows[0] else load_hotpotqa(path)
+def load_qa_file(path: Path) -> list[Task]:
+    """Questions from a MuSiQue, HotpotQA or Search-R1 file (.json, .jsonl or .parquet), told apart by the
+    first row's fields; an unknown layout is a ValueError naming them."""
+    return _load_rows(Path(path))
 
 
 @lru_cache(maxsize=4)
@@ -92,7 +164,7 @@ def load_questions(folder: str, dataset: str, split: str) -> tuple[Task, ...]:
     names = [dataset] if is_file else DATASETS if dataset == "all" else (dataset,)
     tasks: list[Task] = []
     for name in names:
-        rows = _load_file(Path(name) if is_file else Path(folder) / f"{name}_train.json")
+        rows = load_qa_file(Path(name) if is_file else Path(folder) / f"{name}_train.json")
         cut = int(0.8 * len(rows))
         tasks += rows if split == "all" else rows[:cut] if split == "train" else rows[cut:]
     return tuple(tasks)

@@ -1,5 +1,6 @@
-"""A retrieval server speaking Search-R1's /retrieve JSON, so Search-R1-style agents and our
-`HttpRetriever` can share one index. Bad input is a 4xx with a message; a failing backend is a 503."""
+"""A retrieval server speaking Search-R1's /retrieve JSON and FlashRAG's /search and /batch_search, so
+Search-R1-style agents, MemSearcher-style agents and our `HttpRetriever` can share one index. Bad input is a
+4xx with a message; a failing backend is a 503."""
 
 # No `from __future__ import annotations`: FastAPI must see the request model built in create_app.
 
@@ -23,7 +24,8 @@ Query = Annotated[str, StringConstraints(max_length=MAX_QUERY_CHARS)]
 
 
 def create_app(retriever: Retriever, max_queries: int = 256, max_topk: int = 100) -> FastAPI:
-    """The FastAPI app: POST /retrieve (Search-R1 format) and GET /health, over one `retriever`."""
+    """The FastAPI app over one `retriever`: POST /retrieve (Search-R1 format), POST /search and
+    /batch_search (FlashRAG format) and GET /health. All share the limits `max_queries` and `max_topk`."""
 
     class RetrieveRequest(BaseModel):
         """Search-R1's request: `topk` passages for each of `queries`, with scores if `return_scores`."""
@@ -33,24 +35,62 @@ def create_app(retriever: Retriever, max_queries: int = 256, max_topk: int = 100
         topk: int = Field(3, gt=0, le=max_topk)
         return_scores: bool = False
 
+    # FlashRAG's requests. Unknown fields are ignored, as FlashRAG's server does: MemSearcher posts the
+    # model's tool-call arguments as the body. top_n defaults to FlashRAG's 10.
+    class SearchRequest(BaseModel):
+        """FlashRAG's /search: the `top_n` passages for `query`, with their scores if `return_score`."""
+
+        model_config = ConfigDict(extra="ignore", strict=True)
+        query: Query
+        top_n: int = Field(min(10, max_topk), gt=0, le=max_topk)
+        return_score: bool = False
+
+    class BatchSearchRequest(SearchRequest):
+        """FlashRAG's /batch_search: /search for each of a list of queries."""
+
+        query: list[Query] = Field(min_length=1, max_length=max_queries)
+
     app = FastAPI(title="memrl retrieval", version="1")
     app.add_exception_handler(RequestValidationError, _invalid_request)
     lock = threading.Lock()  # one search at a time: backends (torch, bm25s) are not promised thread-safe
-    n_passages = len(getattr(retriever, "corpus", None) or ())
+    corpus = getattr(retriever, "corpus", None) or ()
+
+    def search(queries: list[str], k: int) -> list[list[Passage]]:
+        try:
+            with lock:
+                hits = retriever.batch_search(queries, k)
+        except Exception as exc:  # the backend failed, not the request: say so, keep serving
+            log.exception("retriever failed on %d queries", len(queries))
+            raise HTTPException(503, f"the retriever failed: {type(exc).__name__}: {exc}") from exc
+        return [[_finite(p) for p in row] for row in hits]
+
+    def flashrag_doc(p: Passage) -> dict:
+        """FlashRAG's document: the corpus file's own id where it has one (else the index), as a string."""
+        own = corpus[p.id].get("id") if 0 <= p.id < len(corpus) else None
+        return {"id": str(p.id if own is None else own), "contents": to_search_r1(p, False)["contents"]}
 
     @app.get("/health")
     def health() -> dict:
-        return {"status": "ok", "passages": n_passages}
+        return {"status": "ok", "passages": len(corpus)}
 
     @app.post("/retrieve")
     def retrieve(req: RetrieveRequest) -> dict:
-        try:
-            with lock:
-                hits = retriever.batch_search(req.queries, req.topk)
-        except Exception as exc:  # the backend failed, not the request: say so, keep serving
-            log.exception("retriever failed on %d queries", len(req.queries))
-            raise HTTPException(503, f"the retriever failed: {type(exc).__name__}: {exc}") from exc
-        return {"result": [[to_search_r1(_finite(p), req.return_scores) for p in row] for row in hits]}
+        hits = search(req.queries, req.topk)
+        return {"result": [[to_search_r1(p, req.return_scores) for p in row] for row in hits]}
+
+    @app.post("/search")
+    def search_one(req: SearchRequest) -> list:
+        """A list of {id, contents} documents, or [documents, scores] if `return_score`."""
+        hits = search([req.query], req.top_n)[0]
+        docs = [flashrag_doc(p) for p in hits]
+        return [docs, [p.score for p in hits]] if req.return_score else docs
+
+    @app.post("/batch_search")
+    def batch_search(req: BatchSearchRequest) -> list:
+        """One document list per query, or [document lists, score lists] if `return_score`."""
+        hits = search(req.query, req.top_n)
+        docs = [[flashrag_doc(p) for p in row] for row in hits]
+        return [docs, [[p.score for p in row] for row in hits]] if req.return_score else docs
 
     return app
 

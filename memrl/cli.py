@@ -76,20 +76,18 @@ def _eval(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from memrl.agents.eval_cli import EvalSetup, run_eval, table
+    from memrl.recipes.schema import Recipe, load_recipe
+    from memrl.rl.eval_cli import run_eval, table
 
-    setup = EvalSetup()
-    if args.recipe:
-        from memrl.recipes.schema import load_recipe
-
-        setup = EvalSetup.from_recipe(load_recipe(args.recipe))
-    for flag, attr in (("env", "env_id"), ("max_tokens", "max_tokens"), ("max_turns", "max_turns")):
-        if getattr(args, flag) is not None:
-            setattr(setup, attr, getattr(args, flag))
+    recipe = load_recipe(args.recipe) if args.recipe else Recipe()
+    env = {k: v for k, v in (("id", args.env), ("max_turns", args.max_turns)) if v is not None}
     if args.env_kwargs is not None:
-        setup.env_kwargs = json.loads(args.env_kwargs)
+        env["kwargs"] = json.loads(args.env_kwargs)
+    rollout = {"max_tokens": args.max_tokens} if args.max_tokens is not None else {}
+    recipe = recipe.model_copy(update={"env": recipe.env.model_copy(update=env),
+                                       "rollout": recipe.rollout.model_copy(update=rollout)})
     rows = run_eval(args.model, args.agent.split(","), [int(x) for x in args.objectives.split(",")], args.episodes,
-                    Path(args.out), setup)
+                    Path(args.out), recipe)
     print(table(rows), end="")
     print(f"episodes: {Path(args.out) / 'episodes.jsonl'}")
     return 0

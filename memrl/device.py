@@ -27,6 +27,22 @@ class DevicePlan:
     def dtype_name(self) -> str:
         return {torch.float32: "float32", torch.bfloat16: "bfloat16"}[self.dtype]
 
+    def engine_args(self, rollout) -> dict:
+        """vLLM engine arguments of a recipe's `rollout` section (read by keyword) on this device: eager on
+        CPU and compiled (CUDA graphs) on GPU unless the recipe says otherwise, the device's dtype unless set,
+        the GPU memory share only on GPU."""
+        args = dict(max_model_len=rollout.max_model_len, tensor_parallel_size=rollout.tensor_parallel_size,
+                    dtype=self.dtype_name if rollout.dtype == "auto" else rollout.dtype,
+                    enforce_eager=self.kind == "cpu" if rollout.enforce_eager is None else rollout.enforce_eager)
+        if rollout.max_num_seqs is not None:
+            args["max_num_seqs"] = rollout.max_num_seqs
+        if self.kind == "cuda":
+            args["gpu_memory_utilization"] = rollout.gpu_memory_utilization
+        elif rollout.tensor_parallel_size > 1:
+            raise ValueError(f"rollout.tensor_parallel_size={rollout.tensor_parallel_size} needs GPUs; this machine "
+                             "runs on CPU (set it to 1)")
+        return args
+
     def vllm_env(self, kv_cache_gib: float = 1.0) -> dict[str, str]:
         """Environment variables a vLLM engine process needs on this device."""
         if self.kind == "cpu":

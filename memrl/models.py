@@ -11,8 +11,6 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -25,6 +23,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from memrl.io import atomic_dir
 from memrl.paths import cache_dir
 
 log = logging.getLogger(__name__)
@@ -89,22 +88,6 @@ def untie_lm_head(model: torch.nn.Module) -> None:
         emb = model.get_input_embeddings().weight
         model.lm_head.weight = torch.nn.Parameter(emb.detach().clone())
         model.config.tie_word_embeddings = False
-
-
-def atomic_dir(final: Path, build) -> Path:
-    """Build a directory with `build(tmp_path)` in a temp dir beside `final`, then rename it into place."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-    try:
-        build(tmp)
-        if final.exists():  # another process finished first; keep theirs
-            shutil.rmtree(tmp)
-        else:
-            os.rename(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return final
 
 
 def _smollm2_gguf() -> Path:

@@ -61,3 +61,15 @@ class FaultyEnv(LettersEnv):
             if self.fault == "non_string":
                 return {"not": "a string"}, 0.0, False, False, {}
         return super().step(action)
+
+
+def learner_sections(**keys) -> dict:
+    """The recipe sections a `Learner` is built from (learner, algorithm, rollout), schema defaults except
+    `keys`, each routed to the section that declares it: `Learner(model, **learner_sections(lr=1e-3))`."""
+    from memrl.recipes.schema import AlgorithmCfg, LearnerCfg, RolloutCfg
+
+    classes = {"learner": LearnerCfg, "algorithm": AlgorithmCfg, "rollout": RolloutCfg}
+    unknown = set(keys) - {f for cls in classes.values() for f in cls.model_fields}
+    if unknown:
+        raise ValueError(f"no learner, algorithm or rollout key named {sorted(unknown)}")
+    return {name: cls(**{k: v for k, v in keys.items() if k in cls.model_fields}) for name, cls in classes.items()}

@@ -15,6 +15,18 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from memrl.agents import AGENTS
+from memrl.envs.rewards import REWARD_SCORES
+from memrl.rl.losses import ADVANTAGES, AGGREGATIONS
+
+
+def one_of(registry: dict) -> Any:
+    """A Literal of a registry's names: the schema allows exactly what the code can build."""
+    return Literal.__getitem__(tuple(registry))
+
+
+AgentName = one_of(AGENTS)
+
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -35,7 +47,7 @@ class EnvCfg(Section):
 
 
 class AgentCfg(Section):
-    name: Literal["mem1", "memsearcher", "full_context"] = Field("memsearcher", description="agent type")
+    name: AgentName = Field("memsearcher", description="agent type (memrl.agents.AGENTS)")
     max_observation_tokens: int = Field(256, ge=16, description="observation tokens kept per turn")
     memory_tokens: int = Field(256, ge=8, description="memory budget (memsearcher) in tokens")
 
@@ -45,15 +57,25 @@ class RolloutCfg(Section):
     max_model_len: int = Field(4096, ge=256, description="engine context window")
     kv_cache_gib: float = Field(1.0, gt=0, description="KV cache per engine on CPU (GiB)")
     gpu_memory_utilization: float = Field(0.5, gt=0, le=1, description="vLLM memory share on GPU")
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs one engine shards the model over (GPU only; "
+                                      "resources.gpus_per_worker must cover it)")
+    enforce_eager: bool | None = Field(None, description="skip CUDA graphs / torch.compile; null = eager on CPU "
+                                       "(compiling takes minutes on 2 cores), compiled on GPU")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="engine dtype; auto = the device's (fp32 on CPU, bf16 on GPU, memrl.device)")
+    max_num_seqs: int | None = Field(None, ge=1, description="sequences an engine decodes at once (null = vLLM's)")
     max_tokens: int = Field(128, ge=1, description="tokens per generation (one turn)")
-    temperature: float = Field(1.0, ge=0, description="sampling temperature for training rollouts")
-    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling for training rollouts")
+    temperature: float = Field(1.0, ge=0, description="sampling temperature for training rollouts; the learner "
+                               "takes its log-probs at the same temperature")
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling for training rollouts (< 1 makes the "
+                         "PPO ratio inexact: the learner does not truncate its distribution)")
     env_timeout: float = Field(60.0, gt=0, description="seconds an env reset/step may take before its episode fails")
     rollout_timeout: float = Field(1800.0, gt=0, description="seconds a worker batch may take before it is re-run")
 
 
 class AlgorithmCfg(Section):
-    advantage: Literal["grpo", "drgrpo", "rloo"] = Field("grpo", description="group-relative advantage estimator")
+    advantage: one_of(ADVANTAGES) = Field("grpo", description="group-relative advantage estimator "
+                                          "(memrl.rl.losses.ADVANTAGES)")
     group_size: int = Field(4, ge=2, description="rollouts per task (G)")
     tasks_per_step: int = Field(8, ge=1, description="distinct tasks per training step")
     clip_low: float = Field(0.2, ge=0, description="PPO ratio clip below 1")
@@ -61,10 +83,15 @@ class AlgorithmCfg(Section):
     dual_clip: float | None = Field(None, gt=1, description="dual-clip constant for negative advantages (e.g. 3)")
     kl_coef: float = Field(0.0, ge=0, description="k3 KL to the frozen reference; 0 = no reference model")
     entropy_coef: float = Field(0.0, ge=0, description="entropy bonus")
-    loss_agg: Literal["token_mean", "seq_mean_token_mean", "traj_mean_token_mean", "seq_mean_token_sum_norm"] = Field(
-        "token_mean", description="how per-token losses are averaged (see memrl.rl.losses)")
+    loss_agg: one_of(AGGREGATIONS) = Field(
+        "token_mean", description="how per-token losses are averaged (memrl.rl.losses.AGGREGATIONS; "
+        "seq_mean_token_sum_norm divides by rollout.max_tokens, the generation budget)")
     minibatches: int = Field(1, ge=1, description="optimizer steps per training step")
     format_penalty: bool = Field(True, description="reward 0 for episodes with a malformed turn (MemSearcher rule)")
+    reward: Literal[REWARD_SCORES] = Field("em", description="the answer score that is the reward: em, or token "
+                                           "f1 (MemSearcher); aggregated over objectives by env.aggregate")
+    format_floor: float = Field(0.0, ge=0, le=1, description="reward of a well-formed, answered episode whose "
+                                "score is 0 (MemSearcher: 0.1)")
 
 
 class LearnerCfg(Section):
@@ -95,7 +122,7 @@ class TrainCfg(Section):
     sweep_tasks: int = Field(16, ge=1, description="held-out tasks per point of the final sweep")
     checkpoint_every: int = Field(5, ge=1, description="write a checkpoint every N steps")
     keep_checkpoints: int = Field(2, ge=1, description="checkpoints kept on disk")
-    baseline_agent: Literal["mem1", "memsearcher", "full_context"] | None = Field(
+    baseline_agent: AgentName | None = Field(
         "full_context", description="agent evaluated beside ours for the peak-context comparison")
 
 

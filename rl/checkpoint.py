@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from memrl.models import atomic_dir
+from memrl.io import atomic_dir
 
 log = logging.getLogger(__name__)
 MANIFEST = "MANIFEST.json"

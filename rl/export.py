@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from memrl.models import atomic_dir
+from memrl.io import atomic_dir
 from memrl.rl.checkpoint import latest, verify
 
 

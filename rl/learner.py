@@ -20,14 +20,18 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from memrl.device import plan
 from memrl.models import load_model
+from memrl.records import Context, Trajectory
+
+if TYPE_CHECKING:
+    from memrl.recipes.schema import AlgorithmCfg, LearnerCfg, RolloutCfg
 from memrl.rl import losses
 from memrl.rl.packing import pack_contexts
-from memrl.rl.trajectory import Context, Trajectory
 
 log = logging.getLogger(__name__)
 
@@ -38,25 +42,6 @@ def _logits_at(model, inputs: dict[str, torch.Tensor], sel: torch.Tensor) -> tor
     row): the (positions, V) logits are the largest tensor of the forward."""
     hidden = model.get_decoder()(**inputs, use_cache=False).last_hidden_state  # (R,L,H)
     return model.get_output_embeddings()(hidden[sel])
-
-
-@dataclass(frozen=True)
-class LearnerConfig:
-    zero_stage: int = 2
-    lr: float = 1e-5
-    weight_decay: float = 0.0
-    warmup_steps: int = 0
-    grad_clip: float = 1.0
-    micro_batch_tokens: int = 4096
-    gradient_checkpointing: bool = False
-    clip_low: float = 0.2
-    clip_high: float = 0.28
-    dual_clip: float | None = None
-    kl_coef: float = 0.0
-    entropy_coef: float = 0.0
-    loss_agg: str = "token_mean"
-    train_layers: int | None = None  # train only the top K decoder blocks (+ final norm, lm_head); None = all
-    packed: bool = False  # one row per trajectory, its contexts packed under a block-causal mask (MEM1 packed mode)
 
 
 def lr_at(step: int, base_lr: float, warmup_steps: int) -> float:
@@ -198,21 +183,42 @@ PADDED = Layout(rows=lambda ctx_traj: [[i] for i in range(len(ctx_traj))], batch
 PACKED = Layout(rows=_one_per_trajectory, batch=packed_batch)
 
 
-class Learner:
-    """Owns the trainable model (a DeepSpeed engine), its optimizer and, when KL is on, a frozen reference."""
+class VersionMismatch(RuntimeError):
+    """A trajectory sampled by other weights than the learner's, in synchronous mode."""
 
-    def __init__(self, model_name: str, cfg: LearnerConfig, seed: int = 0) -> None:
+
+def check_versions(trajectories: list[Trajectory], version: int) -> None:
+    """Synchronous training is on-policy: every trajectory must have been sampled by weight `version`."""
+    stale = sorted({t.weight_version for t in trajectories if t.weight_version != version})
+    if stale:
+        raise VersionMismatch(f"trajectories sampled by weight version(s) {stale}, the learner is at version "
+                              f"{version}: in synchronous mode every rollout must use the latest weights "
+                              "(a worker missed a weight sync)")
+
+
+class Learner:
+    """Owns the trainable model (a DeepSpeed engine), its optimizer and, when KL is on, a frozen reference.
+
+    Built from recipe sections by keyword: `learner` (engine, optimizer, micro-batching), `algorithm`
+    (the loss), `rollout` (the sampling temperature the log-probs are taken at, and the generation
+    budget that is Dr.GRPO's constant).
+    """
+
+    def __init__(self, model_name: str, *, learner: LearnerCfg, algorithm: AlgorithmCfg, rollout: RolloutCfg,
+                 seed: int = 0) -> None:
         import deepspeed
 
-        self.cfg = cfg
-        self.layout = PACKED if cfg.packed else PADDED
+        self.cfg, self.algo = learner, algorithm
+        self.temperature = rollout.temperature
+        self.max_tokens = rollout.max_tokens
+        self.layout = PACKED if learner.packed else PADDED
         self.device = plan()
         init_distributed(self.device.dist_backend)
         torch.manual_seed(seed)
         model = load_model(model_name, dtype=self.device.dtype)
-        if cfg.train_layers is not None:
-            freeze_below(model, cfg.train_layers)
-        if cfg.gradient_checkpointing:
+        if learner.train_layers is not None:
+            freeze_below(model, learner.train_layers)
+        if learner.gradient_checkpointing:
             model.gradient_checkpointing_enable()
         model.config.use_cache = False
         self.pad_id = int(model.config.pad_token_id or 0)
@@ -220,7 +226,7 @@ class Learner:
             model=model, model_parameters=[p for p in model.parameters() if p.requires_grad], config=self._ds_config()
         )
         self.ref = None
-        if cfg.kl_coef > 0:
+        if algorithm.kl_coef > 0:
             self.ref = load_model(model_name, dtype=self.device.dtype).to(self.device.torch_device).eval()
             self.ref.requires_grad_(False)
         self.steps = 0  # optimizer steps taken (drives the LR schedule)
@@ -241,9 +247,48 @@ class Learner:
         }
 
     # ------------------------------------------------------------------ training
-    def train_step(self, trajectories: list[Trajectory], sft: bool = False, lr: float | None = None) -> dict:
-        """One optimizer step on these trajectories (GRPO with their `.advantage`, or SFT cross-entropy)."""
+    def train_step(self, trajectories: list[Trajectory], sft: bool = False, lr: float | None = None,
+                   version: int | None = None) -> dict:
+        """One optimizer step on these trajectories (GRPO with their `.advantage`, or SFT cross-entropy).
+
+        `version`: the learner's weight version; every trajectory must have been sampled by it
+        (`check_versions`). SFT on oracle trajectories passes None.
+        """
         t0 = time.perf_counter()
+        if version is not None:
+            check_versions(trajectories, version)
+        contexts = [c for t in trajectories for c in t.contexts if c.num_generated]
+        if not contexts:
+            return {"skipped": 1.0, "reason_no_tokens": 1.0}
+        self._set_lr(lr if lr is not None else lr_at(self.steps, self.cfg.lr, self.cfg.warmup_steps))
+        self.engine.train()
+        totals, skipped = self._passes(trajectories, sft, backward=True)
+        if not skipped:
+            skipped = not self._step()
+        else:
+            self.engine.optimizer.zero_grad()
+        grad_norm = float(self.engine.get_global_grad_norm() or 0.0) if not skipped else float("nan")
+        if not skipped:
+            self.steps += 1
+        dt = time.perf_counter() - t0
+        metrics = losses.finish_stats(totals)
+        metrics.update(grad_norm=grad_norm, skipped=float(skipped), train_tokens=totals.get("tokens", 0.0),
+                       learner_time=dt, learner_tokens_per_s=sum(len(c) for c in contexts) / dt,
+                       lr=self._get_lr(), contexts=float(len(contexts)))
+        metrics.pop("tokens", None)
+        return metrics
+
+    @torch.no_grad()
+    def score(self, trajectories: list[Trajectory], sft: bool = False) -> dict:
+        """The loss statistics of these trajectories under the current weights, without an update: the same
+        batches, forward and objective as `train_step` (e.g. `logp_diff_abs`, the mean |learner log-prob -
+        sampling log-prob| over sampled tokens, which is ~0 when rollout and training agree)."""
+        self.engine.eval()
+        totals, _ = self._passes(trajectories, sft, backward=False)
+        return losses.finish_stats(totals)
+
+    def _passes(self, trajectories: list[Trajectory], sft: bool, backward: bool) -> tuple[dict[str, float], bool]:
+        """Forward (and backward) every micro-batch; returns summed stats and whether a non-finite loss stopped it."""
         contexts, ctx_traj, ctx_adv = [], [], []
         for ti, traj in enumerate(trajectories):
             for ctx in traj.contexts:
@@ -251,16 +296,10 @@ class Learner:
                     contexts.append(ctx)
                     ctx_traj.append(ti)
                     ctx_adv.append(traj.advantage)
-        if not contexts:
-            return {"skipped": 1.0, "reason_no_tokens": 1.0}
-        self._set_lr(lr if lr is not None else lr_at(self.steps, self.cfg.lr, self.cfg.warmup_steps))
         masks = [torch.tensor(c.loss_mask, dtype=torch.float32) for c in contexts]
-        weights = losses.token_weights(masks, torch.tensor(ctx_traj), "token_mean" if sft else self.cfg.loss_agg,
-                                       max_tokens=max(len(m) for m in masks))
-        sums: dict[str, float] = {}
-        tokens = 0
-        skipped = False
-        self.engine.train()
+        weights = losses.token_weights(masks, torch.tensor(ctx_traj), "token_mean" if sft else self.algo.loss_agg,
+                                       max_tokens=self.max_tokens)
+        totals: dict[str, float] = {}
         rows = self.layout.rows(ctx_traj)
         row_len = [sum(len(contexts[i]) for i in row) for row in rows]
         for idx in micro_batches(row_len, self.cfg.micro_batch_tokens):
@@ -270,54 +309,32 @@ class Learner:
             loss, stats = self._micro_loss(batch, sft)
             if not torch.isfinite(loss):
                 log.warning("non-finite loss (%s) at optimizer step %d: update skipped", float(loss.detach()), self.steps)
-                skipped = True
-                break
-            self.engine.backward(loss)
-            tokens += int(batch.mask.sum())
+                return totals, True
+            if backward:
+                self.engine.backward(loss)
             for k, v in stats.items():
-                sums[k] = sums.get(k, 0.0) + v
-        if not skipped:
-            skipped = not self._step()
-        else:
-            self.engine.optimizer.zero_grad()
-        grad_norm = float(self.engine.get_global_grad_norm() or 0.0) if not skipped else float("nan")
-        if not skipped:
-            self.steps += 1
-        dt = time.perf_counter() - t0
-        metrics = {k: v for k, v in sums.items()}
-        metrics.update(grad_norm=grad_norm, skipped=float(skipped), train_tokens=float(tokens),
-                       learner_time=dt, learner_tokens_per_s=sum(len(c) for c in contexts) / dt,
-                       lr=self._get_lr(), contexts=float(len(contexts)))
-        return metrics
+                totals[k] = totals.get(k, 0.0) + v
+        return totals, False
 
     def _micro_loss(self, batch: Batch, sft: bool) -> tuple[torch.Tensor, dict[str, float]]:
+        """A forward pass at the positions that predict loss tokens, then the objective of `rl.losses`."""
         b = batch.to(self.device.torch_device)
-        mask, w = b.mask, b.weights
-        sel = losses.predicting_positions(mask * b.keep)
+        sel = losses.predicting_positions(b.mask * b.keep)
+        targets = losses.at_loss_tokens(b.input_ids, sel)
+        w = losses.at_loss_tokens(b.weights, sel)
         logits = _logits_at(self.engine.module, b.inputs, sel)
-        logp = losses.selected_logprobs(logits, b.input_ids, sel)
         if sft:
-            per_token = -logp
-            loss = (per_token * w * mask).sum()
-            return loss, {"sft_loss": float(loss.detach())}
-        pg, st = losses.ppo_clip_loss(logp, b.old_logp, b.adv, mask, self.cfg.clip_low, self.cfg.clip_high,
-                                      self.cfg.dual_clip)
-        per_token = pg
-        stats = {"pg_loss": float((pg.detach() * w * mask).sum())}
-        wsum = float((w * mask).sum())
-        stats["clip_frac"] = float(torch.as_tensor(st["clip_frac"]).detach()) * wsum
-        stats["approx_kl"] = float(torch.as_tensor(st["approx_kl"]).detach()) * wsum
-        ent = losses.selected_entropy(logits if self.cfg.entropy_coef > 0 else logits.detach(), sel)
-        stats["entropy"] = float((ent.detach() * w * mask).sum())
-        if self.cfg.entropy_coef > 0:
-            per_token = per_token - self.cfg.entropy_coef * ent
+            return losses.sft_objective(losses.selected_logprobs(logits, targets), w)
+        T, al = self.temperature, self.algo
+        logp = losses.selected_logprobs(logits, targets, T)
+        ref_logp = None
         if self.ref is not None:
             with torch.no_grad():
-                ref_logp = losses.selected_logprobs(_logits_at(self.ref, b.inputs, sel), b.input_ids, sel)
-            kl = losses.kl_k3(logp, ref_logp)
-            stats["kl"] = float((kl.detach() * w * mask).sum())
-            per_token = per_token + self.cfg.kl_coef * kl
-        return (per_token * w * mask).sum(), stats
+                ref_logp = losses.selected_logprobs(_logits_at(self.ref, b.inputs, sel), targets, T)
+        entropy = losses.selected_entropy(logits if al.entropy_coef > 0 else logits.detach(), T)
+        return losses.objective(logp, losses.at_loss_tokens(b.old_logp, sel), losses.at_loss_tokens(b.adv, sel), w,
+                                clip_low=al.clip_low, clip_high=al.clip_high, dual_clip=al.dual_clip,
+                                ref_logp=ref_logp, kl_coef=al.kl_coef, entropy=entropy, entropy_coef=al.entropy_coef)
 
     def _step(self) -> bool:
         """Apply the accumulated gradients unless they are non-finite; returns whether it stepped.

@@ -1,46 +1,48 @@
-"""Multi-context GRPO as pure tensor functions: advantages, log-probs, PPO clip, KL, aggregation.
+"""Multi-context GRPO as pure tensor functions: advantages, loss weights, and the one objective.
 
 Nothing here knows about models, engines or trajectories; every function takes and returns tensors
 (shapes in each docstring) so the maths can be read, swapped and tested in isolation. Shape letters:
-`B` trajectories, `C` contexts (rows of a padded batch; a trajectory owns one or more), `T` tokens
-per context (padded), `V` vocabulary.
+`B` trajectories, `C` contexts (a trajectory owns one or more), `T` tokens per context (padded),
+`M` loss tokens (the tokens the policy sampled, flattened over a micro-batch), `V` vocabulary.
 
-Variants live in registries so that a new one is a new function:
+The learner (`rl/learner.py`) does a forward pass and calls `objective` (GRPO) or `sft_objective`
+(the warm start); both take per-token tensors at the M loss tokens only. Everything the loss depends on
+is here, so these are the functions the hand-computed tests check.
 
-    @register_advantage("grpo")        (rewards (B,), group_ids (B,)) -> advantages (B,)
-    @register_policy_loss("ppo_clip")  (logp, old_logp, adv, mask, ...) -> (per_token (C,T), stats)
-    @register_aggregation("token_mean") mask (C,T) [+ context_traj_index, max_tokens, normalizer] -> weights (C,T)
+Variants live in registries so that a new one is a new function; the recipe schema takes its allowed
+names from them (`recipes/schema.py`):
+
+    @register_advantage("grpo")         (rewards (B,), group_ids (B,)) -> advantages (B,)
+    @register_aggregation("token_mean") mask (C,T) [+ context_traj_index, max_tokens] -> weights (C,T)
 
 Multi-context GRPO (MemSearcher, MEM1): advantages are computed per trajectory from the group's
-rewards, then every context of a trajectory receives its trajectory's advantage
-(`broadcast_to_contexts`), then every loss-masked token of that context (`token_advantages`).
+rewards; every sampled token of every context of a trajectory receives its trajectory's advantage.
+
+Log-probs are taken at the sampling temperature on both sides: the engine reports the log-probs of the
+distribution it sampled from (vLLM `logprobs_mode="processed_logprobs"`: logits / T), and the learner
+divides its logits by the same T (`selected_logprobs(..., temperature)`), so the PPO ratio compares
+the policy with the distribution that actually sampled (chosen once: `rollout.temperature` is both the
+sampling temperature and the learner's). Top-p < 1 truncates the sampling distribution, which the
+learner does not reproduce: train with top_p = 1 for an exact ratio.
 
 Aggregation (how per-token losses become one scalar) decides how much each token, context and
 trajectory weighs. Every mode is written as per-token *weights* `w` with `loss = sum(per_token * w)`,
-which is what makes gradient accumulation exact: compute the weights once for the whole minibatch
-(`token_weights`), cut it into micro-batches in any way, and the micro-batch losses
-`sum(per_token * w)` add up to the full-batch loss.
+which is what makes gradient accumulation exact (and the update independent of how a minibatch is cut
+into micro-batches or ranks): compute the weights once for the whole minibatch (`token_weights`), cut
+it any way, and the pieces `sum(per_token * w)` add up to the full-batch loss.
 
-- `token_mean` (default; MemSearcher, DAPO): sum over all masked tokens / number of masked tokens in
-  the batch. Each token weighs the same, so a trajectory weighs by its generated-token count: one
-  with many turns (contexts) or long answers counts more.
+- `token_mean` (default; MemSearcher, DAPO): sum over all sampled tokens / their number in the
+  minibatch. Each token weighs the same, so a trajectory weighs by its generated-token count.
 - `seq_mean_token_mean` (GRPO paper): each context's token mean, then the mean over contexts. A
   trajectory weighs by its number of contexts.
-- `traj_mean_token_mean`: each trajectory's token mean over all tokens of all its contexts, then the
-  mean over trajectories. Every trajectory weighs the same regardless of how many contexts/turns or
-  tokens it has (the per-trajectory analogue of `seq_mean_token_mean`).
-- `seq_mean_token_sum_norm` (Dr.GRPO): sum of all masked per-token losses / (number of contexts *
-  `max_tokens`), a constant that does not depend on response length, so no length bias.
+- `traj_mean_token_mean`: each trajectory's token mean over all its contexts, then the mean over
+  trajectories: every trajectory weighs the same however many turns or tokens it has.
+- `seq_mean_token_sum_norm` (Dr.GRPO): sum of all per-token losses / (number of contexts *
+  `max_tokens`), where `max_tokens` is a recipe constant (the generation budget, `rollout.max_tokens`)
+  that does not depend on what was sampled, so there is no length bias.
 
-Contexts with no masked token carry no loss and are not counted as contexts (nor are trajectories
-with no masked token) by the `*_mean` modes, so padding rows never dilute the mean.
-
-Micro-batches: `token_mean` divides by the number of masked tokens. Averaging per micro-batch and then
-averaging the micro-batch losses weighs a token in a short micro-batch more than one in a long
-micro-batch. Pass `normalizer=` the global masked-token count of the whole minibatch (summed over
-micro-batches, and over data-parallel ranks if gradients are averaged across them, times the world
-size) so that the micro-batch losses sum to the full-batch token mean; or, for any mode, use
-`token_weights` on the whole minibatch first.
+Contexts with no sampled token carry no loss and are not counted as contexts (nor are trajectories
+with no sampled token) by the `*_mean` modes, so padding rows never dilute the mean.
 """
 
 from __future__ import annotations
@@ -52,11 +54,9 @@ import torch
 # ------------------------------------------------------------------------------------ registries
 
 AdvantageFn = Callable[..., torch.Tensor]
-PolicyLossFn = Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]]
 WeightFn = Callable[..., torch.Tensor]
 
 ADVANTAGES: dict[str, AdvantageFn] = {}
-POLICY_LOSSES: dict[str, PolicyLossFn] = {}
 AGGREGATIONS: dict[str, WeightFn] = {}
 
 
@@ -82,22 +82,13 @@ def register_advantage(name: str) -> Callable[[AdvantageFn], AdvantageFn]:
     return _register(ADVANTAGES, "advantage estimator", name)
 
 
-def register_policy_loss(name: str) -> Callable[[PolicyLossFn], PolicyLossFn]:
-    """Decorator: register `fn(logp, old_logp, adv, mask, ...) -> (per_token (C,T), stats)` under `name`."""
-    return _register(POLICY_LOSSES, "policy loss", name)
-
-
 def register_aggregation(name: str) -> Callable[[WeightFn], WeightFn]:
-    """Decorator: register `fn(mask (C,T), context_traj_index, max_tokens, normalizer) -> weights (C,T)`."""
+    """Decorator: register `fn(mask (C,T), context_traj_index, max_tokens) -> weights (C,T)`."""
     return _register(AGGREGATIONS, "loss aggregation", name)
 
 
 def get_advantage_fn(name: str) -> AdvantageFn:
     return _get(ADVANTAGES, "advantage estimator", name)
-
-
-def get_policy_loss_fn(name: str) -> PolicyLossFn:
-    return _get(POLICY_LOSSES, "policy loss", name)
 
 
 def get_aggregation_fn(name: str) -> WeightFn:
@@ -156,151 +147,153 @@ def compute_advantages(name: str, rewards: torch.Tensor, group_ids: torch.Tensor
     return get_advantage_fn(name)(rewards, group_ids, **kwargs)
 
 
-def broadcast_to_contexts(traj_adv: torch.Tensor, context_traj_index: torch.Tensor) -> torch.Tensor:
-    """Multi-context broadcast: traj_adv (B,), context_traj_index (C,) long in [0, B) -> (C,).
-
-    Context c gets the advantage of trajectory `context_traj_index[c]`.
-    """
-    return traj_adv[context_traj_index]
-
-
-def token_advantages(ctx_adv: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
-    """ctx_adv (C,), loss_mask (C,T) -> (C,T): each context's advantage on its masked tokens, 0 elsewhere."""
-    return ctx_adv.to(loss_mask.device, torch.float32)[:, None] * (loss_mask > 0)
-
 
 # ------------------------------------------------------------------------------------ log-probs
 
-def token_logprobs(logits: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
-    """Log-prob of each token given its prefix: logits (C,T,V), token_ids (C,T) long -> (C,T) float32.
+def token_logprobs(logits: torch.Tensor, token_ids: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Log-prob of each token given its prefix, for whole sequences: logits (C,T,V), token_ids (C,T) -> (C,T).
 
-    Alignment: output[:, t] is log p(token_ids[:, t] | token_ids[:, :t]), read from logits[:, t-1]
-    (the causal-LM shift); output[:, 0] is 0 (no prefix). Same convention as `Context.logprobs`.
-    Memory: `gather - logsumexp` one row at a time, so no (C,T,V) log-softmax is materialized or
-    saved for backward (logsumexp saves only its (T,) result).
+    output[:, t] is log p_T(token_ids[:, t] | token_ids[:, :t]) from logits[:, t-1] / T (the causal-LM
+    shift); output[:, 0] is 0 (no prefix). The reference the learner's selected-position path is tested
+    against, and what benchmarks use to score an HF model's sequences.
     """
     out = torch.zeros(token_ids.shape, dtype=torch.float32, device=logits.device)
-    if token_ids.shape[1] < 2:
-        return out
-    rows = []
-    for c in range(logits.shape[0]):
-        lg = logits[c, :-1].float()  # (T-1, V) predicts token_ids[c, 1:]
-        tgt = token_ids[c, 1:, None]  # (T-1, 1)
-        rows.append(lg.gather(-1, tgt).squeeze(-1) - torch.logsumexp(lg, dim=-1))
-    return torch.cat([out[:, :1], torch.stack(rows)], dim=1)
+    if token_ids.shape[1] > 1:
+        lg = logits[:, :-1].float() / _temp(temperature)
+        out[:, 1:] = lg.gather(-1, token_ids[:, 1:, None]).squeeze(-1) - torch.logsumexp(lg, dim=-1)
+    return out
+
+
+def _temp(temperature: float) -> float:
+    """Greedy decoding (T = 0) reports the raw distribution (vLLM does the same), so its T is 1."""
+    return temperature if temperature > 0 else 1.0
 
 
 def predicting_positions(mask: torch.Tensor) -> torch.Tensor:
     """Positions whose next-token distribution scores a loss token: (C,T) mask -> (C,T) bool with
     out[:, t] = mask[:, t+1] > 0 (the causal-LM shift; the last position predicts nothing).
 
-    Prompt and observation tokens carry no loss, so a learner needs logits only here: on a
-    multi-turn context that is a small share of the positions, and the (positions, V) LM-head
-    output is the largest tensor of the forward.
+    Prompt and observation tokens carry no loss, so a learner needs logits only here: on a multi-turn
+    context that is a small share of the positions, and the (positions, V) LM-head output is the
+    largest tensor of the forward.
     """
     sel = torch.zeros(mask.shape, dtype=torch.bool, device=mask.device)
     sel[:, :-1] = mask[:, 1:] > 0
     return sel
 
 
-def selected_logprobs(logits: torch.Tensor, token_ids: torch.Tensor, sel: torch.Tensor) -> torch.Tensor:
-    """`token_logprobs` from logits computed only at `sel` (see `predicting_positions`).
-
-    logits (M,V) are the rows of positions `sel` (C,T) in row-major order, M = sel.sum();
-    returns (C,T) float32 aligned like `token_logprobs` (the token after each selected position
-    gets its log-prob), zeros elsewhere. Differentiable with respect to `logits`.
-    """
-    lg = logits.float()
-    targets = token_ids[:, 1:][sel[:, :-1]]  # (M,) the token each selected position predicts
-    lp = lg.gather(-1, targets[:, None]).squeeze(-1) - torch.logsumexp(lg, dim=-1)
-    return _scatter_next(lp, sel)
+def at_loss_tokens(x: torch.Tensor, sel: torch.Tensor) -> torch.Tensor:
+    """The entries (M,) of a per-token tensor x (C,T) at the tokens that the positions `sel` (C,T) predict,
+    in the row-major order of `sel`: the order of the learner's logits rows and of `selected_logprobs`."""
+    return x[:, 1:][sel[:, :-1]]
 
 
-def selected_entropy(logits: torch.Tensor, sel: torch.Tensor) -> torch.Tensor:
-    """`entropy_from_logits` from logits (M,V) computed only at `sel` (C,T): -> (C,T), zeros elsewhere."""
-    lg = logits.float()
-    return _scatter_next(torch.logsumexp(lg, dim=-1) - (torch.softmax(lg, dim=-1) * lg).sum(-1), sel)
+def selected_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """log softmax(logits / T)[target] per row: logits (M,V) at the selected positions, targets (M,) -> (M,)
+    float32, differentiable with respect to `logits`. T = the sampling temperature (see module docstring)."""
+    lg = logits.float() / _temp(temperature)
+    return lg.gather(-1, targets[:, None]).squeeze(-1) - torch.logsumexp(lg, dim=-1)
 
 
-def _scatter_next(values: torch.Tensor, sel: torch.Tensor) -> torch.Tensor:
-    """(M,) values of selected positions -> (C,T) at the *next* token of each, zeros elsewhere."""
-    inner = torch.zeros(sel[:, :-1].shape, dtype=values.dtype, device=values.device)
-    inner = inner.masked_scatter(sel[:, :-1], values)
-    return torch.cat([torch.zeros_like(inner[:, :1]), inner], dim=1)
+def selected_entropy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Entropy of softmax(logits / T) per row: (M,V) -> (M,) float32 (the sampling distribution's entropy)."""
+    lg = logits.float() / _temp(temperature)
+    return torch.logsumexp(lg, dim=-1) - (torch.softmax(lg, dim=-1) * lg).sum(-1)
 
 
-def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
-    """Entropy of the next-token distribution, aligned like `token_logprobs`: (C,T,V) -> (C,T) float32.
-
-    output[:, t] is the entropy of the distribution token_ids[:, t] was drawn from (logits[:, t-1]);
-    output[:, 0] is 0. H = logsumexp(l) - sum(softmax(l) * l), one row at a time.
-    """
-    C, T, _ = logits.shape
-    out = torch.zeros((C, T), dtype=torch.float32, device=logits.device)
-    if T < 2:
-        return out
-    rows = []
-    for c in range(C):
-        lg = logits[c, :-1].float()  # (T-1, V)
-        rows.append(torch.logsumexp(lg, dim=-1) - (torch.softmax(lg, dim=-1) * lg).sum(-1))
-    return torch.cat([out[:, :1], torch.stack(rows)], dim=1)
-
-
-def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return (x * mask).sum() / mask.sum().clamp(min=1)
-
-
-@register_policy_loss("ppo_clip")
-def ppo_clip_loss(
-    logp: torch.Tensor,
-    old_logp: torch.Tensor,
-    adv: torch.Tensor,
-    mask: torch.Tensor,
-    clip_low: float = 0.2,
-    clip_high: float = 0.2,
-    dual_clip: float | None = None,
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """PPO clipped surrogate per token, with clip-higher (DAPO) and optional dual clip (verl).
-
-    logp, old_logp, adv, mask: (C,T) -> per_token_loss (C,T) (0 where mask is 0), stats.
-    ratio = exp(logp - old_logp) (log-ratio clamped to [-20, 20] as verl does);
-    loss = max(-A * ratio, -A * clip(ratio, 1 - clip_low, 1 + clip_high)); with `dual_clip` = c > 1 and
-    A < 0 the loss is further capped at -A * c (bounds the update when ratio >> 1 on a bad token).
-    stats (detached 0-d tensors, masked means): clip_frac (clip active), clip_frac_dual (dual clip
-    active), approx_kl (mean of old_logp - logp, the "ppo_kl" of verl), ratio_mean.
-    """
-    if dual_clip is not None and dual_clip <= 1.0:
-        raise ValueError(f"dual_clip must be > 1 (3 is usual), got {dual_clip}")
-    mask = mask.to(logp.dtype)
-    log_ratio = (logp - old_logp).clamp(-20.0, 20.0)
-    ratio = torch.exp(log_ratio)
-    loss1 = -adv * ratio
-    loss2 = -adv * ratio.clamp(1.0 - clip_low, 1.0 + clip_high)
-    loss = torch.maximum(loss1, loss2)
-    clipped = loss2 > loss1
-    dual = torch.zeros_like(clipped)
-    if dual_clip is not None:
-        loss3 = -adv * dual_clip
-        dual = (adv < 0) & (loss > loss3)
-        loss = torch.where(adv < 0, torch.minimum(loss, loss3), loss)
-    with torch.no_grad():
-        stats = {
-            "clip_frac": _masked_mean(clipped.float(), mask),
-            "clip_frac_dual": _masked_mean(dual.float(), mask),
-            "approx_kl": _masked_mean(-log_ratio, mask),
-            "ratio_mean": _masked_mean(ratio, mask),
-        }
-    return loss * mask, stats
-
+# ------------------------------------------------------------------------------------ the objective
 
 def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
-    """k3 (low-variance, non-negative) estimator of KL(policy || ref) per token: (C,T), (C,T) -> (C,T).
+    """k3 (low-variance, non-negative) estimator of KL(policy || ref) per token: (M,), (M,) -> (M,).
 
     With d = ref_logp - logp: exp(d) - d - 1, d clamped to [-20, 20] and the result to [-10, 10]
     (verl's "low_var_kl"). Unbiased for the KL when tokens are sampled from the policy.
     """
     d = (ref_logp - logp).clamp(-20.0, 20.0)
     return (torch.exp(d) - d - 1.0).clamp(-10.0, 10.0)
+
+
+def objective(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    adv: torch.Tensor,
+    weights: torch.Tensor,
+    *,
+    clip_low: float,
+    clip_high: float,
+    dual_clip: float | None = None,
+    ref_logp: torch.Tensor | None = None,
+    kl_coef: float = 0.0,
+    entropy: torch.Tensor | None = None,
+    entropy_coef: float = 0.0,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Multi-context GRPO loss of M loss tokens: sum(w * (pg + kl_coef * kl - entropy_coef * entropy)).
+
+    logp (M,) policy log-probs (with grad), old_logp (M,) the sampling-time log-probs, adv (M,) each
+    token's trajectory advantage, weights (M,) the global aggregation weights (`token_weights`),
+    ref_logp (M,) frozen-reference log-probs or None (no KL), entropy (M,) or None (no bonus).
+
+    pg is the PPO clipped surrogate with clip-higher (DAPO) and optional dual clip (verl):
+    ratio = exp(logp - old_logp) (log-ratio clamped to [-20, 20]);
+    pg = max(-A * ratio, -A * clip(ratio, 1 - clip_low, 1 + clip_high)); with `dual_clip` = c > 1 and
+    A < 0, pg is further capped at -A * c (bounds the update when ratio >> 1 on a bad token).
+
+    Returns the loss (0-d, with grad) and stats as *sums*, so that micro-batches and ranks add up:
+    `loss`, `pg_loss`, `kl_loss` are weighted sums (their totals over a minibatch are the minibatch's
+    aggregated values); `tokens` counts loss tokens and every other stat is a sum over tokens (clip_frac,
+    clip_frac_dual, approx_kl = mean of old_logp - logp, ratio_mean, logp_diff_abs = |logp - old_logp|,
+    entropy, kl): `finish_stats` turns the totals into means.
+    """
+    if dual_clip is not None and dual_clip <= 1.0:
+        raise ValueError(f"dual_clip must be > 1 (3 is usual), got {dual_clip}")
+    log_ratio = (logp - old_logp).clamp(-20.0, 20.0)
+    ratio = torch.exp(log_ratio)
+    loss1 = -adv * ratio
+    loss2 = -adv * ratio.clamp(1.0 - clip_low, 1.0 + clip_high)
+    pg = torch.maximum(loss1, loss2)
+    clipped = loss2 > loss1
+    dual = torch.zeros_like(clipped)
+    if dual_clip is not None:
+        loss3 = -adv * dual_clip
+        dual = (adv < 0) & (pg > loss3)
+        pg = torch.where(adv < 0, torch.minimum(pg, loss3), pg)
+    per_token = pg
+    kl = None
+    if ref_logp is not None:
+        kl = kl_k3(logp, ref_logp)
+        per_token = per_token + kl_coef * kl
+    if entropy is not None and entropy_coef:
+        per_token = per_token - entropy_coef * entropy
+    loss = (per_token * weights).sum()
+    with torch.no_grad():
+        stats = {
+            "loss": float(loss.detach()), "pg_loss": float((pg * weights).sum()), "tokens": float(logp.numel()),
+            "clip_frac": float(clipped.sum()), "clip_frac_dual": float(dual.sum()),
+            "approx_kl": float(-log_ratio.sum()), "ratio_mean": float(ratio.sum()),
+            "logp_diff_abs": float((logp - old_logp).abs().sum()),
+        }
+        if entropy is not None:
+            stats["entropy"] = float(entropy.sum())
+        if kl is not None:
+            stats["kl"] = float(kl.sum())
+            stats["kl_loss"] = float((kl * weights).sum())
+    return loss, stats
+
+
+def sft_objective(logp: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    """Warm-start cross-entropy on gold completions: sum(w * -logp); logp, weights (M,). Stats as in `objective`."""
+    loss = -(logp * weights).sum()
+    return loss, {"sft_loss": float(loss.detach()), "tokens": float(logp.numel())}
+
+
+SUMMED = ("loss", "pg_loss", "kl_loss", "sft_loss", "tokens")  # stats whose minibatch value is their total
+
+
+def finish_stats(totals: dict[str, float]) -> dict[str, float]:
+    """Stats summed over micro-batches (and ranks) -> minibatch values: weighted sums stay sums, per-token
+    sums become means over the loss tokens."""
+    n = max(totals.get("tokens", 0.0), 1.0)
+    return {k: v if k in SUMMED else v / n for k, v in totals.items()}
 
 
 # ------------------------------------------------------------------------------------ aggregation
@@ -310,25 +303,21 @@ def _nonempty(mask: torch.Tensor) -> torch.Tensor:
 
 
 @register_aggregation("token_mean")
-def token_mean_weights(mask, context_traj_index=None, max_tokens=None, normalizer=None) -> torch.Tensor:
-    """w = mask / N, N = masked tokens in the batch (or `normalizer`, e.g. the global count over micro-batches)."""
-    if normalizer is None:
-        return mask / mask.sum().clamp(min=1)
-    if normalizer <= 0:
-        raise ValueError(f"normalizer must be a positive token count, got {normalizer}")
-    return mask / float(normalizer)
+def token_mean_weights(mask, context_traj_index=None, max_tokens=None) -> torch.Tensor:
+    """w = mask / N, N = loss tokens in the minibatch."""
+    return mask / mask.sum().clamp(min=1)
 
 
 @register_aggregation("seq_mean_token_mean")
-def seq_mean_token_mean_weights(mask, context_traj_index=None, max_tokens=None, normalizer=None) -> torch.Tensor:
-    """w[c,t] = mask / (n_c * C'), n_c = masked tokens of context c, C' = contexts with n_c > 0."""
+def seq_mean_token_mean_weights(mask, context_traj_index=None, max_tokens=None) -> torch.Tensor:
+    """w[c,t] = mask / (n_c * C'), n_c = loss tokens of context c, C' = contexts with n_c > 0."""
     n_c = mask.sum(-1, keepdim=True).clamp(min=1)
     return mask / n_c / _nonempty(mask).sum().clamp(min=1)
 
 
 @register_aggregation("traj_mean_token_mean")
-def traj_mean_token_mean_weights(mask, context_traj_index=None, max_tokens=None, normalizer=None) -> torch.Tensor:
-    """w[c,t] = mask / (n_traj(c) * B'), n_traj = masked tokens over all contexts of a trajectory, B' = such trajectories."""
+def traj_mean_token_mean_weights(mask, context_traj_index=None, max_tokens=None) -> torch.Tensor:
+    """w[c,t] = mask / (n_traj(c) * B'), n_traj = loss tokens over all contexts of a trajectory, B' = such trajectories."""
     if context_traj_index is None:
         raise ValueError("traj_mean_token_mean needs context_traj_index (C,): the trajectory of each context")
     _, inv = torch.unique(context_traj_index.to(mask.device), return_inverse=True)
@@ -338,32 +327,12 @@ def traj_mean_token_mean_weights(mask, context_traj_index=None, max_tokens=None,
 
 
 @register_aggregation("seq_mean_token_sum_norm")
-def seq_mean_token_sum_norm_weights(mask, context_traj_index=None, max_tokens=None, normalizer=None) -> torch.Tensor:
-    """Dr.GRPO: w = mask / (C' * max_tokens), C' = contexts with a masked token, max_tokens a fixed constant."""
-    if max_tokens is None:
-        raise ValueError("seq_mean_token_sum_norm needs max_tokens (a constant, e.g. the max response length)")
+def seq_mean_token_sum_norm_weights(mask, context_traj_index=None, max_tokens=None) -> torch.Tensor:
+    """Dr.GRPO: w = mask / (C' * max_tokens), C' = contexts with a loss token, max_tokens a recipe constant."""
+    if max_tokens is None or max_tokens <= 0:
+        raise ValueError("seq_mean_token_sum_norm needs max_tokens > 0: a constant (the generation budget, "
+                         f"rollout.max_tokens), got {max_tokens}")
     return mask / (_nonempty(mask).sum().clamp(min=1) * float(max_tokens))
-
-
-def aggregate(
-    per_token: torch.Tensor,
-    mask: torch.Tensor,
-    mode: str = "token_mean",
-    context_traj_index: torch.Tensor | None = None,
-    max_tokens: int | None = None,
-    normalizer: float | None = None,
-) -> torch.Tensor:
-    """Reduce per_token (C,T) over mask (C,T) to a scalar by `mode` (see the module docstring).
-
-    context_traj_index (C,) is needed by `traj_mean_token_mean`, max_tokens by
-    `seq_mean_token_sum_norm`; `normalizer` replaces the token count of `token_mean` (the global
-    masked-token count when accumulating gradients over micro-batches); other modes reject it.
-    """
-    if normalizer is not None and mode != "token_mean":
-        raise ValueError(f"normalizer only applies to token_mean; for {mode!r} use token_weights on the whole batch")
-    mask = mask.to(per_token.dtype)
-    w = get_aggregation_fn(mode)(mask, context_traj_index, max_tokens, normalizer)
-    return (per_token * w).sum()
 
 
 def token_weights(
@@ -372,59 +341,14 @@ def token_weights(
     mode: str = "token_mean",
     max_tokens: int | None = None,
 ) -> list[torch.Tensor]:
-    """Per-token weights of the whole minibatch, so that micro-batch losses add up exactly.
+    """Per-token weights of a whole minibatch, computed before it is cut into micro-batches or ranks.
 
     masks: C tensors (T_c,) (unpadded loss masks), context_traj_index (C,) -> C tensors (T_c,) float32
-    with sum_c sum_t per_token[c][t] * w[c][t] == aggregate(padded per_token, padded mask, mode, ...).
+    with sum_c sum_t per_token[c][t] * w[c][t] the minibatch loss aggregated by `mode`.
     """
     T = max((len(m) for m in masks), default=0)
     padded = torch.zeros((len(masks), T), dtype=torch.float32)
     for c, m in enumerate(masks):
         padded[c, : len(m)] = m.to(torch.float32)
-    w = get_aggregation_fn(mode)(padded, context_traj_index, max_tokens, None)
+    w = get_aggregation_fn(mode)(padded, context_traj_index, max_tokens)
     return [w[c, : len(m)] for c, m in enumerate(masks)]
-
-
-# ------------------------------------------------------------------------------------ objective
-
-def grpo_objective(
-    logits: torch.Tensor,
-    token_ids: torch.Tensor,
-    old_logp: torch.Tensor,
-    ctx_adv: torch.Tensor,
-    mask: torch.Tensor,
-    *,
-    ref_logp: torch.Tensor | None = None,
-    clip_low: float = 0.2,
-    clip_high: float = 0.2,
-    dual_clip: float | None = None,
-    kl_coef: float = 0.0,
-    entropy_coef: float = 0.0,
-    agg: str = "token_mean",
-    context_traj_index: torch.Tensor | None = None,
-    max_tokens: int | None = None,
-    normalizer: float | None = None,
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """Multi-context GRPO loss = pg_loss + kl_coef * kl - entropy_coef * entropy (each aggregated by `agg`).
-
-    logits (C,T,V), token_ids (C,T), old_logp (C,T) sampling-time log-probs, ctx_adv (C,) each
-    context's (trajectory's) advantage, mask (C,T) loss mask, ref_logp (C,T) or None (then no KL).
-    Returns (loss scalar with grad, metrics of python floats: pg_loss, kl, entropy, clip_frac,
-    clip_frac_dual, approx_kl, ratio_mean).
-    """
-    mask = mask.to(torch.float32)
-    agg_kw = dict(mode=agg, context_traj_index=context_traj_index, max_tokens=max_tokens, normalizer=normalizer)
-    logp = token_logprobs(logits, token_ids)
-    adv = token_advantages(ctx_adv, mask)
-    pg, stats = ppo_clip_loss(logp, old_logp, adv, mask, clip_low, clip_high, dual_clip)
-    pg_loss = aggregate(pg, mask, **agg_kw)
-    ent = entropy_from_logits(logits if entropy_coef > 0 else logits.detach())
-    entropy = aggregate(ent, mask, **agg_kw)
-    loss = pg_loss - entropy_coef * entropy
-    metrics = {k: float(v) for k, v in stats.items()}
-    if ref_logp is not None:
-        kl = aggregate(kl_k3(logp, ref_logp), mask, **agg_kw)
-        loss = loss + kl_coef * kl
-        metrics["kl"] = float(kl.detach())
-    metrics.update(pg_loss=float(pg_loss.detach()), entropy=float(entropy.detach()), loss=float(loss.detach()))
-    return loss, metrics

@@ -7,6 +7,8 @@ import math
 import os
 from pathlib import Path
 
+from memrl.io import write_jsonl
+
 
 class MetricsWriter:
     def __init__(self, out_dir: Path, tensorboard: bool = True, resume_step: int | None = None) -> None:
@@ -51,19 +53,6 @@ class MetricsWriter:
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
-
-
-def write_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """Replace `path` with `data` in one step (a killed process never leaves half a file)."""
-    path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def write_jsonl(path: str | os.PathLike, rows: list[dict]) -> None:
-    """Write rows as JSON lines atomically."""
-    write_atomic(path, "".join(json.dumps(r, default=str) + "\n" for r in rows).encode())
 
 
 def read_metrics(path: Path) -> list[dict]:

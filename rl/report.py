@@ -102,6 +102,6 @@ def plot_context_per_turn(sweep: list[dict], path: Path) -> None:
 
 
 def plot_peak_vs_objectives(sweep: list[dict], path: Path) -> None:
-    from memrl.agents.eval_cli import plot_peak_vs_objectives as plot
+    from memrl.rl.eval_cli import plot_peak_vs_objectives as plot
 
     plot(sweep, path)

@@ -15,50 +15,17 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 from memrl.agents import SamplingConfig, VLLMBackend, make_agent, run_episodes, streaming_policy
-from memrl.rl.trajectory import Trajectory
+from memrl.envs.registry import build as build_env
+from memrl.envs.registry import build_key
+from memrl.records import Trajectory
+
+if TYPE_CHECKING:
+    from memrl.recipes.schema import AgentCfg, EnvCfg, ResourcesCfg, RolloutCfg
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class EnvSpec:
-    """How to build the env of one episode: a registered id, its kwargs, and MEM1 composition."""
-
-    id: str = "memrl/KBQA-v0"
-    kwargs: dict[str, Any] = field(default_factory=dict)
-    objectives: int = 1
-    max_turns: int | None = None
-    aggregate: str = "mean"
-
-    def build(self):
-        """A registered id ("memrl/KBQA-v0") or an entry point ("mypkg.envs:MyEnv"); composed when
-        `objectives` > 1 or `max_turns` is set."""
-        from memrl.envs import compose, make
-
-        if ":" in self.id and not self.id.startswith("memrl/"):  # an importable class, no registration needed
-            import importlib
-
-            module, cls = self.id.split(":", 1)
-            factory = getattr(importlib.import_module(module), cls)
-        else:
-            factory = lambda **kw: make(self.id, **kw)  # noqa: E731
-        if self.objectives == 1 and self.max_turns is None:
-            return factory(**self.kwargs)
-        return compose([factory(**self.kwargs) for _ in range(self.objectives)], max_turns=self.max_turns,
-                       aggregate=self.aggregate)
-
-    def key(self) -> str:
-        return repr((self.id, sorted(self.kwargs.items()), self.objectives, self.max_turns, self.aggregate))
-
-
-@dataclass(frozen=True)
-class AgentSpec:
-    name: str = "memsearcher"
-    max_observation_tokens: int = 256
-    memory_tokens: int = 256
 
 
 @dataclass
@@ -78,8 +45,8 @@ class RolloutStats:
 class RolloutWorker:
     """One vLLM engine and a pool of env instances. Used as a Ray actor, or in-process for eval."""
 
-    def __init__(self, model_dir: str, engine_kwargs: dict | None = None, fault: dict | None = None) -> None:
-        self.backend = VLLMBackend(model_dir, **(engine_kwargs or {}))
+    def __init__(self, model_dir: str, rollout: RolloutCfg, seed: int = 0, fault: dict | None = None) -> None:
+        self.backend = VLLMBackend(model_dir, rollout=rollout, seed=seed)
         self.envs: dict[str, list] = {}
         self.fault = fault or {}  # test hook: {"die_after_turns": n, "once_file": path} exits mid-rollout
 
@@ -99,13 +66,13 @@ class RolloutWorker:
     def param_checksum(self) -> float:
         return self.backend.param_checksum()
 
-    def _env_pool(self, spec: EnvSpec, n: int) -> list:
-        pool = self.envs.setdefault(spec.key(), [])
+    def _env_pool(self, env: EnvCfg, n: int) -> list:
+        pool = self.envs.setdefault(build_key(env), [])
         while len(pool) < n:
-            pool.append(spec.build())
+            pool.append(build_env(env))
         return pool[:n]
 
-    def rollout(self, seeds: list[int], group_ids: list[int], env: EnvSpec, agent: AgentSpec,
+    def rollout(self, seeds: list[int], group_ids: list[int], env: EnvCfg, agent: AgentCfg,
                 sampling: SamplingConfig, version: int = 0, weights: list | None = None,
                 env_timeout: float = 60.0) -> tuple[list[Trajectory], RolloutStats]:
         if version != self.backend.version and weights:
@@ -113,8 +80,7 @@ class RolloutWorker:
 
             log.info("worker at weight version %d, loading %d", self.backend.version, version)
             self.backend.load_blob(ray.get(weights[0]), version)
-        agent_obj = make_agent(agent.name, self.backend.tokenizer, max_observation_tokens=agent.max_observation_tokens,
-                               memory_tokens=agent.memory_tokens)
+        agent_obj = make_agent(self.backend.tokenizer, agent)
         stats = RolloutStats()
         turns_seen = [0]
 
@@ -141,18 +107,19 @@ class RolloutWorker:
 class RolloutManager:
     """Spreads tasks x G over N RolloutWorker actors, load-balanced, with restart-and-rerun on failure."""
 
-    def __init__(self, model_dir: str, workers: int = 1, engine_kwargs: dict | None = None,
-                 cpus_per_worker: float = 1.0, gpus_per_worker: float = 0.0, timeout: float = 1800.0,
+    def __init__(self, model_dir: str, *, rollout: RolloutCfg, resources: ResourcesCfg, seed: int = 0,
                  faults: list[dict] | None = None) -> None:
+        """`rollout.workers` actors, each with `resources.cpus_per_worker` / `gpus_per_worker` and an engine
+        configured by the `rollout` section; `faults` (one dict per worker) are test hooks."""
         import ray
 
-        self.timeout = timeout
+        self.timeout = rollout.rollout_timeout
         actor_cls = ray.remote(RolloutWorker).options(
-            num_cpus=cpus_per_worker, num_gpus=gpus_per_worker, max_restarts=-1, max_task_retries=0
-        )
-        faults = faults or [{}] * workers
-        self.workers = [actor_cls.remote(str(model_dir), engine_kwargs, faults[i]) for i in range(workers)]
-        ray.get([w.ready.remote() for w in self.workers], timeout=timeout)
+            num_cpus=resources.cpus_per_worker, num_gpus=resources.gpus_per_worker, max_restarts=-1,
+            max_task_retries=0)
+        faults = faults or [{}] * rollout.workers
+        self.workers = [actor_cls.remote(str(model_dir), rollout, seed, faults[i]) for i in range(rollout.workers)]
+        ray.get([w.ready.remote() for w in self.workers], timeout=self.timeout)
         self.version = 0
         self._weights_ref = None
 
@@ -179,7 +146,7 @@ class RolloutManager:
         self.version = version
         return time.perf_counter() - t0
 
-    def rollout(self, seeds: list[int], group_ids: list[int], env: EnvSpec, agent: AgentSpec,
+    def rollout(self, seeds: list[int], group_ids: list[int], env: EnvCfg, agent: AgentCfg,
                 sampling: SamplingConfig, env_timeout: float = 60.0, chunks_per_worker: int = 1,
                 max_attempts: int = 3) -> tuple[list[Trajectory], RolloutStats]:
         """Run one episode per seed; returns trajectories in input order and merged stats."""

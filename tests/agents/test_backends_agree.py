@@ -5,11 +5,12 @@ import pytest
 from memrl.agents import HFBackend, SamplingConfig, backend_policy, make_agent, run_episodes
 from memrl.envs.arith import ArithEnv
 from memrl.models import load_model
+from memrl.recipes.schema import AgentCfg
 
 
 @pytest.mark.parametrize("agent_name", ["mem1", "memsearcher", "full_context"])
 def test_vllm_and_hf_greedy_episodes_are_token_identical(agent_name, tiny_dir, tiny_tokenizer, vllm_tiny):
-    agent = make_agent(agent_name, tiny_tokenizer, max_observation_tokens=64, memory_tokens=32)
+    agent = make_agent(tiny_tokenizer, AgentCfg(name=agent_name, max_observation_tokens=64, memory_tokens=32))
     hf = HFBackend(load_model(tiny_dir), tiny_tokenizer)
     cfg = SamplingConfig(max_tokens=12, temperature=0.0)
     seeds = [0, 1, 2]

@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from memrl.agents import Generation, make_agent
+from memrl.recipes.schema import AgentCfg
 
 INFO = {"tools": {"search": "search the corpus"}}
 MAX_TOKENS, MAX_OBS, MEMORY = 40, 60, 24
@@ -35,7 +36,7 @@ def _play(agent, turns: int, seed: int) -> list[int]:
 @settings(max_examples=25, deadline=None)
 @given(turns=st.integers(1, 30), seed=st.integers(0, 10_000))
 def test_memory_agent_context_stays_bounded(tiny_tokenizer, name, turns, seed):
-    agent = make_agent(name, tiny_tokenizer, max_observation_tokens=MAX_OBS, memory_tokens=MEMORY)
+    agent = make_agent(tiny_tokenizer, AgentCfg(name=name, max_observation_tokens=MAX_OBS, memory_tokens=MEMORY))
     first = len(agent.context_ids(agent.start("Q: where was Ana Lim born?", INFO)))
     # prompt + (previous completion or memory) + observation + new completion, whatever the turn count
     bound = first + 2 * MAX_TOKENS + MAX_OBS + 2 * MEMORY + 40
@@ -43,14 +44,14 @@ def test_memory_agent_context_stays_bounded(tiny_tokenizer, name, turns, seed):
 
 
 def test_full_context_grows_with_the_turns(tiny_tokenizer):
-    agent = make_agent("full_context", tiny_tokenizer, max_observation_tokens=MAX_OBS)
+    agent = make_agent(tiny_tokenizer, AgentCfg(name="full_context", max_observation_tokens=MAX_OBS))
     sizes = _play(agent, 12, seed=1)
     assert all(b > a for a, b in zip(sizes, sizes[1:], strict=False))
     assert sizes[-1] > 5 * sizes[0] / 2
 
 
 def test_full_context_trajectory_is_one_context_with_only_sampled_tokens_in_the_loss(tiny_tokenizer):
-    agent = make_agent("full_context", tiny_tokenizer, max_observation_tokens=MAX_OBS)
+    agent = make_agent(tiny_tokenizer, AgentCfg(name="full_context", max_observation_tokens=MAX_OBS))
     state = agent.start("Q?", INFO)
     sampled = []
     for t in range(3):
@@ -65,7 +66,7 @@ def test_full_context_trajectory_is_one_context_with_only_sampled_tokens_in_the_
 
 
 def test_memory_agents_write_one_context_per_turn_and_reuse_sampled_ids(tiny_tokenizer):
-    agent = make_agent("mem1", tiny_tokenizer)
+    agent = make_agent(tiny_tokenizer, AgentCfg(name="mem1"))
     state = agent.start("Q?", INFO)
     gens = []
     for t in range(3):

@@ -4,6 +4,7 @@ import pytest
 
 from memrl.agents import HFBackend, SamplingConfig, backend_policy, make_agent, run_episodes
 from memrl.models import load_model
+from memrl.recipes.schema import AgentCfg
 from memrl.testing import FaultyEnv
 
 
@@ -15,7 +16,7 @@ def policy(tiny_dir, tiny_tokenizer):
 @pytest.mark.parametrize("fault", ["raise", "hang", "non_string"])
 def test_faulty_env_fails_only_its_episode(policy, tiny_tokenizer, fault):
     envs = [FaultyEnv(fault=fault, bad_seeds=(1,), hang_s=8.0) for _ in range(3)]
-    agent = make_agent("memsearcher", tiny_tokenizer)
+    agent = make_agent(tiny_tokenizer, AgentCfg(name="memsearcher"))
     trajs = run_episodes(agent, envs, [0, 1, 2], policy, SamplingConfig(max_tokens=8, temperature=1.0, seed=0),
                          env_timeout=3.0)  # generous: CI runs on 2 busy cores
     assert [t.failed for t in trajs] == [False, True, False]
@@ -48,7 +49,7 @@ def test_prompt_that_fills_the_context_window_ends_only_its_episode(vllm_tiny, t
         return [g if not (e == 1 and len(p) > 40) else type(g)([], [], "", CONTEXT_FULL)
                 for p, e, g in zip(prompts, episodes, gens, strict=True)]
 
-    agent = make_agent("full_context", tiny_tokenizer)
+    agent = make_agent(tiny_tokenizer, AgentCfg(name="full_context"))
     trajs = run_episodes(agent, [LettersEnv(turns=2) for _ in range(2)], [0, 1], policy,
                          SamplingConfig(max_tokens=8, temperature=1.0, seed=0))
     assert not trajs[1].failed and trajs[1].reward == 0.0 and trajs[1].info["context_full"]
@@ -69,8 +70,8 @@ def test_a_tool_call_that_never_returns_does_not_hold_the_rollout(policy, tiny_t
             returned.set()
             return super().step(action)
 
-    agent = make_agent("memsearcher", tiny_tokenizer)
-    trajs = run_episodes(agent, [StuckEnv()], [0], policy, SamplingConfig(max_tokens=4, seed=0), env_timeout=1.0)
+    agent = make_agent(tiny_tokenizer, AgentCfg(name="memsearcher"))
+    trajs = run_episodes(agent, [StuckEnv()], [0], policy, SamplingConfig(max_tokens=4, temperature=1.0, seed=0), env_timeout=1.0)
     assert not returned.is_set()  # run_episodes came back while the env call was still blocked
     release.set()
     assert trajs[0].failed and "timed out" in trajs[0].info["error"]

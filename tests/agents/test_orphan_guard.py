@@ -72,7 +72,8 @@ if __name__ == "__main__":  # vLLM spawns its engine core: the owner must be imp
     if sys.argv[1] == "unguarded":
         g.guard = lambda *a: None
     from memrl.agents import VLLMBackend
-    VLLMBackend(sys.argv[2], max_model_len=512)
+    from memrl.recipes.schema import RolloutCfg
+    VLLMBackend(sys.argv[2], rollout=RolloutCfg(max_model_len=512))
     print("READY", flush=True)
     time.sleep(600)
 """

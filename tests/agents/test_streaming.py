@@ -5,6 +5,7 @@ import threading
 import pytest
 
 from memrl.agents import SamplingConfig, backend_policy, make_agent, run_episodes, streaming_policy
+from memrl.recipes.schema import AgentCfg
 from memrl.testing import FaultyEnv, LettersEnv
 
 
@@ -34,8 +35,8 @@ def _gated(n: int):
 
 def test_streaming_episodes_overtake_a_blocked_one(vllm_tiny, tiny_tokenizer):
     envs = _gated(4)
-    agent = make_agent("memsearcher", tiny_tokenizer)
-    trajs = run_episodes(agent, envs, range(4), streaming_policy(vllm_tiny), SamplingConfig(max_tokens=6),
+    agent = make_agent(tiny_tokenizer, AgentCfg(name="memsearcher"))
+    trajs = run_episodes(agent, envs, range(4), streaming_policy(vllm_tiny), SamplingConfig(max_tokens=6, temperature=1.0),
                          env_timeout=60)
     assert envs[0].saw_others_done is True  # the other three finished both turns while episode 0 waited
     assert all(t.info["terminated"] and t.info["turns"] == 2 for t in trajs)
@@ -49,16 +50,16 @@ def test_turn_synchronous_schedule_waits_for_the_slowest_env(tiny_tokenizer):
     envs = _gated(3)
     for e in envs:
         e.gate.wait = lambda timeout=None, g=e.gate: threading.Event.wait(g, timeout=0.5)
-    agent = make_agent("memsearcher", tiny_tokenizer)
+    agent = make_agent(tiny_tokenizer, AgentCfg(name="memsearcher"))
     ids = agent.encode("<memory>m</memory><answer>x</answer>")
     policy = lambda prompts, eps, cfg: [Generation(ids, [0.0] * len(ids), "<memory>m</memory><answer>x</answer>",  # noqa: E731
                                                    "stop") for _ in prompts]
-    run_episodes(agent, envs, range(3), policy, SamplingConfig(max_tokens=6), env_timeout=60)
+    run_episodes(agent, envs, range(3), policy, SamplingConfig(max_tokens=6, temperature=1.0), env_timeout=60)
     assert envs[0].saw_others_done is False
 
 
 def test_streaming_and_batch_schedules_agree_on_greedy_episodes(vllm_tiny, tiny_tokenizer):
-    agent = make_agent("mem1", tiny_tokenizer)
+    agent = make_agent(tiny_tokenizer, AgentCfg(name="mem1"))
     cfg = SamplingConfig(max_tokens=8, temperature=0.0)
     runs = [run_episodes(agent, [LettersEnv(turns=3) for _ in range(5)], range(5), policy, cfg)
             for policy in (streaming_policy(vllm_tiny), backend_policy(vllm_tiny))]
@@ -70,8 +71,8 @@ def test_streaming_and_batch_schedules_agree_on_greedy_episodes(vllm_tiny, tiny_
 @pytest.mark.parametrize("fault", ["raise", "hang", "non_string"])
 def test_streaming_faulty_env_fails_only_its_episode(vllm_tiny, tiny_tokenizer, fault):
     envs = [FaultyEnv(fault=fault, bad_seeds=(1,), hang_s=8.0) for _ in range(3)]
-    agent = make_agent("memsearcher", tiny_tokenizer)
-    trajs = run_episodes(agent, envs, [0, 1, 2], streaming_policy(vllm_tiny), SamplingConfig(max_tokens=8),
+    agent = make_agent(tiny_tokenizer, AgentCfg(name="memsearcher"))
+    trajs = run_episodes(agent, envs, [0, 1, 2], streaming_policy(vllm_tiny), SamplingConfig(max_tokens=8, temperature=1.0),
                          env_timeout=3.0)  # generous: CI runs on 2 busy cores
     assert [t.failed for t in trajs] == [False, True, False]
     assert {"raise": "exploded", "hang": "timed out", "non_string": "non-string"}[fault] in trajs[1].info["error"]

@@ -108,6 +108,69 @@ def test_load_corpus_reads_both_formats(tmp_path):
         load_corpus(bad)
 
 
+SEARCH_R1_ROWS = [
+    {"id": "0", "contents": '"Paris"\nParis is the capital of France.'},
+    {"id": "1", "contents": 'Berlin\nBerlin is the capital of Germany.\nIt has a second line.'},
+    {"id": "2", "contents": '"A "quoted" title"\nText after a title holding quotes.'},
+    {"id": 3, "contents": "No title line, just text."},
+]
+
+
+def write_jsonl(path, rows, blank_after: int | None = None) -> None:
+    lines = [r if isinstance(r, str) else json.dumps(r) for r in rows]
+    if blank_after is not None:
+        lines.insert(blank_after, "")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_load_corpus_reads_search_r1_jsonl_line_by_line(tmp_path, monkeypatch):
+    path = tmp_path / "wiki.jsonl"
+    write_jsonl(path, SEARCH_R1_ROWS, blank_after=2)
+
+    def whole_file(*args, **kwargs):
+        raise AssertionError("a .jsonl corpus must be streamed, not read into one string")
+
+    monkeypatch.setattr(type(path), "read_text", whole_file)
+    monkeypatch.setattr(type(path), "read_bytes", whole_file)
+    assert load_corpus(path) == [
+        {"id": "0", "title": "Paris", "text": "Paris is the capital of France."},
+        {"id": "1", "title": "Berlin", "text": "Berlin is the capital of Germany.\nIt has a second line."},
+        {"id": "2", "title": 'A "quoted" title', "text": "Text after a title holding quotes."},
+        {"id": "3", "title": "", "text": "No title line, just text."},
+    ]
+
+
+def test_a_search_r1_corpus_is_searchable_by_its_unquoted_titles(tmp_path):
+    path = tmp_path / "wiki.jsonl"
+    write_jsonl(path, SEARCH_R1_ROWS)
+    hits = BM25Retriever(load_corpus(path), cache_dir=tmp_path / "bm25").search("Germany second line", 1)
+    assert hits == [Passage(1, "Berlin", "Berlin is the capital of Germany.\nIt has a second line.",
+                            pytest.approx(hits[0].score))]
+
+
+@pytest.mark.parametrize("bad_line, match", [
+    ("{not json", r"wiki\.jsonl line 4: not JSON"),
+    (json.dumps({"id": "9", "body": "no contents"}), r"wiki\.jsonl line 4: expected a passage .*fields \['body', 'id'\]"),
+    (json.dumps(["a", "list"]), r"wiki\.jsonl line 4: expected a passage .*a JSON list"),
+])
+def test_a_bad_corpus_line_names_the_file_and_its_line_number(tmp_path, bad_line, match):
+    path = tmp_path / "wiki.jsonl"
+    write_jsonl(path, [*SEARCH_R1_ROWS[:2], bad_line, SEARCH_R1_ROWS[3]], blank_after=1)  # line 2 is blank
+    with pytest.raises(ValueError, match=match):
+        load_corpus(path)
+
+
+def test_load_corpus_reads_json_lines_saved_as_json_and_parquet(tmp_path):
+    lines = tmp_path / "exported.json"  # `datasets`' to_json writes JSON lines, even to a .json name
+    write_jsonl(lines, [{"title": "A", "text": "alpha"}, {"id": 7, "contents": '"B"\nbeta'}])
+    assert load_corpus(lines) == [{"title": "A", "text": "alpha"}, {"id": "7", "title": "B", "text": "beta"}]
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pylist(SEARCH_R1_ROWS[:2]), tmp_path / "wiki.parquet")
+    assert [p["title"] for p in load_corpus(tmp_path / "wiki.parquet")] == ["Paris", "Berlin"]
+
+
 # --- real data -------------------------------------------------------------------------------
 
 def _multihop():

@@ -1,5 +1,5 @@
-"""The retrieval server for real (uvicorn on a loopback port): Search-R1 format, bad input is a 4xx
-with a message, a failing backend is a 503, and `HttpRetriever` retries through a server restart."""
+"""The retrieval server for real (uvicorn on a loopback port): Search-R1 and FlashRAG formats, bad input is
+a 4xx with a message, a failing backend is a 503, and `HttpRetriever` retries through a server restart."""
 
 from __future__ import annotations
 
@@ -87,6 +87,66 @@ def test_retrieve_answers_in_search_r1_format(http):
     assert top["document"] == body["result"][0][0] and isinstance(top["score"], float) and top["score"] > 0
 
 
+BERLIN = {"id": "1", "contents": '"Berlin"\nBerlin is the capital of Germany.'}
+MOON = {"id": "2", "contents": "\"Moon\"\nThe Moon is Earth's only natural satellite."}
+
+
+def test_search_answers_in_flashrag_format(http):
+    docs = http.post("/search", json={"query": "capital of Germany", "top_n": 2}).json()
+    assert docs[0] == BERLIN and len(docs) == 2 and all(set(d) == {"id", "contents"} for d in docs)
+    scored = http.post("/search", json={"query": "capital of Germany", "top_n": 2, "return_score": True}).json()
+    assert len(scored) == 2 and scored[0] == docs  # FlashRAG's (documents, scores) pair
+    assert len(scored[1]) == 2 and scored[1] == sorted(scored[1], reverse=True) and scored[1][0] > 0
+    assert http.post("/search", json={"query": ""}).json() == []
+
+
+def test_search_ignores_unknown_fields_like_flashrag(http):
+    """MemSearcher posts the model's tool-call arguments as the body; FlashRAG ignores fields it does not know."""
+    resp = http.post("/search", json={"query": "natural satellite", "top_n": 1, "id": "call-7"})
+    assert resp.status_code == 200 and resp.json() == [MOON]
+
+
+def test_batch_search_answers_one_list_per_query(http):
+    body = {"query": ["capital of Germany", "satellite", ""], "top_n": 1}
+    assert http.post("/batch_search", json=body).json() == [[BERLIN], [MOON], []]
+    docs, scores = http.post("/batch_search", json={**body, "return_score": True}).json()
+    assert docs == [[BERLIN], [MOON], []]
+    assert [len(row) for row in scores] == [1, 1, 0] and all(row[0] > 0 for row in scores[:2])
+
+
+def test_flashrag_ids_are_the_corpus_files_own_ids(tmp_path):
+    corpus = [{**p, "id": f"wiki-{i}"} for i, p in enumerate(CORPUS)]
+    server = LiveServer(create_app(BM25Retriever(corpus, cache_dir=tmp_path)), free_port())
+    try:
+        assert httpx.post(f"{server.url}/search", json={"query": "Germany", "top_n": 1}).json() == [
+            {**BERLIN, "id": "wiki-1"}]
+    finally:
+        server.stop()
+
+
+BAD_FLASHRAG = {
+    "search: missing query": ("/search", {"top_n": 3}, "query"),
+    "search: query a list": ("/search", {"query": ["a"]}, "query"),
+    "search: query too long": ("/search", {"query": "x" * 4097}, "query"),
+    "search: top_n zero": ("/search", {"query": "q", "top_n": 0}, "top_n"),
+    "search: top_n too large": ("/search", {"query": "q", "top_n": MAX_TOPK + 1}, "top_n"),
+    "search: top_n as string": ("/search", {"query": "q", "top_n": "3"}, "top_n"),
+    "search: return_score not a bool": ("/search", {"query": "q", "return_score": "yes"}, "return_score"),
+    "batch: query a string": ("/batch_search", {"query": "capital"}, "query"),
+    "batch: empty": ("/batch_search", {"query": []}, "query"),
+    "batch: too many queries": ("/batch_search", {"query": ["q"] * (MAX_QUERIES + 1)}, "query"),
+    "batch: a query not a string": ("/batch_search", {"query": ["q", 42]}, "query"),
+    "batch: top_n negative": ("/batch_search", {"query": ["q"], "top_n": -1}, "top_n"),
+}
+
+
+@pytest.mark.parametrize("path, body, field", BAD_FLASHRAG.values(), ids=BAD_FLASHRAG.keys())
+def test_bad_flashrag_request_is_a_422_naming_the_field(http, path, body, field):
+    resp = http.post(path, json=body)
+    assert resp.status_code == 422, resp.text
+    assert any(field in err["loc"] for err in resp.json()["detail"]), resp.text
+
+
 def test_http_retriever_round_trip_matches_the_local_retriever(live, retriever):
     client = HttpRetriever(live.url)
     queries = ["capital city", "Moon satellite", "", "line newline passage quoted"]
@@ -159,6 +219,9 @@ def test_a_failing_retriever_is_a_503_and_the_server_stays_up():
         resp = httpx.post(f"{server.url}/retrieve", json={"queries": ["q"]})
         assert resp.status_code == 503
         assert "index shard unavailable" in resp.json()["detail"]
+        for path, body in (("/search", {"query": "q"}), ("/batch_search", {"query": ["q"]})):
+            resp = httpx.post(f"{server.url}{path}", json=body)
+            assert resp.status_code == 503 and "index shard unavailable" in resp.json()["detail"]
         assert httpx.get(f"{server.url}/health").json()["status"] == "ok"
         with pytest.raises(RetrievalError, match="503.*index shard unavailable"):
             HttpRetriever(server.url, retries=1, backoff=0.01).search("q")
@@ -210,6 +273,22 @@ NEAR_VALID = st.fixed_dictionaries({}, optional={
 def test_fuzzed_json_bodies_never_get_a_5xx(http, body):
     resp = http.post("/retrieve", content=json.dumps(body, allow_nan=True),
                      headers={"content-type": "application/json"})
+    assert resp.status_code < 500, (body, resp.text)
+
+
+NEAR_VALID_FLASHRAG = st.fixed_dictionaries({}, optional={
+    "query": st.text(max_size=30) | st.lists(st.text(max_size=30) | JSON, max_size=MAX_QUERIES + 2) | JSON,
+    "top_n": st.integers(-5, MAX_TOPK + 5) | JSON,
+    "return_score": st.booleans() | JSON,
+    "extra": JSON,
+})
+
+
+@pytest.mark.parametrize("path", ["/search", "/batch_search"])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=NEAR_VALID_FLASHRAG | JSON)
+def test_fuzzed_flashrag_bodies_never_get_a_5xx(http, path, body):
+    resp = http.post(path, content=json.dumps(body, allow_nan=True), headers={"content-type": "application/json"})
     assert resp.status_code < 500, (body, resp.text)
 
 

@@ -230,3 +230,43 @@ def test_mutated_recipe_validates_or_raises_recipe_error_naming_a_key(data):
             keys = [k for k in {str(k) for k in data} | set(Recipe.model_fields) if k]
             for line in problems:  # each problem is located at a key path of the recipe
                 assert line.startswith("- ") and (any(k in line for k in keys) or "''" in line), str(exc)
+
+
+def test_the_schemas_variant_names_are_the_registries():
+    """A variant is added by registering it; the schema allows exactly the registered names."""
+    import typing
+
+    from memrl.agents import AGENTS
+    from memrl.recipes.schema import AgentCfg, AlgorithmCfg, TrainCfg
+    from memrl.rl.losses import ADVANTAGES, AGGREGATIONS
+
+    def allowed(section, key) -> set:
+        args = typing.get_args(section.model_fields[key].annotation)
+        names = set()
+        for a in args:  # Literal[...] or Literal[...] | None
+            names |= set(typing.get_args(a)) if typing.get_args(a) else ({a} if isinstance(a, str) else set())
+        return names
+
+    assert allowed(AgentCfg, "name") == set(AGENTS) == {"mem1", "memsearcher", "full_context"}
+    assert allowed(TrainCfg, "baseline_agent") == set(AGENTS)
+    assert allowed(AlgorithmCfg, "advantage") == set(ADVANTAGES)
+    assert allowed(AlgorithmCfg, "loss_agg") == set(AGGREGATIONS)
+    with pytest.raises(RecipeError, match="algorithm.loss_agg.*token_mean"):
+        load_recipe("quickstart", ["algorithm.loss_agg=mean"])
+
+
+def test_defaults_are_declared_once_in_the_schema():
+    """Components take their recipe section by keyword and declare no defaults of their own."""
+    import dataclasses
+    import inspect
+
+    from memrl.agents import SamplingConfig
+    from memrl.agents.base import Agent
+    from memrl.rl.learner import Learner
+
+    for fn, keys in ((Agent.__init__, ("max_observation_tokens", "memory_tokens")),
+                     (Learner.__init__, ("learner", "algorithm", "rollout"))):
+        params = inspect.signature(fn).parameters
+        assert all(params[k].default is inspect.Parameter.empty for k in keys), fn
+    fields = {f.name: f for f in dataclasses.fields(SamplingConfig)}
+    assert all(fields[k].default is dataclasses.MISSING for k in ("max_tokens", "temperature"))

@@ -32,6 +32,9 @@ def test_multi_context_grpo_raises_reward_on_a_learnable_env(tmp_path, ray_local
         trainer.close()
     recs = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r["phase"] == "grpo"]
     assert [r["step"] for r in recs] == list(range(10))
+    # each step's rollouts were sampled by the workers' engines at the version the learner had (recorded in every
+    # trajectory by the engine that sampled it, and checked by the learner before it trains); then a sync
+    assert [r["rollout_weight_version"] for r in recs] == list(range(10))
     assert [r["weight_version"] for r in recs] == list(range(1, 11))
     first, last = recs[0]["reward_mean"], sum(r["reward_mean"] for r in recs[-3:]) / 3
     print(f"reward first step {first:.3f} -> last 3 steps {last:.3f}")
@@ -39,5 +42,5 @@ def test_multi_context_grpo_raises_reward_on_a_learnable_env(tmp_path, ray_local
     ev = summary["evals"]
     assert ev["after_grpo"]["reward"] > ev["zero_shot"]["reward"] + 0.15
     assert all(r["skipped"] == 0.0 for r in recs)
-    assert (tmp_path / "run" / "summary.json").exists()
-    json.loads((tmp_path / "run" / "summary.json").read_text())
+    written = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert written["steps"] == 10 and written["evals"]["after_grpo"]["reward"] == ev["after_grpo"]["reward"]

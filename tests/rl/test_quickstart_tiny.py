@@ -8,7 +8,7 @@ import torch
 
 from memrl.agents import HFBackend, SamplingConfig, VLLMBackend
 from memrl.models import load_tokenizer
-from memrl.recipes.schema import load_recipe
+from memrl.recipes.schema import RolloutCfg, load_recipe
 from memrl.rl.metrics import read_metrics
 
 pytestmark = pytest.mark.slow
@@ -49,7 +49,12 @@ def test_quickstart_tiny_writes_every_artifact_and_an_exported_model_that_matche
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"({png})" in text
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
     assert json.loads((out / "summary.json").read_text())["model"] == str(out / "model")
-    assert sorted(p.name for p in (out / "checkpoints").iterdir())  # intact checkpoints remain
+    from memrl.rl import checkpoint
+
+    ckpts = sorted((out / "checkpoints").glob("step_*"))  # every step (checkpoint_every=1), the newest 2 kept
+    assert [p.name for p in ckpts] == ["step_000001", "step_000002"]
+    assert [checkpoint.verify(p) for p in ckpts] == [None, None]  # every file there, at its manifest size
+    assert checkpoint.latest(out / "checkpoints") == ckpts[-1]
 
     model_dir = out / "model"
     for name in ("model.safetensors", "config.json", "tokenizer.json", "generation_config.json", "README.md"):
@@ -67,6 +72,6 @@ def test_quickstart_tiny_writes_every_artifact_and_an_exported_model_that_matche
     plain = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     want = HFBackend(learner_model, tok).generate([prompt], cfg)[0].token_ids
     assert HFBackend(plain, tok).generate([prompt], cfg)[0].token_ids == want
-    engine = VLLMBackend(str(model_dir), max_model_len=512)
+    engine = VLLMBackend(str(model_dir), rollout=RolloutCfg(max_model_len=512))
     assert engine.generate([prompt], cfg)[0].token_ids == want
     del engine

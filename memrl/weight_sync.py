@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-EXTENSION = "memrl.rl.weight_sync.WeightSyncExtension"
+EXTENSION = "memrl.weight_sync.WeightSyncExtension"
 
 
 def state_dict_blob(state_dict: dict[str, torch.Tensor]) -> bytes:

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from memrl.agents.backends import SamplingConfig
 from memrl.agents.evaluate import eval_point
-from memrl.rl.metrics import write_jsonl
+from memrl.io import write_jsonl
+from memrl.recipes.schema import Recipe
 
 log = logging.getLogger(__name__)
 
@@ -24,49 +24,29 @@ COLUMNS = ["agent", "objectives", "episodes", "em", "em_stderr", "em_sum", "f1",
            "tokens_per_s", "context_full_rate", "failed"]
 
 
-@dataclass
-class EvalSetup:
-    """Everything an eval needs besides the model and the agents; `from_recipe` copies a training recipe's
-    env, agent budgets, turn budget and held-out seeds so a trained model is evaluated as it was trained."""
-
-    env_id: str = "memrl/KBQA-v0"
-    env_kwargs: dict = field(default_factory=dict)
-    max_turns: int | None = None
-    max_tokens: int = 128
-    max_observation_tokens: int = 256
-    memory_tokens: int = 256
-    seed_offset: int = 10_000_000
-    max_model_len: int = 4096
-    kv_cache_gib: float = 1.0
-
-    @classmethod
-    def from_recipe(cls, recipe) -> EvalSetup:
-        return cls(recipe.env.id, dict(recipe.env.kwargs), recipe.env.max_turns, recipe.rollout.max_tokens,
-                   recipe.agent.max_observation_tokens, recipe.agent.memory_tokens, recipe.env.eval_seed_offset,
-                   recipe.rollout.max_model_len, recipe.rollout.kv_cache_gib)
-
-
 def run_eval(model: str, agents: list[str], objectives: list[int], episodes: int, out: Path,
-             setup: EvalSetup | None = None) -> list[dict]:
-    """Greedy episodes of each agent at each N on the same held-out seeds; writes episodes.jsonl,
-    summary.json/.md and (for sweeps) the peak-context plot under `out`."""
+             recipe: Recipe) -> list[dict]:
+    """Greedy episodes of each agent at each N on the same held-out seeds, with the recipe's env, agent
+    budgets, turn budget, generation budget, engine window and held-out seeds (so a trained model is
+    evaluated as it was trained); writes episodes.jsonl, summary.json/.md and (for sweeps) the
+    peak-context plot under `out`."""
     from memrl.models import kv_bytes_per_token, resolve_model_dir
-    from memrl.rl.rollout import AgentSpec, EnvSpec, RolloutWorker
+    from memrl.rl.rollout import RolloutWorker
+    from memrl.rl.trainer import agent_named, env_at
 
-    s = setup or EvalSetup()
+    r = recipe.rollout
     out.mkdir(parents=True, exist_ok=True)
     model_dir = resolve_model_dir(model)
     kvb = kv_bytes_per_token(model_dir)
-    worker = RolloutWorker(str(model_dir), dict(max_model_len=s.max_model_len, kv_cache_gib=s.kv_cache_gib))
+    worker = RolloutWorker(str(model_dir), r, seed=recipe.seed)
     try:
         rows, records = [], []
-        seeds = [s.seed_offset + i for i in range(episodes)]
+        seeds = [recipe.env.eval_seed_offset + i for i in range(episodes)]
         for agent in agents:
             for n in tqdm(objectives, desc=f"eval {agent}"):
-                spec = EnvSpec(s.env_id, s.env_kwargs, n, s.max_turns)
-                trajs, stats = worker.rollout(seeds, list(range(episodes)), spec,
-                                              AgentSpec(agent, s.max_observation_tokens, s.memory_tokens),
-                                              SamplingConfig(s.max_tokens, temperature=0.0))
+                trajs, stats = worker.rollout(seeds, list(range(episodes)), env_at(recipe, n),
+                                              agent_named(recipe, agent),
+                                              SamplingConfig(r.max_tokens, temperature=0.0))
                 row, recs = eval_point(trajs, stats, kvb, agent=agent, objectives=n, model=str(model))
                 rows.append({"agent": agent, "objectives": n, "model": str(model), **row})
                 records.extend(recs)
