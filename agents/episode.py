@@ -79,6 +79,15 @@ class _Episode:
     error: str | None = None
     started: float = field(default_factory=time.monotonic)
     deadline: float | None = None  # of the env call in flight
+    turns: list[dict] = field(default_factory=list)  # per turn: what the model wrote, the action, the reply
+
+
+def _turn_record(prompt: list[int], gen: Generation, parsed, observation: str | None, reward: float) -> dict:
+    """One turn as a person reads it (the memory viewer): the model's text, its memory and action, the env's
+    reply and reward, and the token counts of the context it saw and of what it wrote."""
+    return {"completion": gen.text, "memory": parsed.memory, "action": parsed.action, "ok": parsed.ok,
+            "observation": observation, "reward": float(reward), "prompt_tokens": len(prompt),
+            "completion_tokens": len(gen.token_ids)}
 
 
 def run_episodes(
@@ -123,6 +132,7 @@ def run_episodes(
                 if gen.finish_reason == CONTEXT_FULL:  # no room left to answer: ends like running out of turns
                     ep.done = True
                     ep.info.update(terminated=False, truncated=True, context_full=True)
+                    ep.turns.append(_turn_record(prompt, gen, parsed, None, 0.0))
                     agent.update(ep.state, prompt, gen, parsed, None)
                     _finish(ep)
                     continue
@@ -135,13 +145,14 @@ def run_episodes(
             for fut, i, out in _collect(futs, episodes, env_timeout, wait_all=not streaming, block=block):
                 _, prompt, gen, parsed = steps.pop(fut)
                 ep = episodes[i]
-                obs = None
+                obs, reward = None, 0.0
                 if out is not None:
                     obs, reward, terminated, truncated, info = out
                     ep.reward += float(reward)
                     ep.info.update(info)
                     ep.done = bool(terminated or truncated)
                     ep.info["terminated"], ep.info["truncated"] = bool(terminated), bool(truncated)
+                ep.turns.append(_turn_record(prompt, gen, parsed, obs, reward))
                 agent.update(ep.state, prompt, gen, parsed, None if ep.done else obs)
                 if ep.done:
                     _finish(ep)
@@ -214,6 +225,7 @@ def _trajectory(ep: _Episode, group_id: int, version: int) -> Trajectory:
         info.update(turns=state.turn, parse_failures=state.parse_failures, format_errors=state.format_errors,
                     memory=state.memory)
     info["error"] = ep.error
+    info["turn_log"] = ep.turns
     return Trajectory(contexts=state.contexts if state else [], reward=0.0 if ep.error else ep.reward,
                       group_id=int(group_id), weight_version=version, failed=ep.error is not None, info=info)
 

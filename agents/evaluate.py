@@ -76,7 +76,7 @@ def episode_records(trajs: Sequence[Trajectory], kv_bytes_per_token: int | None 
     `fields` (agent, objectives, ...) are added to every row."""
     rows = []
     for t in trajs:
-        info = {k: v for k, v in t.info.items() if k not in ("memory", "context_tokens")}
+        info = {k: v for k, v in t.info.items() if k not in ("memory", "context_tokens", "turn_log")}
         info["questions"] = info.pop("objectives", None)  # the objective texts; `objectives` is N
         row = {"reward": t.reward, "failed": t.failed, **info, **fields}
         if kv_bytes_per_token:

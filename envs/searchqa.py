@@ -191,6 +191,9 @@ class SearchQAEnv(TaskEnv):
         folder = None if own_files else _folder(data_dir)  # user files need no data folder
         self.questions = load_questions(str(folder or ""), dataset, split)
         paths = [corpus] if isinstance(corpus, str) else corpus or [str(folder / name) for name in UNION]
+        missing = [str(p) for p in paths if not Path(p).is_file()]
+        if missing and retriever != "http":  # found now, not at the first search of the first step
+            raise FileNotFoundError(f"corpus file(s) not found: {', '.join(missing)} (env.kwargs.corpus)")
         self.corpus = tuple(str(p) for p in paths)
         self.retriever_kind, self.retriever_url, self.topk = retriever, retriever_url, topk
 

@@ -31,11 +31,13 @@ def _model_chat(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from memrl.plan import check_files
     from memrl.recipes.schema import load_recipe
     from memrl.rl.report import write_report
     from memrl.rl.trainer import Trainer
 
     recipe = load_recipe(args.recipe, args.set)
+    check_files(recipe, probe=False)  # a missing model, data folder or corpus: one line now, not a traceback later
     trainer = Trainer(recipe, resume=args.resume)
     try:
         summary = trainer.run()
@@ -44,6 +46,7 @@ def _train(args: argparse.Namespace) -> int:
         trainer.close()
     print(f"run finished: {summary['steps']} GRPO steps")
     print(f"report:      {report}")
+    print(f"viewer:      {recipe.out / 'viewer.html'}  (what the agent kept in memory, turn by turn)")
     print(f"metrics:     {recipe.out / 'metrics.jsonl'}  (tensorboard --logdir {recipe.out / 'tensorboard'})")
     print(f"checkpoints: {recipe.out / 'checkpoints'}")
     print(f"model:       {summary['model']}  (a Hugging Face directory for transformers / vllm)")
@@ -55,6 +58,14 @@ def _recipe_validate(args: argparse.Namespace) -> int:
 
     load_recipe(args.recipe, args.set)
     print(f"{args.recipe}: valid")
+    return 0
+
+
+def _recipe_plan(args: argparse.Namespace) -> int:
+    from memrl.plan import plan
+    from memrl.recipes.schema import load_recipe
+
+    print(plan(load_recipe(args.recipe, args.set)))
     return 0
 
 
@@ -76,6 +87,8 @@ def _eval(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
+    from memrl.models import resolve_model_dir
+    from memrl.plan import PlanError
     from memrl.recipes.schema import Recipe, load_recipe
     from memrl.rl.eval_cli import run_eval, table
 
@@ -86,6 +99,10 @@ def _eval(args: argparse.Namespace) -> int:
     rollout = {"max_tokens": args.max_tokens} if args.max_tokens is not None else {}
     recipe = recipe.model_copy(update={"env": recipe.env.model_copy(update=env),
                                        "rollout": recipe.rollout.model_copy(update=rollout)})
+    try:
+        resolve_model_dir(args.model)
+    except (FileNotFoundError, ValueError) as exc:
+        raise PlanError(f"--model: {' '.join(str(exc).split())}") from None
     rows = run_eval(args.model, args.agent.split(","), [int(x) for x in args.objectives.split(",")], args.episodes,
                     Path(args.out), recipe)
     print(table(rows), end="")
@@ -115,7 +132,7 @@ def _envs_list(args: argparse.Namespace) -> int:
     return 0
 
 
-BENCHES = ("rollout", "learner", "memory_scaling", "trl_compare", "roofline", "results")
+BENCHES = ("rollout", "learner", "gpu", "memory_scaling", "trl_compare", "roofline", "results")
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -150,7 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     recipe = sub.add_parser("recipe", help="inspect recipes").add_subparsers(dest="action", required=True)
     for name, fn, text in (("validate", _recipe_validate, "check a recipe against the schema"),
-                           ("show", _recipe_show, "print the fully resolved recipe")):
+                           ("show", _recipe_show, "print the fully resolved recipe"),
+                           ("plan", _recipe_plan, "check its files (model, data, corpus) and estimate GPU memory "
+                            "per learner rank and engine; refuses a recipe that cannot fit")):
         p = recipe.add_parser(name, help=text)
         p.add_argument("recipe")
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
@@ -159,11 +178,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     envs = sub.add_parser("envs", help="environments").add_subparsers(dest="action", required=True)
     envs.add_parser("list", help="list the registered memrl/ environments").set_defaults(func=_envs_list)
-    retriever = sub.add_parser("retriever", help="retrieval server (Search-R1 /retrieve API)")
+    retriever = sub.add_parser("retriever", help="retrieval server (Search-R1 /retrieve, FlashRAG /search and /batch_search)")
     p = retriever.add_subparsers(dest="action", required=True).add_parser(
         "serve", help="serve a BM25 or dense index over a corpus file")
     p.add_argument("--corpus", required=True, nargs="+",
-                   help="corpus JSON file(s): a list of {title, text} or a dict title -> sentences")
+                   help="corpus file(s): JSON list of {title, text}, a dict title -> sentences, or Search-R1 .jsonl {id, contents}")
     p.add_argument("--kind", choices=("bm25", "dense"), default="bm25", help="retrieval backend")
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (0.0.0.0 for all)")
     p.add_argument("--port", type=int, default=8000, help="TCP port")
@@ -201,13 +220,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(name)s: %(message)s"
     )
+    from memrl.plan import PlanError
     from memrl.recipes.schema import RecipeError
 
     if argv is None:  # the real command line: SIGTERM unwinds like Ctrl-C (finally blocks shut engines down;
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a killed vLLM owner orphans its EngineCore)
     try:
         return int(args.func(args) or 0)
-    except RecipeError as exc:
+    except (RecipeError, PlanError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -24,6 +24,11 @@ class DevicePlan:
         return torch.device(self.kind)
 
     @property
+    def collective_device(self) -> torch.device:
+        """Where tensors for torch.distributed calls live: NCCL reduces CUDA tensors, gloo CPU ones."""
+        return self.torch_device
+
+    @property
     def dtype_name(self) -> str:
         return {torch.float32: "float32", torch.bfloat16: "bfloat16"}[self.dtype]
 

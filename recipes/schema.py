@@ -39,6 +39,8 @@ class ModelCfg(Section):
 class EnvCfg(Section):
     id: str = Field("memrl/KBQA-v0", description="registered env id of ONE objective")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="constructor kwargs of that env")
+    eval_kwargs: dict[str, Any] = Field(default_factory=dict, description="kwargs merged over `kwargs` for "
+                                        "held-out evaluation, e.g. {split: eval} so it never sees training questions")
     objectives: int = Field(1, ge=1, le=64, description="objectives per episode at training (MEM1 composition)")
     max_turns: int | None = Field(None, ge=1, description="turn cap of a composed episode (default: per env)")
     aggregate: Literal["mean", "sum"] = Field("mean", description="how per-objective rewards combine")
@@ -94,10 +96,35 @@ class AlgorithmCfg(Section):
                                 "score is 0 (MemSearcher: 0.1)")
 
 
+class CurriculumCfg(Section):
+    objectives: list[int] = Field(default_factory=list, description="N values (objectives per episode) to train "
+                                  "on; empty = every task at env.objectives (see memrl.rl.curriculum)")
+    mode: Literal["mix", "grow"] = Field("grow", description="mix: each task draws N from `objectives` (by "
+                                         "`weights`); grow: start at the smallest N, unlock the next as reward rises")
+    weights: list[float] | None = Field(None, description="mix: probability of each N (normalized; null = uniform)")
+    promote_at: float = Field(0.5, ge=0, description="grow: unlock the next N when the largest unlocked N's mean "
+                              "training reward over `window` steps reaches this")
+    window: int = Field(2, ge=1, description="grow: steps the promotion reward is averaged over")
+
+    @model_validator(mode="after")
+    def _check(self) -> CurriculumCfg:
+        if len(set(self.objectives)) != len(self.objectives) or any(n < 1 for n in self.objectives):
+            raise ValueError(f"curriculum.objectives must be distinct N >= 1, got {self.objectives}")
+        if self.weights is not None:
+            if self.mode != "mix":
+                raise ValueError("curriculum.weights applies to mode: mix only (grow draws uniformly from the "
+                                 "unlocked N)")
+            if len(self.weights) != len(self.objectives) or any(w < 0 for w in self.weights) or sum(self.weights) <= 0:
+                raise ValueError(f"curriculum.weights needs one non-negative weight per N of curriculum.objectives "
+                                 f"{self.objectives}, got {self.weights}")
+        return self
+
+
 class LearnerCfg(Section):
     zero_stage: Literal[0, 1, 2, 3] = Field(2, description="DeepSpeed ZeRO stage")
     lr: float = Field(1e-5, gt=0, description="AdamW learning rate")
     weight_decay: float = Field(0.0, ge=0)
+    adam_eps: float = Field(1e-8, gt=0, description="AdamW epsilon (its first step moves a weight by ~lr * g / (|g| + eps))")
     warmup_steps: int = Field(0, ge=0, description="linear LR warm-up (optimizer steps)")
     grad_clip: float = Field(1.0, gt=0, description="global gradient-norm clip")
     micro_batch_tokens: int = Field(4096, ge=64, description="token budget of one micro-batch (padded)")
@@ -105,6 +132,7 @@ class LearnerCfg(Section):
     train_layers: int | None = Field(None, ge=0, description="train only the top K decoder blocks + lm_head "
                                      "(partial fine-tuning for small CPU budgets); null = all")
     packed: bool = Field(False, description="MEM1 packed mode: one forward per trajectory with a block mask")
+    ranks: int = Field(1, ge=1, description="data-parallel learner ranks (Ray actors; ZeRO shards over them)")
 
 
 class SFTCfg(Section):
@@ -130,6 +158,11 @@ class ResourcesCfg(Section):
     num_cpus: int | None = Field(None, ge=1, description="CPUs given to a local Ray (default: all)")
     cpus_per_worker: float = Field(1.0, gt=0)
     gpus_per_worker: float = Field(0.0, ge=0)
+    cpus_per_learner_rank: float = Field(1.0, gt=0, description="CPUs Ray reserves for each learner rank")
+    gpus_per_learner_rank: float = Field(0.0, ge=0, description="GPUs of each learner rank (1 on a GPU cluster; "
+                                         "0 trains on CPU), never shared with a rollout worker")
+    gpu_memory_gib: float | None = Field(None, gt=0, description="memory of one GPU of the cluster: "
+                                         "`memrl recipe plan` checks the learner and engines against it")
     address: str | None = Field(None, description="Ray address to join (None = start a local Ray)")
 
 
@@ -149,6 +182,7 @@ class Recipe(Section):
     algorithm: AlgorithmCfg = Field(default_factory=AlgorithmCfg)
     learner: LearnerCfg = Field(default_factory=LearnerCfg)
     sft: SFTCfg = Field(default_factory=SFTCfg)
+    curriculum: CurriculumCfg = Field(default_factory=CurriculumCfg)
     train: TrainCfg = Field(default_factory=TrainCfg)
     resources: ResourcesCfg = Field(default_factory=ResourcesCfg)
     logging: LoggingCfg = Field(default_factory=LoggingCfg)

@@ -63,8 +63,7 @@ def save(root: Path, step: int, learner, state: dict, tokenizer=None, keep: int 
         shutil.rmtree(final)
 
     def build(tmp: Path) -> None:
-        learner.engine.save_checkpoint(str(tmp / "engine"), tag="state", save_latest=False)
-        learner.module.save_pretrained(tmp / "model", state_dict=learner.state_dict(), safe_serialization=True)
+        learner.save_state(tmp)  # engine/ (every rank's shard) and model/ (HF weights, for export)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp / "model")
         torch.save({**state, "step": step, "rng": rng_state()}, tmp / "trainer_state.pt")
@@ -91,7 +90,7 @@ def load(path: Path, learner) -> dict:
     problem = verify(path)
     if problem:
         raise ValueError(f"checkpoint {path} is not usable: {problem}")
-    learner.engine.load_checkpoint(str(path / "engine"), tag="state")
+    learner.load_state(path)
     state = torch.load(path / "trainer_state.pt", weights_only=False)
     set_rng_state(state["rng"])
     return state

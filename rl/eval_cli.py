@@ -44,7 +44,7 @@ def run_eval(model: str, agents: list[str], objectives: list[int], episodes: int
         seeds = [recipe.env.eval_seed_offset + i for i in range(episodes)]
         for agent in agents:
             for n in tqdm(objectives, desc=f"eval {agent}"):
-                trajs, stats = worker.rollout(seeds, list(range(episodes)), env_at(recipe, n),
+                trajs, stats = worker.rollout(seeds, list(range(episodes)), env_at(recipe, n, held_out=True),
                                               agent_named(recipe, agent),
                                               SamplingConfig(r.max_tokens, temperature=0.0))
                 row, recs = eval_point(trajs, stats, kvb, agent=agent, objectives=n, model=str(model))

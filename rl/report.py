@@ -48,6 +48,10 @@ def write_report(trainer) -> Path:
     lines += [f"| {k} | {v:.0f} |" for k, v in timings.items()]
     lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in [*plots, *(
         [out / "context_tokens_per_turn.png", out / "peak_context_vs_objectives.png"] if sweep else [])]]
+    if (out / "viewer.html").exists():
+        lines += ["", "## Memory viewer", "", "[viewer.html](viewer.html): held-out episodes at each eval point, turn by "
+                  "turn (the context the model saw, the memory it wrote, its action, the reply, the reward); a static "
+                  "page for any browser."]
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -71,8 +75,17 @@ def plot_training(metrics_path: Path, path: Path) -> list[Path]:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 3.5))
     steps = [r["step"] for r in recs]
-    ax.plot(steps, [r["reward_mean"] for r in recs], marker="o", label="reward (train rollouts)")
+    mean = [r["reward_mean"] for r in recs]
+    ax.plot(steps, mean, marker="o", label="reward (train rollouts)")
+    if all("episodes" in r for r in recs):  # 95% interval of each step's mean reward
+        half = [1.96 * r["reward_std"] / max(1, r["episodes"]) ** 0.5 for r in recs]
+        ax.fill_between(steps, [m - h for m, h in zip(mean, half, strict=True)],
+                        [m + h for m, h in zip(mean, half, strict=True)], alpha=0.2, label="95% interval")
     ax.plot(steps, [r["em"] for r in recs], marker="s", label="EM (train rollouts)")
+    per_n = sorted({int(k[len("reward_n"):]) for r in recs for k in r if k.startswith("reward_n")})
+    for n in per_n:  # a curriculum over N: each N's reward curve (steps where it was trained)
+        pts = [(r["step"], r[f"reward_n{n}"]) for r in recs if f"reward_n{n}" in r]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], linestyle="--", marker=".", label=f"reward at N={n}")
     ax.set_xlabel("GRPO step")
     ax.set_ylabel("mean over rollouts")
     ax.grid(alpha=0.3)

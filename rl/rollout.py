@@ -41,6 +41,12 @@ class RolloutStats:
     def tokens_per_s(self) -> float:
         return self.generated_tokens / self.wall_time if self.wall_time > 0 else 0.0
 
+    def merge(self, other: RolloutStats) -> RolloutStats:
+        """The stats of two rollout calls made one after the other."""
+        return RolloutStats(self.episodes + other.episodes, self.turns + other.turns,
+                            self.generated_tokens + other.generated_tokens, self.wall_time + other.wall_time,
+                            self.episode_latency + other.episode_latency, self.restarts + other.restarts)
+
 
 class RolloutWorker:
     """One vLLM engine and a pool of env instances. Used as a Ray actor, or in-process for eval."""

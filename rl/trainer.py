@@ -24,19 +24,25 @@ from memrl.models import kv_bytes_per_token, load_tokenizer, resolve_model_dir
 from memrl.recipes.schema import AgentCfg, AlgorithmCfg, EnvCfg, Recipe, dump
 from memrl.records import Trajectory
 from memrl.rl import checkpoint, losses
+from memrl.rl.curriculum import Curriculum
 from memrl.rl.export import export
-from memrl.rl.learner import Learner
+from memrl.rl.learner_group import LearnerGroup, check_resources
 from memrl.rl.metrics import MetricsWriter
 from memrl.rl.rollout import RolloutManager
+from memrl.rl.viewer import Viewer
 from memrl.weight_sync import state_dict_blob
 
 log = logging.getLogger(__name__)
 SFT_SEED_OFFSET = 5_000_000
 
 
-def env_at(recipe: Recipe, objectives: int | None = None) -> EnvCfg:
-    """The recipe's env section, at `objectives` composed objectives when given (evaluation sweeps)."""
-    return recipe.env if objectives is None else recipe.env.model_copy(update={"objectives": objectives})
+def env_at(recipe: Recipe, objectives: int | None = None, held_out: bool = False) -> EnvCfg:
+    """The recipe's env section, at `objectives` composed objectives when given (evaluation sweeps), with
+    `env.eval_kwargs` merged over its kwargs when `held_out` (evaluation)."""
+    update: dict = {} if objectives is None else {"objectives": objectives}
+    if held_out and recipe.env.eval_kwargs:
+        update["kwargs"] = {**recipe.env.kwargs, **recipe.env.eval_kwargs}
+    return recipe.env.model_copy(update=update) if update else recipe.env
 
 
 def agent_named(recipe: Recipe, name: str | None = None) -> AgentCfg:
@@ -86,8 +92,11 @@ class Trainer:
         self.evals: dict[str, dict] = {}
         self._start_ray()
         t0 = time.perf_counter()
-        self.learner = Learner(str(self.model_dir), learner=recipe.learner, algorithm=recipe.algorithm,
-                               rollout=recipe.rollout, seed=recipe.seed)
+        import ray
+
+        check_resources(recipe, ray.cluster_resources())  # before any model loads
+        self.learner = LearnerGroup(str(self.model_dir), learner=recipe.learner, algorithm=recipe.algorithm,
+                                    rollout=recipe.rollout, resources=recipe.resources, seed=recipe.seed)
         self.rollouts = RolloutManager(str(self.model_dir), rollout=recipe.rollout, resources=recipe.resources,
                                        seed=recipe.seed)
         self.timings["startup"] = time.perf_counter() - t0
@@ -105,6 +114,10 @@ class Trainer:
             self._sync()
         elif resume:
             log.warning("--resume: no intact checkpoint under %s; starting fresh", self.out / "checkpoints")
+        self.viewer = Viewer(self.out / "viewer.html", recipe.name)
+        self.curriculum = Curriculum(recipe.curriculum, seed=recipe.seed) if recipe.curriculum.objectives else None
+        if ckpt is not None and self.curriculum is not None and state.get("curriculum"):
+            self.curriculum.load_state_dict(state["curriculum"])
         self.metrics = MetricsWriter(self.out, recipe.logging.tensorboard, resume_step=self.step if ckpt else None)
 
     def _start_ray(self) -> None:
@@ -139,7 +152,7 @@ class Trainer:
         return summary
 
     def _eval(self, key: str) -> dict:
-        result = self._timed(f"eval_{key}", lambda: self.evaluate(self.recipe.agent.name))
+        result = self._timed(f"eval_{key}", lambda: self.evaluate(self.recipe.agent.name, view=key))
         log.info("eval %s: EM %.3f ± %.3f, F1 %.3f, format errors/turn %.2f, mean turns %.2f", key, result["em"],
                  result["em_stderr"], result["f1"], result["format_error_rate"], result["mean_turns"])
         return result
@@ -181,12 +194,9 @@ class Trainer:
                 self._checkpoint()
 
     def grpo_step(self, step: int) -> dict:
-        rc, al = self.recipe, self.recipe.algorithm
+        al = self.recipe.algorithm
         t0 = time.perf_counter()
-        seeds, groups = task_seeds(rc, step)
-        sampling = SamplingConfig(rc.rollout.max_tokens, rc.rollout.temperature, rc.rollout.top_p)
-        trajs, rstats = self.rollouts.rollout(seeds, groups, rc.env, rc.agent, sampling,
-                                              env_timeout=rc.rollout.env_timeout)
+        trajs, rstats, per_n = self._rollouts(step)
         t_roll = time.perf_counter() - t0
         summary = summarize(trajs)
         assign_advantages(trajs, al)
@@ -199,10 +209,18 @@ class Trainer:
         t_sync = self._sync()
         rewards = [t.reward for t in trajs]
         dt = time.perf_counter() - t0
-        return {
+        curriculum = {}
+        if self.curriculum is not None:
+            by_n = {n: [t.reward for t in ts] for n, ts in per_n.items()}
+            unlocked = self.curriculum.observe(by_n)
+            curriculum = {**{f"reward_n{n}": sum(r) / len(r) for n, r in by_n.items()},
+                          **{f"tasks_n{n}": len(r) / al.group_size for n, r in by_n.items()},
+                          "curriculum_max_n": max(self.curriculum.unlocked), "curriculum_unlocked": float(unlocked)}
+        return {**curriculum,
             "phase": "grpo", "step": step, "weight_version": self.version,
             "rollout_weight_version": min((t.weight_version for t in trajs), default=-1),
             "reward_mean": sum(rewards) / len(rewards), "reward_std": float(torch.tensor(rewards).std()),
+            "episodes": len(rewards),
             "em": summary["em"], "f1": summary["f1"], "format_error_rate": summary["format_error_rate"],
             "peak_context_tokens": summary["peak_context_tokens"], "mean_turns": summary["mean_turns"],
             "failed_episodes": summary["failed"], "worker_restarts": rstats.restarts,
@@ -211,17 +229,40 @@ class Trainer:
             "sync_share": t_sync / dt, **{k: v for k, v in lm.items() if k not in ("learner_time",)},
         }
 
+    def _rollouts(self, step: int):
+        """This step's G rollouts per task: at env.objectives, or at the N the curriculum gives each task (one
+        rollout call per N; a task's group shares its N). Returns trajectories, merged stats, and them by N."""
+        rc = self.recipe
+        seeds, groups = task_seeds(rc, step)
+        sampling = SamplingConfig(rc.rollout.max_tokens, rc.rollout.temperature, rc.rollout.top_p)
+        ns = ([rc.env.objectives] * rc.algorithm.tasks_per_step if self.curriculum is None
+              else self.curriculum.objectives(step, rc.algorithm.tasks_per_step))
+        per_task_n = [n for n in ns for _ in range(rc.algorithm.group_size)]
+        trajs, stats, per_n = [None] * len(seeds), None, {}
+        for n in sorted(set(ns)):
+            idx = [i for i, m in enumerate(per_task_n) if m == n]
+            part, st = self.rollouts.rollout([seeds[i] for i in idx], [groups[i] for i in idx], env_at(rc, n),
+                                             rc.agent, sampling, env_timeout=rc.rollout.env_timeout)
+            for i, t in zip(idx, part, strict=True):
+                trajs[i] = t
+            per_n[n] = part
+            stats = st if stats is None else stats.merge(st)
+        return trajs, stats, per_n
+
     def evaluate(self, agent_name: str, objectives: int | None = None, tasks: int | None = None,
-                 record: list | None = None) -> dict:
-        """Greedy episodes on held-out task seeds (disjoint from training seeds)."""
+                 record: list | None = None, view: str | None = None) -> dict:
+        """Greedy episodes on held-out task seeds (disjoint from training seeds); with `view`, the first few
+        episodes go to the run's memory viewer (viewer.html) under that name."""
         rc = self.recipe
         seeds = [rc.env.eval_seed_offset + i for i in range(tasks or rc.train.eval_tasks)]
         sampling = SamplingConfig(rc.rollout.max_tokens, temperature=0.0)
-        trajs, stats = self.rollouts.rollout(seeds, list(range(len(seeds))), env_at(rc, objectives),
+        trajs, stats = self.rollouts.rollout(seeds, list(range(len(seeds))), env_at(rc, objectives, held_out=True),
                                              agent_named(rc, agent_name), sampling, env_timeout=rc.rollout.env_timeout)
         out, records = eval_point(trajs, stats, self.kv_bytes, agent=agent_name,
                                   objectives=objectives or rc.env.objectives)
         out["context_tokens_per_turn"] = _mean_per_turn(trajs)
+        if view is not None:
+            self.viewer.add(view, trajs, self.tokenizer)
         if record is not None:
             record.extend(records)
         return out
@@ -235,7 +276,7 @@ class Trainer:
         for name in agents:
             for n in tqdm(rc.train.eval_objectives or [rc.env.objectives], desc=f"sweep {name}",
                           disable=not rc.logging.progress):
-                row = self.evaluate(name, n, tasks=rc.train.sweep_tasks, record=episodes)
+                row = self.evaluate(name, n, tasks=rc.train.sweep_tasks, record=episodes, view=f"sweep: {name}, N={n}")
                 rows.append({"agent": name, "objectives": n, **row})
                 write_jsonl(self.out / "sweep_episodes.jsonl", episodes)
         return rows
@@ -247,12 +288,14 @@ class Trainer:
     def _checkpoint(self) -> None:
         state = {"sft_done": self.sft_done, "evals": self.evals, "timings": self.timings,
                  "optimizer_steps": self.learner.steps, "recipe": self.recipe.model_dump(mode="json"),
-                 "version": self.version}
+                 "version": self.version,
+                 "curriculum": self.curriculum.state_dict() if self.curriculum is not None else None}
         checkpoint.save(self.out / "checkpoints", self.step, self.learner, state, self.tokenizer,
                         keep=self.recipe.train.keep_checkpoints)
 
     def close(self) -> None:
         self.rollouts.shutdown()
+        self.learner.close()
 
 
 def _mean_per_turn(trajs: list[Trajectory]) -> list[float]:

@@ -58,3 +58,24 @@ def ray_local():
         ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def chromium_dom():
+    """dom(path) -> the DOM of a local page after a real headless Chromium rendered it (Debian's chromium,
+    which .ci/run installs; skipped with a message where it is missing)."""
+    import shutil
+    import subprocess
+
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+
+    def dom(path) -> str:
+        if exe is None:  # at call time, so a test checks everything else before it skips
+            pytest.skip("no chromium on this machine (.ci/run installs Debian's chromium for the viewer tests)")
+        out = subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                              "--disable-component-update", "--disable-sync", "--no-first-run", "--dump-dom",
+                              path.resolve().as_uri()], capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr[-2000:]
+        return out.stdout
+
+    return dom

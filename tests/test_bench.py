@@ -62,3 +62,16 @@ def test_rollout_bench_prints_both_schedules_and_the_ratio(capsys, tiny_dir):
         assert _finite(row[1]) > 0 and _finite(row[-1]) > 0
     assert out["ratio"] > 0 and out["turn_synchronous_ratio"] > 0 and out["generations"] >= 6
     assert math.isfinite(out["logprob_mae"])
+
+
+def test_gpu_bench_runs_its_comparison_on_cpu_at_tiny_size(capsys):
+    """`memrl bench gpu` is written for a GPU box; the same code path runs here in fp32 on a tiny config."""
+    from memrl.bench import gpu
+
+    rows = gpu.main(["--configs", "tiny", "--contexts", "2", "--length", "64", "--repeats", "1"])
+    text = capsys.readouterr().out
+    (row,) = _table_rows(text, "tiny")
+    assert row[-2:] == ["n/a (CPU)", "n/a (CPU)"]  # peak memory is read from CUDA only
+    assert all(_finite(c) > 0 for c in row[2:7])  # tok/s both sides, ratio, shares of peak
+    assert rows[0]["dtype"] == "float32" and rows[0]["params"] == 2 * 512 * 128 + 2 * (4 * 128 * 128 + 3 * 128 * 256
+                                                                                      + 2 * 128) + 128

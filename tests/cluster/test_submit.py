@@ -42,7 +42,8 @@ def _free_ports(n: int) -> list[int]:
 
 @pytest.fixture(scope="module")
 def ray_head(tmp_path_factory):
-    """A private Ray head with its dashboard, on its own ports and temp dir, killed by process group at the end.
+    """A private two-node Ray cluster on this machine: a head (1 CPU, with the dashboard) and a second node
+    (2 CPUs), each on its own ports, killed by process group at the end.
 
     Not `ray stop`: that would also stop the session's own `ray.init` cluster (tests/conftest.py).
     """
@@ -58,25 +59,27 @@ def ray_head(tmp_path_factory):
     head_log = tmp_path_factory.mktemp("ray-head") / "ray-start.log"  # a file: a pipe nobody reads can fill
     head = subprocess.Popen(
         [str(ray_bin), "start", "--head", "--block", f"--port={gcs}", f"--dashboard-port={dash}",
-         "--dashboard-host=127.0.0.1", "--num-cpus=2", "--include-dashboard=true", "--disable-usage-stats",
+         "--dashboard-host=127.0.0.1", "--num-cpus=1", "--include-dashboard=true", "--disable-usage-stats",
          f"--temp-dir={temp_dir}", f"--dashboard-agent-listen-port={agent}",
          f"--dashboard-agent-grpc-port={agent_grpc}", f"--metrics-export-port={metrics}",
          f"--runtime-env-agent-port={env_agent}", f"--ray-client-server-port={client}",
          f"--node-manager-port={nm}", f"--object-manager-port={om}"],
         env=env, stdout=head_log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
     address = f"http://127.0.0.1:{dash}"
+    nodes: list[subprocess.Popen] = [head]
 
     def kill() -> str:
-        try:  # `ray start --block` drains the node and stops the Ray processes it started on SIGTERM
-            head.terminate()
-            head.wait(timeout=90)
-        except subprocess.TimeoutExpired:
-            pass
-        try:
-            os.killpg(head.pid, signal.SIGKILL)  # whatever is left in its process group
-        except ProcessLookupError:
-            pass
-        head.wait()
+        for node in reversed(nodes):
+            try:  # `ray start --block` drains the node and stops the Ray processes it started on SIGTERM
+                node.terminate()
+                node.wait(timeout=90)
+            except subprocess.TimeoutExpired:
+                pass
+            try:
+                os.killpg(node.pid, signal.SIGKILL)  # whatever is left in its process group
+            except ProcessLookupError:
+                pass
+            node.wait()
         shutil.rmtree(temp_dir, ignore_errors=True)
         return head_log.read_text()[-5000:]
 
@@ -91,6 +94,22 @@ def ray_head(tmp_path_factory):
             if head.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"Ray head did not serve its Jobs API at {address}")
             time.sleep(1)
+        # the second node: its own raylet, object manager and agents on fresh ports, 2 CPUs
+        nm2, om2, agent2, agent_grpc2, metrics2, env_agent2 = _free_ports(6)
+        nodes.append(subprocess.Popen(
+            [str(ray_bin), "start", "--block", f"--address=127.0.0.1:{gcs}", "--num-cpus=2",
+             "--disable-usage-stats", f"--node-manager-port={nm2}", f"--object-manager-port={om2}",
+             f"--dashboard-agent-listen-port={agent2}", f"--dashboard-agent-grpc-port={agent_grpc2}",
+             f"--metrics-export-port={metrics2}", f"--runtime-env-agent-port={env_agent2}"],
+            env=env, stdout=(head_log.parent / "ray-node2.log").open("w"), stderr=subprocess.STDOUT,
+            start_new_session=True))
+        from ray.util.state import list_nodes
+
+        while len([n for n in list_nodes(address=address) if n.state == "ALIVE"]) < 2:
+            if nodes[1].poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the second Ray node did not join: "
+                                   + (head_log.parent / "ray-node2.log").read_text()[-3000:])
+            time.sleep(1)
     except BaseException as exc:
         pytest.fail(f"{exc}\n{kill()}")
     try:
@@ -101,8 +120,10 @@ def ray_head(tmp_path_factory):
 
 @pytest.mark.slow
 def test_submitted_recipe_trains_on_the_cluster_and_its_logs_come_back(ray_head, tmp_path, capsys):
+    """Two nodes (1 + 2 CPUs): the rollout worker and two gloo learner ranks (a placement group of 2 CPUs, which
+    only the second node can hold) train to the end, exported model included."""
     out = tmp_path / "run"
-    job_id = cs.submit("quickstart", [*TINY, f"output_dir={out}"], ray_head)
+    job_id = cs.submit("quickstart", [*TINY, f"output_dir={out}", "learner.ranks=2"], ray_head)
     try:
         assert any(j["id"] == job_id and j["recipe"] == "submit" for j in cs.list_jobs(ray_head))
         state = cs.wait_for(job_id, ray_head, timeout=600)
@@ -113,6 +134,9 @@ def test_submitted_recipe_trains_on_the_cluster_and_its_logs_come_back(ray_head,
     assert "run finished: 2 GRPO steps" in log, log[-5000:]
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if r["phase"] == "grpo"] == [0, 1]
+    assert all(r["skipped"] == 0.0 and r["grad_norm"] > 0 for r in rows if r["phase"] == "grpo")
+    model = Path(json.loads((out / "summary.json").read_text())["model"])
+    assert (model / "config.json").is_file() and (model / "model.safetensors").stat().st_size > 0
     followed = "".join(cs.logs(job_id, ray_head, follow=True))  # an ended job: the whole log, then stops
     assert "run finished: 2 GRPO steps" in followed
     assert cs.stop(job_id, ray_head) is False  # already ended

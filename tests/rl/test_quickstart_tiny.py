@@ -19,10 +19,12 @@ TINY = [
     "algorithm.tasks_per_step=2", "learner.lr=1e-3", "sft.steps=2", "sft.tasks_per_step=2", "train.steps=2",
     "train.eval_tasks=4", "train.sweep_tasks=2", "train.eval_objectives=[1,2]", "train.checkpoint_every=1",
     "resources.num_cpus=2", "logging.progress=false",
+    "curriculum.objectives=[1,2]", "curriculum.mode=mix",  # each task at N=1 or N=2, per-N rewards logged
 ]
 
 
-def test_quickstart_tiny_writes_every_artifact_and_an_exported_model_that_matches_the_learner(tmp_path, ray_local):
+def test_quickstart_tiny_writes_every_artifact_and_an_exported_model_that_matches_the_learner(tmp_path, ray_local,
+                                                                                             chromium_dom):
     from memrl.rl.report import write_report
     from memrl.rl.trainer import Trainer
 
@@ -33,12 +35,17 @@ def test_quickstart_tiny_writes_every_artifact_and_an_exported_model_that_matche
     try:
         summary = trainer.run()
         report = write_report(trainer)
-        learner_model = trainer.learner.module
+        learner_weights = trainer.learner.state_dict()  # from learner rank 0 (a Ray actor)
     finally:
         trainer.close()
 
-    phases = {r["phase"] for r in read_metrics(out / "metrics.jsonl")}
-    assert {"sft", "grpo"} <= phases
+    recs = read_metrics(out / "metrics.jsonl")
+    assert {"sft", "grpo"} <= {r["phase"] for r in recs}
+    grpo = [r for r in recs if r["phase"] == "grpo"]
+    for r in grpo:  # the curriculum's N per task: every task counted once, each N's reward logged
+        ns = [n for n in (1, 2) if f"reward_n{n}" in r]
+        assert ns and sum(r[f"tasks_n{n}"] for n in ns) == 2 and r["curriculum_max_n"] == 2
+        assert r["episodes"] == 4 and all(0.0 <= r[f"reward_n{n}"] <= 1.0 for n in ns)
     assert set(summary["evals"]) >= {"zero_shot", "after_sft", "after_grpo", "sweep"}
     assert {(r["agent"], r["objectives"]) for r in summary["evals"]["sweep"]} == {
         ("memsearcher", 1), ("memsearcher", 2), ("full_context", 1), ("full_context", 2)}
@@ -70,8 +77,17 @@ def test_quickstart_tiny_writes_every_artifact_and_an_exported_model_that_matche
     prompt = list(prompt["input_ids"] if hasattr(prompt, "keys") else prompt)
     cfg = SamplingConfig(max_tokens=16, temperature=0.0)
     plain = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    want = HFBackend(learner_model, tok).generate([prompt], cfg)[0].token_ids
-    assert HFBackend(plain, tok).generate([prompt], cfg)[0].token_ids == want
+    exported = plain.state_dict()
+    assert set(exported) == set(learner_weights)
+    assert all(torch.equal(exported[k], learner_weights[k]) for k in exported)  # the export is the learner's weights
+    want = HFBackend(plain, tok).generate([prompt], cfg)[0].token_ids
     engine = VLLMBackend(str(model_dir), rollout=RolloutCfg(max_model_len=512))
     assert engine.generate([prompt], cfg)[0].token_ids == want
     del engine
+
+    assert "(viewer.html)" in text
+    dom = chromium_dom(out / "viewer.html")  # the memory viewer, rendered by a real headless browser
+    points = ["zero_shot", "after_sft", "after_grpo", "sweep: memsearcher, N=1", "sweep: memsearcher, N=2",
+              "sweep: full_context, N=1", "sweep: full_context, N=2"]
+    assert all(f">{p}</h2>" in dom for p in points) and dom.count('class="ep"') == 3 * 3 + 4 * 2
+    assert dom.count('class="turn"') > dom.count('class="ep"')

@@ -1,0 +1,182 @@
+"""Learner ranks as Ray actors: the driver schedules, the ranks hold the model.
+
+`LearnerGroup` starts `learner.ranks` actors in a placement group (one bundle of
+`resources.cpus_per_learner_rank` CPUs and `gpus_per_learner_rank` GPUs each, so Ray never hands a
+learner's GPU to a rollout worker). Rank 0 names the rendezvous address; the ranks form a
+torch.distributed group (gloo on CPU, NCCL on GPU: `memrl.device`) and each builds a DeepSpeed
+`Learner` over it, so ZeRO 1/2/3 shard over the ranks.
+
+One optimizer step: the driver computes every context's loss weights over the whole minibatch
+(`rl.learner.minibatch`), cuts it into per-rank shares of whole trajectories balanced by tokens
+(`rl.learner.split`) and sends each rank its share; the ranks backward their shares (loss scaled by the
+world size, since DeepSpeed averages gradients) and step together. The update is therefore the same
+for any number of ranks (tested: 1 vs 2 ranks, ZeRO-2 and ZeRO-3).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from memrl.records import Trajectory
+from memrl.rl.learner import check_versions, minibatch, split, step_metrics
+
+if TYPE_CHECKING:
+    from memrl.recipes.schema import AlgorithmCfg, LearnerCfg, ResourcesCfg, RolloutCfg
+
+log = logging.getLogger(__name__)
+
+
+def check_resources(recipe, available: dict[str, float]) -> None:
+    """Fail before any model loads when the cluster (`ray.cluster_resources()`) cannot hold the recipe's rollout
+    workers and learner ranks; the message names the resource and the recipe keys that asked for it."""
+    from memrl.plan import PlanError
+
+    r, res = recipe.rollout, recipe.resources
+    asks = {
+        "CPU": (r.workers * res.cpus_per_worker + recipe.learner.ranks * res.cpus_per_learner_rank,
+                "rollout.workers x resources.cpus_per_worker + learner.ranks x resources.cpus_per_learner_rank"),
+        "GPU": (r.workers * res.gpus_per_worker + recipe.learner.ranks * res.gpus_per_learner_rank,
+                "rollout.workers x resources.gpus_per_worker + learner.ranks x resources.gpus_per_learner_rank"),
+    }
+    for name, (need, keys) in asks.items():
+        have = float(available.get(name, 0.0))
+        if need > have + 1e-9:
+            raise PlanError(f"the recipe needs {need:g} {name} ({keys} = {r.workers} x "
+                            f"{res.cpus_per_worker if name == 'CPU' else res.gpus_per_worker:g} + {recipe.learner.ranks} x "
+                            f"{res.cpus_per_learner_rank if name == 'CPU' else res.gpus_per_learner_rank:g}) but the "
+                            f"Ray cluster has {have:g}: lower those keys or add nodes")
+
+
+class LearnerRank:
+    """One data-parallel rank (a Ray actor): joins the ranks' process group and owns a `Learner`."""
+
+    def __init__(self, ranks_per_node: int) -> None:
+        import torch
+
+        # Ray limits an actor to as many threads as CPUs it reserved; training and rollouts alternate
+        # (synchronous mode), so a rank may use its node's cores while it learns.
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // ranks_per_node))
+        self.learner = None
+
+    def address(self) -> tuple[str, int]:
+        """This node's address and a free port: the rendezvous of the group (asked of rank 0)."""
+        import ray
+
+        with socket.socket() as s:
+            s.bind(("", 0))
+            return ray.util.get_node_ip_address(), s.getsockname()[1]
+
+    def start(self, model_dir: str, sections: dict, seed: int, rank: int, world: int, addr: str, port: int) -> int:
+        from memrl.rl.learner import _SOLO_MARK, Learner
+
+        os.environ.pop(_SOLO_MARK, None)
+        os.environ.update(MASTER_ADDR=addr, MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                          LOCAL_RANK="0")  # Ray shows each rank only its own GPU(s)
+        self.learner = Learner(model_dir, **sections, seed=seed)
+        return os.getpid()
+
+    def train_part(self, part, sft: bool, lr: float | None):
+        return self.learner.train_part(part, sft, lr)
+
+    def state_dict(self) -> dict | None:
+        """Every rank takes part (ZeRO-3 gathers); rank 0 returns the full weights."""
+        weights = self.learner.state_dict()
+        return weights if self.learner.rank == 0 else None
+
+    def save_state(self, out: str) -> None:
+        self.learner.save_state(Path(out))
+
+    def load_state(self, path: str) -> None:
+        self.learner.load_state(Path(path))
+
+    def get_steps(self) -> int:
+        return self.learner.steps
+
+    def set_steps(self, steps: int) -> None:
+        self.learner.steps = steps
+
+
+class LearnerGroup:
+    """`learner.ranks` LearnerRank actors with the interface of a `Learner` (train_step, state_dict, steps,
+    save_state, load_state); the driver process holds no model."""
+
+    def __init__(self, model_dir: str, *, learner: LearnerCfg, algorithm: AlgorithmCfg, rollout: RolloutCfg,
+                 resources: ResourcesCfg, seed: int = 0, timeout: float = 600.0) -> None:
+        import ray
+        from ray.util.placement_group import placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        n = learner.ranks
+        self.mode, self.max_tokens = algorithm.loss_agg, rollout.max_tokens
+        bundle = {"CPU": resources.cpus_per_learner_rank}
+        if resources.gpus_per_learner_rank:
+            bundle["GPU"] = resources.gpus_per_learner_rank
+        self.pg = placement_group([dict(bundle) for _ in range(n)], strategy="PACK")
+        if not ray.wait([self.pg.ready()], timeout=timeout)[0]:
+            ray.util.remove_placement_group(self.pg)
+            raise RuntimeError(f"the cluster did not place {n} learner rank(s) of {bundle} within {timeout:.0f}s "
+                               "(learner.ranks, resources.cpus_per_learner_rank, resources.gpus_per_learner_rank)")
+        cls = ray.remote(LearnerRank)
+        self.ranks = [cls.options(num_cpus=resources.cpus_per_learner_rank,
+                                  num_gpus=resources.gpus_per_learner_rank,
+                                  scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=i))
+                      .remote(n) for i in range(n)]
+        addr, port = ray.get(self.ranks[0].address.remote(), timeout=timeout)
+        sections = {"learner": learner, "algorithm": algorithm, "rollout": rollout}
+        ray.get([r.start.remote(str(model_dir), sections, seed, i, n, addr, port) for i, r in enumerate(self.ranks)],
+                timeout=timeout)
+
+    def train_step(self, trajectories: list[Trajectory], sft: bool = False, lr: float | None = None,
+                   version: int | None = None) -> dict:
+        """`Learner.train_step` over the ranks: weights for the whole minibatch, shares balanced by tokens."""
+        import ray
+
+        t0 = time.perf_counter()
+        if version is not None:
+            check_versions(trajectories, version)
+        part = minibatch(trajectories, "token_mean" if sft else self.mode, self.max_tokens)
+        if not part.contexts:
+            return {"skipped": 1.0, "reason_no_tokens": 1.0}
+        shares = split(part, len(self.ranks))
+        results = ray.get([r.train_part.remote(s, sft, lr) for r, s in zip(self.ranks, shares, strict=True)])
+        return step_metrics([t for t, _ in results], [i for _, i in results], part, time.perf_counter() - t0)
+
+    def state_dict(self) -> dict:
+        import ray
+
+        return ray.get([r.state_dict.remote() for r in self.ranks])[0]
+
+    def save_state(self, out: Path) -> None:
+        import ray
+
+        ray.get([r.save_state.remote(str(out)) for r in self.ranks])
+
+    def load_state(self, path: Path) -> None:
+        import ray
+
+        ray.get([r.load_state.remote(str(path)) for r in self.ranks])
+
+    @property
+    def steps(self) -> int:
+        import ray
+
+        return ray.get(self.ranks[0].get_steps.remote())
+
+    @steps.setter
+    def steps(self, value: int) -> None:
+        import ray
+
+        ray.get([r.set_steps.remote(value) for r in self.ranks])
+
+    def close(self) -> None:
+        import ray
+
+        for r in self.ranks:
+            ray.kill(r)
+        self.ranks = []
+        ray.util.remove_placement_group(self.pg)

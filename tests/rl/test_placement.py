@@ -1,0 +1,26 @@
+"""A recipe that the Ray cluster cannot hold fails before any model loads, naming the resource and the keys."""
+
+import pytest
+
+from memrl.plan import PlanError
+from memrl.recipes.schema import load_recipe
+from memrl.rl.learner_group import check_resources
+
+
+def test_a_plan_that_fits_passes():
+    recipe = load_recipe("quickstart")  # 1 rollout worker + 1 learner rank, one CPU each
+    check_resources(recipe, {"CPU": 2.0})
+
+
+def test_missing_cpus_name_the_keys_that_asked_for_them():
+    recipe = load_recipe("quickstart", ["rollout.workers=2", "learner.ranks=2"])
+    with pytest.raises(PlanError, match=r"needs 4 CPU \(rollout.workers x resources.cpus_per_worker \+ learner.ranks "
+                                        r"x resources.cpus_per_learner_rank = 2 x 1 \+ 2 x 1\) but the Ray cluster has 2"):
+        check_resources(recipe, {"CPU": 2.0})
+
+
+def test_missing_gpus_are_refused_too():
+    recipe = load_recipe("memsearcher")  # 4 engines + 4 learner ranks, one GPU each
+    with pytest.raises(PlanError, match=r"needs 8 GPU .* = 4 x 1 \+ 4 x 1\) but the Ray cluster has 4"):
+        check_resources(recipe, {"CPU": 64.0, "GPU": 4.0})
+    check_resources(recipe, {"CPU": 64.0, "GPU": 8.0})
