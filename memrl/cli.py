@@ -100,7 +100,7 @@ def _eval(args: argparse.Namespace) -> int:
     recipe = recipe.model_copy(update={"env": recipe.env.model_copy(update=env),
                                        "rollout": recipe.rollout.model_copy(update=rollout)})
     try:
-        resolve_model_dir(args.model)
+        resolve_model_dir(args.model, untie=False)
     except (FileNotFoundError, ValueError) as exc:
         raise PlanError(f"--model: {' '.join(str(exc).split())}") from None
     rows = run_eval(args.model, args.agent.split(","), [int(x) for x in args.objectives.split(",")], args.episodes,

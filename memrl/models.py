@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -37,8 +38,9 @@ CHATML_TEMPLATE = (
 )
 
 
-def resolve_model_dir(name_or_path: str | os.PathLike) -> Path:
-    """Local HF directory for a model name (`smollm2-135m-instruct`, `tiny:SEED`) or an existing path."""
+def resolve_model_dir(name_or_path: str | os.PathLike, untie: bool = True) -> Path:
+    """Local HF directory for a model name (`smollm2-135m-instruct`, `tiny:SEED`) or an existing path; a model
+    with tied embeddings resolves to its untied copy (`untied_dir`, made once) unless `untie` is False."""
     name = str(name_or_path)
     if name == SMOLLM2:
         return smollm2_dir()
@@ -47,10 +49,51 @@ def resolve_model_dir(name_or_path: str | os.PathLike) -> Path:
         return tiny_model_dir(seed)
     path = Path(name).expanduser()
     if (path / "config.json").is_file():
-        return path
+        return untied_dir(path) if untie and ties_embeddings(path) else path
     raise FileNotFoundError(
         f"model {name!r} is neither a known name ({SMOLLM2!r}, 'tiny:SEED') nor a directory with a config.json"
     )
+
+
+def ties_embeddings(path: Path) -> bool:
+    """Whether the model at `path` shares its input embedding with its LM head (e.g. Qwen2.5-3B, SmolLM2)."""
+    cfg = AutoConfig.from_pretrained(path)
+    return bool(getattr(cfg, "tie_word_embeddings", False))
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+
+
+def untied_dir(path: Path) -> Path:
+    """An untied copy of a tied model directory, made once and cached (`$MEMRL_CACHE/models/untied-*`).
+
+    Training moves the LM head away from the embedding, but a tied vLLM model keeps reading the embedding as
+    its head (on CPU its lm_head stays stale after a weight sync), so the engine and the learner must both
+    load the same untied weights: the head becomes a copy of the embedding, everything else is unchanged.
+    Keyed by the directory, its config and its weight files' sizes and times (a changed model is copied anew).
+    """
+    import hashlib
+    import json
+
+    path = path.resolve()
+    weights = sorted((f.name, f.stat().st_size, int(f.stat().st_mtime)) for f in path.iterdir()
+                     if f.is_file() and f.name.endswith(WEIGHT_SUFFIXES))
+    key = hashlib.sha256(json.dumps([str(path), (path / "config.json").read_text(), weights]).encode()).hexdigest()
+    final = cache_dir() / "models" / f"untied-{path.name}-{key[:12]}"
+    if (final / "config.json").is_file():
+        return final
+    log.info("%s ties its embeddings to its LM head; writing an untied copy once to %s", path, final)
+
+    def build(tmp: Path) -> None:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype="auto")
+        untie_lm_head(model)
+        model.save_pretrained(tmp, safe_serialization=True)
+        for f in path.iterdir():  # tokenizer, chat template, generation config...: as they are
+            if f.is_file() and not f.name.endswith(WEIGHT_SUFFIXES) and f.name not in ("config.json",) \
+                    and not f.name.endswith(".index.json") and not (tmp / f.name).exists():
+                shutil.copy2(f, tmp / f.name)
+
+    return atomic_dir(final, build)
 
 
 def load_model(name_or_path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
@@ -62,7 +105,7 @@ def load_model(name_or_path: str | os.PathLike, dtype: torch.dtype = torch.float
 
 def load_tokenizer(name_or_path: str | os.PathLike) -> PreTrainedTokenizerFast:
     """The tokenizer (with its chat template) saved beside the model."""
-    tok = AutoTokenizer.from_pretrained(resolve_model_dir(name_or_path))
+    tok = AutoTokenizer.from_pretrained(resolve_model_dir(name_or_path, untie=False))
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -75,7 +118,7 @@ def kv_bytes_per_token(name_or_path: str | os.PathLike, dtype: torch.dtype | Non
 
     from memrl.device import plan
 
-    cfg = AutoConfig.from_pretrained(resolve_model_dir(name_or_path))
+    cfg = AutoConfig.from_pretrained(resolve_model_dir(name_or_path, untie=False))
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
     size = torch.tensor([], dtype=dtype or plan().dtype).element_size()

@@ -95,7 +95,7 @@ def check_files(recipe, probe: bool = True):
     from memrl.models import load_tokenizer, resolve_model_dir
 
     try:
-        model_dir = resolve_model_dir(recipe.model.name)
+        model_dir = resolve_model_dir(recipe.model.name, untie=False)  # config and tokenizer only: no copy
         shape = model_shape(model_dir)
         tokenizer = load_tokenizer(model_dir)
     except (FileNotFoundError, OSError, ValueError) as exc:

@@ -473,14 +473,22 @@ class Learner:
 
     # ------------------------------------------------------------------ weights out
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """Full (gathered) weights on CPU, in HF names, for weight sync and export."""
+        """Full (gathered) weights on CPU, in HF names, for weight sync and export; every tensor owns its
+        storage. (ZeRO 1-2 keep parameters as views into one flat buffer: pickling such a view, as Ray does
+        to return it, writes the whole buffer, once per tensor; SmolLM2's 273 tensors took 17 GB.)"""
         module = self.engine.module
         if self.cfg.zero_stage == 3:
             import deepspeed
 
             with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
                 return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
-        return {k: v.detach().cpu() for k, v in module.state_dict().items()}
+        return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+
+    def weights_blob(self) -> bytes:
+        """The full weights as one safetensors byte string (what the engines load; see memrl.weight_sync)."""
+        from memrl.weight_sync import state_dict_blob
+
+        return state_dict_blob(self.state_dict())
 
     @property
     def module(self) -> torch.nn.Module:

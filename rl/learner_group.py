@@ -88,6 +88,11 @@ class LearnerRank:
         weights = self.learner.state_dict()
         return weights if self.learner.rank == 0 else None
 
+    def weights_blob(self) -> bytes | None:
+        """Every rank takes part (ZeRO-3 gathers); rank 0 returns the weights serialized for the engines."""
+        blob = self.learner.weights_blob()
+        return blob if self.learner.rank == 0 else None
+
     def save_state(self, out: str) -> None:
         self.learner.save_state(Path(out))
 
@@ -150,6 +155,12 @@ class LearnerGroup:
         import ray
 
         return ray.get([r.state_dict.remote() for r in self.ranks])[0]
+
+    def weights_blob(self) -> bytes:
+        """The weights as the engines load them (a safetensors blob made on rank 0): one buffer crosses Ray."""
+        import ray
+
+        return ray.get([r.weights_blob.remote() for r in self.ranks])[0]
 
     def save_state(self, out: Path) -> None:
         import ray

@@ -30,7 +30,6 @@ from memrl.rl.learner_group import LearnerGroup, check_resources
 from memrl.rl.metrics import MetricsWriter
 from memrl.rl.rollout import RolloutManager
 from memrl.rl.viewer import Viewer
-from memrl.weight_sync import state_dict_blob
 
 log = logging.getLogger(__name__)
 SFT_SEED_OFFSET = 5_000_000
@@ -283,7 +282,7 @@ class Trainer:
 
     def _sync(self) -> float:
         self.version += 1
-        return self.rollouts.sync(state_dict_blob(self.learner.state_dict()), self.version)
+        return self.rollouts.sync(self.learner.weights_blob(), self.version)
 
     def _checkpoint(self) -> None:
         state = {"sft_done": self.sft_done, "evals": self.evals, "timings": self.timings,

@@ -29,8 +29,10 @@ def tied_dir(tmp_path_factory):
     return out
 
 
-def test_a_tied_model_resolves_to_an_untied_copy_made_once(tied_dir):
+def test_a_tied_model_resolves_to_an_untied_copy_made_once(tied_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("MEMRL_CACHE", str(tmp_path))  # the copy goes to the cache
     untied = resolve_model_dir(tied_dir)
+    assert untied.parent == tmp_path / "models"
     assert untied != tied_dir and untied.name.startswith("untied-tiny-tied-")
     assert json.loads((untied / "config.json").read_text())["tie_word_embeddings"] is False
     assert (untied / "tokenizer.json").is_file() and (untied / "generation_config.json").is_file()
@@ -44,11 +46,12 @@ def test_a_tied_model_resolves_to_an_untied_copy_made_once(tied_dir):
 
 
 @pytest.mark.slow
-def test_after_an_update_the_engine_of_a_tied_model_equals_hf_of_the_new_weights(tied_dir):
+def test_after_an_update_the_engine_of_a_tied_model_equals_hf_of_the_new_weights(tied_dir, tmp_path, monkeypatch):
     from memrl.agents import VLLMBackend
     from memrl.recipes.schema import RolloutCfg
 
-    untied = resolve_model_dir(tied_dir)
+    monkeypatch.setenv("MEMRL_CACHE", str(tmp_path))
+    untied = resolve_model_dir(tied_dir)  # the engine's copy
     tok = tiny_tokenizer()
     prompts = [tok.encode("<search>Ana"), tok.encode("hello world, ")]
     cfg = SamplingConfig(max_tokens=16, temperature=0.0)

@@ -132,3 +132,15 @@ def test_logits_at_selected_positions_equal_the_full_forward():
         part = _logits_at(model, inputs, sel)
     assert part.shape == (int(sel.sum()), full.shape[-1])
     torch.testing.assert_close(part, full[sel], atol=1e-5, rtol=1e-5)
+
+
+def test_weights_leave_the_learner_as_compact_tensors(make_learner):
+    """ZeRO-2 parameters are views of one flat buffer; a returned view would carry the whole buffer (Ray pickles
+    storages), so state_dict gives every tensor its own storage."""
+    from safetensors.torch import load as load_blob
+
+    learner = make_learner(zero_stage=2)
+    weights = learner.state_dict()
+    assert all(t.untyped_storage().nbytes() == t.numel() * t.element_size() for t in weights.values())
+    blob = load_blob(learner.weights_blob())
+    assert set(blob) == set(weights) and all(torch.equal(blob[k], weights[k]) for k in weights)
