@@ -86,11 +86,13 @@ def render(title: str, points: dict[str, list[dict]]) -> str:
                        f"{_e(ep['answers'])}</p>")
             for t in ep["turns"]:
                 action = _e(t["action"]) if t["action"] else "<span class='bad'>malformed (no valid action)</span>"
+                memory = (f"<pre>{_e(t['memory'])}</pre>" if t["memory"] is not None
+                          else "<span class='bad'> none written (no memory block)</span>")
                 out.append(
                     f"<div class='turn'><div class='k'>turn {t['turn']}<br>{t['context_tokens']} tokens</div><div>"
                     f"<details><summary class='k'>context as the model saw it</summary><pre>{_e(t['context'])}"
                     f"</pre></details>"
-                    f"<div class='mem'><span class='k'>memory</span><pre>{_e(t['memory'])}</pre></div>"
+                    f"<div class='mem'><span class='k'>memory</span>{memory}</div>"
                     f"<div><span class='k'>action</span> {action}</div>"
                     f"<details><summary class='k'>model output</summary><pre>{_e(t['completion'])}</pre></details>"
                     f"<div><span class='k'>observation</span><pre>{_e(t['observation'])}</pre></div>"

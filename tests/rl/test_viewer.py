@@ -52,7 +52,12 @@ def test_text_written_by_the_model_is_escaped():
                                                            "context_tokens": 5, "completion": "<b>", "memory": "</pre>",
                                                            "action": None, "observation": None, "reward": 0.0}]}]})
     assert "<script>x" not in page and "&lt;script&gt;" in page and "&lt;/pre&gt;" in page
-    assert "malformed (no valid action)" in page
+    assert "malformed (no valid action)" in page and "none written" not in page  # memory "</pre>" was written
+    page = render("run", {"p": [{"questions": [], "answers": [], "reward": 0.0, "em": 0.0, "failed": False,
+                                 "error": None, "turns": [{"turn": 1, "context": "", "context_tokens": 1,
+                                                           "completion": "", "memory": None, "action": "<answer>x</answer>",
+                                                           "observation": "Episode over.", "reward": 0.0}]}]})
+    assert "none written (no memory block)" in page and "&lt;answer&gt;x&lt;/answer&gt;" in page
 
 
 def test_the_page_renders_in_a_headless_browser_with_every_episode(episodes, tiny_tokenizer, tmp_path,
