@@ -33,7 +33,9 @@ log = logging.getLogger(__name__)
 
 def check_resources(recipe, available: dict[str, float]) -> None:
     """Fail before any model loads when the cluster (`ray.cluster_resources()`) cannot hold the recipe's rollout
-    workers and learner ranks; the message names the resource and the recipe keys that asked for it."""
+    workers and learner ranks; the message names the resource and the recipe keys that asked for it. On a
+    cluster joined by address (`resources.address`) an autoscaler may still add nodes: there it is a warning,
+    and the placement group's wait (`rollout.rollout_timeout`) fails with the same keys if none come."""
     from memrl.plan import PlanError
 
     r, res = recipe.rollout, recipe.resources
@@ -46,10 +48,14 @@ def check_resources(recipe, available: dict[str, float]) -> None:
     for name, (need, keys) in asks.items():
         have = float(available.get(name, 0.0))
         if need > have + 1e-9:
-            raise PlanError(f"the recipe needs {need:g} {name} ({keys} = {r.workers} x "
-                            f"{res.cpus_per_worker if name == 'CPU' else res.gpus_per_worker:g} + {recipe.learner.ranks} x "
-                            f"{res.cpus_per_learner_rank if name == 'CPU' else res.gpus_per_learner_rank:g}) but the "
-                            f"Ray cluster has {have:g}: lower those keys or add nodes")
+            per_worker = res.cpus_per_worker if name == "CPU" else res.gpus_per_worker
+            per_rank = res.cpus_per_learner_rank if name == "CPU" else res.gpus_per_learner_rank
+            problem = (f"the recipe needs {need:g} {name} ({keys} = {r.workers} x {per_worker:g} + "
+                       f"{recipe.learner.ranks} x {per_rank:g}) but the Ray cluster has {have:g}: lower those keys "
+                       "or add nodes")
+            if res.address is None:
+                raise PlanError(problem)
+            log.warning("%s (waiting for an autoscaler)", problem)
 
 
 class LearnerRank:
@@ -111,12 +117,12 @@ class LearnerGroup:
     save_state, load_state); the driver process holds no model."""
 
     def __init__(self, model_dir: str, *, learner: LearnerCfg, algorithm: AlgorithmCfg, rollout: RolloutCfg,
-                 resources: ResourcesCfg, seed: int = 0, timeout: float = 600.0) -> None:
+                 resources: ResourcesCfg, seed: int = 0) -> None:
         import ray
         from ray.util.placement_group import placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-        n = learner.ranks
+        n, timeout = learner.ranks, rollout.rollout_timeout
         self.mode, self.max_tokens = algorithm.loss_agg, rollout.max_tokens
         bundle = {"CPU": resources.cpus_per_learner_rank}
         if resources.gpus_per_learner_rank:
@@ -125,7 +131,8 @@ class LearnerGroup:
         if not ray.wait([self.pg.ready()], timeout=timeout)[0]:
             ray.util.remove_placement_group(self.pg)
             raise RuntimeError(f"the cluster did not place {n} learner rank(s) of {bundle} within {timeout:.0f}s "
-                               "(learner.ranks, resources.cpus_per_learner_rank, resources.gpus_per_learner_rank)")
+                               "(learner.ranks, resources.cpus_per_learner_rank, resources.gpus_per_learner_rank; "
+                               "rollout.rollout_timeout)")
         cls = ray.remote(LearnerRank)
         self.ranks = [cls.options(num_cpus=resources.cpus_per_learner_rank,
                                   num_gpus=resources.gpus_per_learner_rank,

@@ -24,3 +24,10 @@ def test_missing_gpus_are_refused_too():
     with pytest.raises(PlanError, match=r"needs 8 GPU .* = 4 x 1 \+ 4 x 1\) but the Ray cluster has 4"):
         check_resources(recipe, {"CPU": 64.0, "GPU": 4.0})
     check_resources(recipe, {"CPU": 64.0, "GPU": 8.0})
+
+
+def test_on_a_cluster_joined_by_address_a_shortfall_only_warns(caplog):
+    """An autoscaler may still add the GPU nodes; the placement group's wait then names the same keys."""
+    recipe = load_recipe("memsearcher", ["resources.address=auto"])
+    check_resources(recipe, {"CPU": 4.0})
+    assert "needs 8 GPU" in caplog.text and "waiting for an autoscaler" in caplog.text
