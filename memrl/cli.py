@@ -87,8 +87,7 @@ def _eval(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from memrl.models import resolve_model_dir
-    from memrl.plan import PlanError
+    from memrl.plan import check_model
     from memrl.recipes.schema import Recipe, load_recipe
     from memrl.rl.eval_cli import run_eval, table
 
@@ -99,10 +98,7 @@ def _eval(args: argparse.Namespace) -> int:
     rollout = {"max_tokens": args.max_tokens} if args.max_tokens is not None else {}
     recipe = recipe.model_copy(update={"env": recipe.env.model_copy(update=env),
                                        "rollout": recipe.rollout.model_copy(update=rollout)})
-    try:
-        resolve_model_dir(args.model, untie=False)
-    except (FileNotFoundError, ValueError) as exc:
-        raise PlanError(f"--model: {' '.join(str(exc).split())}") from None
+    check_model(args.model, "--model")
     rows = run_eval(args.model, args.agent.split(","), [int(x) for x in args.objectives.split(",")], args.episodes,
                     Path(args.out), recipe)
     print(table(rows), end="")

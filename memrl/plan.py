@@ -92,18 +92,17 @@ def check_files(recipe, probe: bool = True):
     builds the retriever over the whole corpus); returns (shape, tokenizer). Raises PlanError naming the key."""
     from memrl.agents import make_agent
     from memrl.envs import build
-    from memrl.models import load_tokenizer, resolve_model_dir
+    from memrl.models import load_tokenizer
 
+    model_dir = check_model(recipe.model.name, "model.name")
     try:
-        model_dir = resolve_model_dir(recipe.model.name, untie=False)  # config and tokenizer only: no copy
         shape = model_shape(model_dir)
         tokenizer = load_tokenizer(model_dir)
-    except (FileNotFoundError, OSError, ValueError) as exc:
+    except (OSError, ValueError) as exc:
         raise PlanError(f"model.name: {_one_line(exc)}") from None
     make_agent(tokenizer, recipe.agent)
     try:
-        for section in (recipe.env, recipe.env.model_copy(update={"kwargs": {**recipe.env.kwargs,
-                                                                             **recipe.env.eval_kwargs}})):
+        for section in (recipe.env, recipe.env.at(held_out=True)):
             env = build(section)
             if probe:
                 obs, info = env.reset(seed=recipe.env.train_seed_offset)
@@ -113,6 +112,16 @@ def check_files(recipe, probe: bool = True):
     except (FileNotFoundError, OSError, ValueError, KeyError) as exc:
         raise PlanError(f"env ({recipe.env.id}, env.kwargs / env.eval_kwargs): {_one_line(exc)}") from None
     return shape, tokenizer
+
+
+def check_model(name: str, key: str):
+    """The local directory of model `name` (no untied copy is made here), or a PlanError naming `key`."""
+    from memrl.models import resolve_model_dir
+
+    try:
+        return resolve_model_dir(name, untie=False)  # config and tokenizer only
+    except (FileNotFoundError, ValueError) as exc:
+        raise PlanError(f"{key}: {_one_line(exc)}") from None
 
 
 def _one_line(exc: BaseException) -> str:

@@ -47,11 +47,23 @@ class EnvCfg(Section):
     train_seed_offset: int = Field(0, ge=0, description="training tasks use seeds from here on")
     eval_seed_offset: int = Field(10_000_000, ge=0, description="held-out tasks use seeds from here on")
 
+    def at(self, objectives: int | None = None, held_out: bool = False) -> EnvCfg:
+        """This section at `objectives` composed objectives when given (sweeps, curricula), with `eval_kwargs`
+        merged over `kwargs` when `held_out` (evaluation)."""
+        update: dict = {} if objectives is None else {"objectives": objectives}
+        if held_out and self.eval_kwargs:
+            update["kwargs"] = {**self.kwargs, **self.eval_kwargs}
+        return self.model_copy(update=update) if update else self
+
 
 class AgentCfg(Section):
     name: AgentName = Field("memsearcher", description="agent type (memrl.agents.AGENTS)")
     max_observation_tokens: int = Field(256, ge=16, description="observation tokens kept per turn")
     memory_tokens: int = Field(256, ge=8, description="memory budget (memsearcher) in tokens")
+
+    def named(self, name: str | None = None) -> AgentCfg:
+        """This section as agent `name` when given (the baseline of a sweep), with the same budgets."""
+        return self if name is None else self.model_copy(update={"name": name})
 
 
 class RolloutCfg(Section):

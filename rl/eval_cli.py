@@ -32,7 +32,6 @@ def run_eval(model: str, agents: list[str], objectives: list[int], episodes: int
     peak-context plot under `out`."""
     from memrl.models import kv_bytes_per_token, resolve_model_dir
     from memrl.rl.rollout import RolloutWorker
-    from memrl.rl.trainer import agent_named, env_at
 
     r = recipe.rollout
     out.mkdir(parents=True, exist_ok=True)
@@ -44,8 +43,8 @@ def run_eval(model: str, agents: list[str], objectives: list[int], episodes: int
         seeds = [recipe.env.eval_seed_offset + i for i in range(episodes)]
         for agent in agents:
             for n in tqdm(objectives, desc=f"eval {agent}"):
-                trajs, stats = worker.rollout(seeds, list(range(episodes)), env_at(recipe, n, held_out=True),
-                                              agent_named(recipe, agent),
+                trajs, stats = worker.rollout(seeds, list(range(episodes)), recipe.env.at(n, held_out=True),
+                                              recipe.agent.named(agent),
                                               SamplingConfig(r.max_tokens, temperature=0.0))
                 row, recs = eval_point(trajs, stats, kvb, agent=agent, objectives=n, model=str(model))
                 rows.append({"agent": agent, "objectives": n, "model": str(model), **row})

@@ -203,8 +203,10 @@ class Part:
                     [self.weights[i] for i in keep])
 
 
-def minibatch(trajectories: list[Trajectory], mode: str, max_tokens: int | None) -> Part:
-    """Every context with a sampled token, with its trajectory's advantage and its global loss weights."""
+def minibatch(trajectories: list[Trajectory], loss_agg: str, max_tokens: int | None, sft: bool = False) -> Part:
+    """Every context with a sampled token, with its trajectory's advantage and its global loss weights (by
+    `loss_agg`; the SFT warm start always takes the token mean)."""
+    mode = "token_mean" if sft else loss_agg
     contexts, traj, adv = [], [], []
     for ti, t in enumerate(trajectories):
         for ctx in t.contexts:
@@ -229,6 +231,21 @@ def split(part: Part, ranks: int) -> list[Part]:
         load[r] += tokens[t]
         owned[r].add(t)
     return [part.take(o) for o in owned]
+
+
+def run_step(trajectories: list[Trajectory], sft: bool, version: int | None, loss_agg: str, max_tokens: int,
+             train_shares: Callable[[Part], list[tuple[dict[str, float], dict]]]) -> dict:
+    """One optimizer step, whoever runs it (one Learner, or the ranks of a LearnerGroup): the versions checked,
+    the loss weights computed over the whole minibatch, `train_shares(part)` -> each rank's (summed stats, step
+    info), then the step's metrics."""
+    t0 = time.perf_counter()
+    if version is not None:
+        check_versions(trajectories, version)
+    part = minibatch(trajectories, loss_agg, max_tokens, sft)
+    if not part.contexts:
+        return {"skipped": 1.0, "reason_no_tokens": 1.0}
+    results = train_shares(part)
+    return step_metrics([t for t, _ in results], [i for _, i in results], part, time.perf_counter() - t0)
 
 
 def step_metrics(totals: list[dict[str, float]], infos: list[dict], part: Part, seconds: float) -> dict:
@@ -337,18 +354,8 @@ class Learner:
         `version`: the learner's weight version; every trajectory must have been sampled by it
         (`check_versions`). SFT on oracle trajectories passes None.
         """
-        t0 = time.perf_counter()
-        if version is not None:
-            check_versions(trajectories, version)
-        part = self.minibatch(trajectories, sft)
-        if not part.contexts:
-            return {"skipped": 1.0, "reason_no_tokens": 1.0}
-        totals, info = self.train_part(part, sft, lr)
-        return step_metrics([totals], [info], part, time.perf_counter() - t0)
-
-    def minibatch(self, trajectories: list[Trajectory], sft: bool) -> Part:
-        """The minibatch's contexts with their global loss weights (by `algorithm.loss_agg`; SFT: token mean)."""
-        return minibatch(trajectories, "token_mean" if sft else self.algo.loss_agg, self.max_tokens)
+        return run_step(trajectories, sft, version, self.algo.loss_agg, self.max_tokens,
+                        lambda part: [self.train_part(part, sft, lr)])
 
     def train_part(self, part: Part, sft: bool, lr: float | None = None) -> tuple[dict[str, float], dict]:
         """This rank's share of one optimizer step: backward over `part` (weights computed for the whole
@@ -374,7 +381,8 @@ class Learner:
         batches, forward and objective as `train_step` (e.g. `logp_diff_abs`, the mean |learner log-prob -
         sampling log-prob| over sampled tokens, which is ~0 when rollout and training agree)."""
         self.engine.eval()
-        totals, _ = self._passes(self.minibatch(trajectories, sft), sft, backward=False)
+        totals, _ = self._passes(minibatch(trajectories, self.algo.loss_agg, self.max_tokens, sft), sft,
+                                 backward=False)
         return losses.finish_stats(totals)
 
     def _passes(self, part: Part, sft: bool, backward: bool) -> tuple[dict[str, float], bool]:
@@ -476,13 +484,15 @@ class Learner:
         """Full (gathered) weights on CPU, in HF names, for weight sync and export; every tensor owns its
         storage. (ZeRO 1-2 keep parameters as views into one flat buffer: pickling such a view, as Ray does
         to return it, writes the whole buffer, once per tensor; SmolLM2's 273 tensors took 17 GB.)"""
-        module = self.engine.module
-        if self.cfg.zero_stage == 3:
-            import deepspeed
+        import contextlib
 
-            with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
-                return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
-        return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+        import deepspeed
+
+        module = self.engine.module
+        gathered = (deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None)
+                    if self.cfg.zero_stage == 3 else contextlib.nullcontext())
+        with gathered:
+            return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
 
     def weights_blob(self) -> bytes:
         """The full weights as one safetensors byte string (what the engines load; see memrl.weight_sync)."""

@@ -18,12 +18,11 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from memrl.records import Trajectory
-from memrl.rl.learner import check_versions, minibatch, split, step_metrics
+from memrl.rl.learner import run_step, split
 
 if TYPE_CHECKING:
     from memrl.recipes.schema import AlgorithmCfg, LearnerCfg, ResourcesCfg, RolloutCfg
@@ -123,7 +122,7 @@ class LearnerGroup:
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         n, timeout = learner.ranks, rollout.rollout_timeout
-        self.mode, self.max_tokens = algorithm.loss_agg, rollout.max_tokens
+        self.loss_agg, self.max_tokens = algorithm.loss_agg, rollout.max_tokens
         bundle = {"CPU": resources.cpus_per_learner_rank}
         if resources.gpus_per_learner_rank:
             bundle["GPU"] = resources.gpus_per_learner_rank
@@ -148,15 +147,11 @@ class LearnerGroup:
         """`Learner.train_step` over the ranks: weights for the whole minibatch, shares balanced by tokens."""
         import ray
 
-        t0 = time.perf_counter()
-        if version is not None:
-            check_versions(trajectories, version)
-        part = minibatch(trajectories, "token_mean" if sft else self.mode, self.max_tokens)
-        if not part.contexts:
-            return {"skipped": 1.0, "reason_no_tokens": 1.0}
-        shares = split(part, len(self.ranks))
-        results = ray.get([r.train_part.remote(s, sft, lr) for r, s in zip(self.ranks, shares, strict=True)])
-        return step_metrics([t for t, _ in results], [i for _, i in results], part, time.perf_counter() - t0)
+        def train_shares(part):
+            shares = split(part, len(self.ranks))
+            return ray.get([r.train_part.remote(s, sft, lr) for r, s in zip(self.ranks, shares, strict=True)])
+
+        return run_step(trajectories, sft, version, self.loss_agg, self.max_tokens, train_shares)
 
     def state_dict(self) -> dict:
         import ray

@@ -21,7 +21,7 @@ from memrl.envs import build as build_env
 from memrl.envs.rewards import shaped_reward
 from memrl.io import write_jsonl
 from memrl.models import kv_bytes_per_token, load_tokenizer, resolve_model_dir
-from memrl.recipes.schema import AgentCfg, AlgorithmCfg, EnvCfg, Recipe, dump
+from memrl.recipes.schema import AlgorithmCfg, Recipe, dump
 from memrl.records import Trajectory
 from memrl.rl import checkpoint, losses
 from memrl.rl.curriculum import Curriculum
@@ -33,20 +33,6 @@ from memrl.rl.viewer import Viewer
 
 log = logging.getLogger(__name__)
 SFT_SEED_OFFSET = 5_000_000
-
-
-def env_at(recipe: Recipe, objectives: int | None = None, held_out: bool = False) -> EnvCfg:
-    """The recipe's env section, at `objectives` composed objectives when given (evaluation sweeps), with
-    `env.eval_kwargs` merged over its kwargs when `held_out` (evaluation)."""
-    update: dict = {} if objectives is None else {"objectives": objectives}
-    if held_out and recipe.env.eval_kwargs:
-        update["kwargs"] = {**recipe.env.kwargs, **recipe.env.eval_kwargs}
-    return recipe.env.model_copy(update=update) if update else recipe.env
-
-
-def agent_named(recipe: Recipe, name: str | None = None) -> AgentCfg:
-    """The recipe's agent section, as agent `name` when given (the baseline of a sweep)."""
-    return recipe.agent if name is None else recipe.agent.model_copy(update={"name": name})
 
 
 def task_seeds(recipe: Recipe, step: int) -> tuple[list[int], list[int]]:
@@ -240,7 +226,7 @@ class Trainer:
         trajs, stats, per_n = [None] * len(seeds), None, {}
         for n in sorted(set(ns)):
             idx = [i for i, m in enumerate(per_task_n) if m == n]
-            part, st = self.rollouts.rollout([seeds[i] for i in idx], [groups[i] for i in idx], env_at(rc, n),
+            part, st = self.rollouts.rollout([seeds[i] for i in idx], [groups[i] for i in idx], rc.env.at(n),
                                              rc.agent, sampling, env_timeout=rc.rollout.env_timeout)
             for i, t in zip(idx, part, strict=True):
                 trajs[i] = t
@@ -255,8 +241,8 @@ class Trainer:
         rc = self.recipe
         seeds = [rc.env.eval_seed_offset + i for i in range(tasks or rc.train.eval_tasks)]
         sampling = SamplingConfig(rc.rollout.max_tokens, temperature=0.0)
-        trajs, stats = self.rollouts.rollout(seeds, list(range(len(seeds))), env_at(rc, objectives, held_out=True),
-                                             agent_named(rc, agent_name), sampling, env_timeout=rc.rollout.env_timeout)
+        trajs, stats = self.rollouts.rollout(seeds, list(range(len(seeds))), rc.env.at(objectives, held_out=True),
+                                             rc.agent.named(agent_name), sampling, env_timeout=rc.rollout.env_timeout)
         out, records = eval_point(trajs, stats, self.kv_bytes, agent=agent_name,
                                   objectives=objectives or rc.env.objectives)
         out["context_tokens_per_turn"] = _mean_per_turn(trajs)
