@@ -112,12 +112,14 @@ class VLLMBackend:
         device = plan()
         os.environ.update(device.vllm_env(rollout.kv_cache_gib))
         from vllm import LLM
+        from vllm.config import WeightTransferConfig
 
         from memrl.weight_sync import EXTENSION
 
         before = orphan_guard.children()
         self.llm = LLM(model=str(model_dir), seed=seed, enable_prefix_caching=True, worker_extension_cls=EXTENSION,
                        logprobs_mode="processed_logprobs",  # log-probs at the sampling temperature (module docstring)
+                       weight_transfer_config=WeightTransferConfig(backend=device.weight_transfer_backend),
                        **device.engine_args(rollout))
         self._guard = orphan_guard.guard(os.getpid(), sorted(orphan_guard.children() - before))
         self.tokenizer = self.llm.get_tokenizer()
@@ -188,9 +190,38 @@ class VLLMBackend:
         self.load_blob(state_dict_blob(state_dict), version)
 
     def load_blob(self, blob: bytes, version: int) -> None:
+        """The fallback path: the whole model as one safetensors blob (memrl.weight_sync)."""
         self.llm.collective_rpc("memrl_load_blob", args=(blob, version))
+        self._commit(version)
+
+    # ---------------------------------------------------- vLLM's weight-transfer protocol (memrl.weight_transfer)
+    def init_weight_transfer(self, init_info: dict) -> None:
+        """Join the trainer's transfer group (blocks until the trainer's rank 0 joins too)."""
+        self.llm.init_weight_transfer_engine({"init_info": init_info})
+
+    def start_weight_update(self) -> None:
+        self.llm.start_weight_update()
+
+    def update_weights(self, update_info: dict) -> None:
+        """Receive one update (blocks while the trainer broadcasts it, layer group by layer group)."""
+        self.llm.update_weights({"update_info": update_info})
+
+    def finish_weight_update(self, version: int) -> None:
+        self.llm.finish_weight_update()
+        self._commit(version)
+
+    def shutdown_weight_transfer(self) -> None:
+        self.llm.shutdown_weight_transfer_engine()
+
+    def _commit(self, version: int) -> None:
+        """New weights are in: no cached prefix of the old ones may be reused; the engine carries the version."""
         self.llm.reset_prefix_cache()
+        self.llm.update_weight_version(str(version))
         self.version = version
+
+    def engine_weight_version(self) -> str:
+        """The version vLLM itself holds (set by every commit)."""
+        return self.llm.get_weight_version()
 
     def param_checksum(self) -> float:
         return self.llm.collective_rpc("memrl_param_checksum")[0]

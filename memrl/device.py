@@ -29,6 +29,12 @@ class DevicePlan:
         return self.torch_device
 
     @property
+    def weight_transfer_backend(self) -> str:
+        """vLLM weight-transfer engine (learner -> vLLM): vLLM's NCCL one on GPU, ours over gloo on CPU
+        (`memrl.weight_transfer`); both are driven by the same trainer-side code."""
+        return "nccl" if self.kind == "cuda" else "memrl_gloo"
+
+    @property
     def dtype_name(self) -> str:
         return {torch.float32: "float32", torch.bfloat16: "bfloat16"}[self.dtype]
 

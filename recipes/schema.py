@@ -85,6 +85,9 @@ class RolloutCfg(Section):
                          "PPO ratio inexact: the learner does not truncate its distribution)")
     env_timeout: float = Field(60.0, gt=0, description="seconds an env reset/step may take before its episode fails")
     rollout_timeout: float = Field(1800.0, gt=0, description="seconds a worker batch may take before it is re-run")
+    weight_sync: Literal["native", "blob"] = Field(
+        "native", description="how new weights reach the engines: native = vLLM's weight-transfer protocol, layer by "
+        "layer (memrl_gloo on CPU, nccl on GPU); blob = the whole model as one safetensors blob through Ray (fallback)")
 
 
 class AlgorithmCfg(Section):

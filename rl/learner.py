@@ -500,6 +500,18 @@ class Learner:
 
         return state_dict_blob(self.state_dict())
 
+    def weight_transfer(self, client, address: str, port: int):
+        """This rank's end of vLLM's weight-transfer protocol (memrl.weight_transfer): rank 0 opens the group at
+        address:port with the engines behind `client` and sends; the others take part in the ZeRO-3 gathers.
+        Every rank must call it, then `send_weights()` on the returned engine for each sync."""
+        from vllm.distributed.weight_transfer.factory import WeightTransferTrainerFactory
+
+        from memrl.weight_transfer import LearnerSource, trainer_init_info
+
+        info = trainer_init_info(self.device.weight_transfer_backend, address, port, client.world_size, self.rank)
+        source = LearnerSource(self.engine.module, zero3=self.cfg.zero_stage == 3)
+        return WeightTransferTrainerFactory.trainer_init(info, client=client, source=source)
+
     @property
     def module(self) -> torch.nn.Module:
         return self.engine.module

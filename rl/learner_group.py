@@ -67,6 +67,8 @@ class LearnerRank:
         # (synchronous mode), so a rank may use its node's cores while it learns.
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // ranks_per_node))
         self.learner = None
+        self.transfer = None  # this rank's weight-transfer engine (memrl.weight_transfer), once joined
+        self.client = None
 
     def address(self) -> tuple[str, int]:
         """This node's address and a free port: the rendezvous of the group (asked of rank 0)."""
@@ -97,6 +99,23 @@ class LearnerRank:
         """Every rank takes part (ZeRO-3 gathers); rank 0 returns the weights serialized for the engines."""
         blob = self.learner.weights_blob()
         return blob if self.learner.rank == 0 else None
+
+    def join_transfer(self, engines: list, workers_per_engine: int, addr: str, port: int, timeout: float) -> None:
+        """Form the weight-transfer group with the engines (Ray handles of rollout workers); every rank calls it."""
+        from memrl.weight_transfer import EnginesClient
+
+        self.client = EnginesClient(engines, workers_per_engine, ray=True, timeout=timeout)
+        self.transfer = self.learner.weight_transfer(self.client, addr, port)
+
+    def send_weights(self, version: int) -> None:
+        """Stream the weights to the engines and commit `version` there (every rank; rank 0 sends)."""
+        self.client.version = version
+        self.transfer.send_weights()
+
+    def leave_transfer(self) -> None:
+        if self.transfer is not None:
+            self.transfer.shutdown()
+            self.transfer = None
 
     def save_state(self, out: str) -> None:
         self.learner.save_state(Path(out))
@@ -163,6 +182,24 @@ class LearnerGroup:
         import ray
 
         return ray.get([r.weights_blob.remote() for r in self.ranks])[0]
+
+    def join_transfer(self, engines: list, workers_per_engine: int, timeout: float) -> None:
+        """Form the weight-transfer group: rank 0 (at a fresh port on its node) + every engine worker."""
+        import ray
+
+        addr, port = ray.get(self.ranks[0].address.remote(), timeout=timeout)
+        ray.get([r.join_transfer.remote(engines, workers_per_engine, addr, port, timeout) for r in self.ranks],
+                timeout=timeout)
+
+    def send_weights(self, version: int) -> None:
+        import ray
+
+        ray.get([r.send_weights.remote(version) for r in self.ranks])
+
+    def leave_transfer(self) -> None:
+        import ray
+
+        ray.get([r.leave_transfer.remote() for r in self.ranks])
 
     def save_state(self, out: Path) -> None:
         import ray

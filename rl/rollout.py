@@ -4,9 +4,10 @@ at the learner's version.
 
 Within a worker, episodes are scheduled one by one on the engine (continuous batching): an episode's
 next prompt joins the running batch as soon as its env step returns, and env steps run in threads while
-the engine decodes (see `memrl.agents.episode`). A worker restarted by Ray comes back with its initial weights; every
-rollout call carries the wanted version and a reference to the latest weights, and a worker that is
-behind loads them before it starts.
+the engine decodes (see `memrl.agents.episode`). Weights reach the engines through `rl.sync.WeightSync`
+(vLLM's weight-transfer protocol, or the blob fallback). Every rollout call carries the wanted version; a
+worker that is behind (restarted by Ray, so back at its initial weights) refuses with `StaleWeights`, and
+the manager re-sends the call with the weights as a blob (made once per version by `blob_source`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,10 @@ if TYPE_CHECKING:
     from memrl.recipes.schema import AgentCfg, EnvCfg, ResourcesCfg, RolloutCfg
 
 log = logging.getLogger(__name__)
+
+
+class StaleWeights(RuntimeError):
+    """A worker was asked for a rollout at a weight version it does not hold, and was given no weights."""
 
 
 @dataclass
@@ -55,12 +60,36 @@ class RolloutWorker:
         self.backend = VLLMBackend(model_dir, rollout=rollout, seed=seed)
         self.envs: dict[str, list] = {}
         self.fault = fault or {}  # test hook: {"die_after_turns": n, "once_file": path} exits mid-rollout
+        self.transfer_epoch = 0  # the weight-transfer group this engine is in (0: none; a restarted actor)
 
     def ready(self) -> int:
         return os.getpid()
 
     def version(self) -> int:
         return self.backend.version
+
+    # vLLM's weight-transfer control plane (driven by learner rank 0 through memrl.weight_transfer.EnginesClient)
+    def init_weight_transfer(self, init_info: dict) -> None:
+        self.backend.init_weight_transfer(init_info)
+
+    def start_weight_update(self) -> None:
+        self.backend.start_weight_update()
+
+    def update_weights(self, update_info: dict) -> None:
+        self.backend.update_weights(update_info)
+
+    def finish_weight_update(self, version: int) -> None:
+        self.backend.finish_weight_update(version)
+
+    def leave_transfer(self) -> None:
+        self.backend.shutdown_weight_transfer()
+        self.transfer_epoch = 0
+
+    def get_transfer_epoch(self) -> int:
+        return self.transfer_epoch
+
+    def set_transfer_epoch(self, epoch: int) -> None:
+        self.transfer_epoch = epoch
 
     def close(self) -> None:
         self.backend.close()
@@ -81,7 +110,9 @@ class RolloutWorker:
     def rollout(self, seeds: list[int], group_ids: list[int], env: EnvCfg, agent: AgentCfg,
                 sampling: SamplingConfig, version: int = 0, weights: list | None = None,
                 env_timeout: float = 60.0) -> tuple[list[Trajectory], RolloutStats]:
-        if version != self.backend.version and weights:
+        if version != self.backend.version:
+            if not weights:
+                raise StaleWeights(f"worker at weight version {self.backend.version}, asked for {version}")
             import ray
 
             log.info("worker at weight version %d, loading %d", self.backend.version, version)
@@ -114,9 +145,10 @@ class RolloutManager:
     """Spreads tasks x G over N RolloutWorker actors, load-balanced, with restart-and-rerun on failure."""
 
     def __init__(self, model_dir: str, *, rollout: RolloutCfg, resources: ResourcesCfg, seed: int = 0,
-                 faults: list[dict] | None = None) -> None:
+                 faults: list[dict] | None = None, blob_source=None) -> None:
         """`rollout.workers` actors, each with `resources.cpus_per_worker` / `gpus_per_worker` and an engine
-        configured by the `rollout` section; `faults` (one dict per worker) are test hooks."""
+        configured by the `rollout` section; `blob_source()` gives the current weights as a blob for a worker
+        that comes back from a restart behind; `faults` (one dict per worker) are test hooks."""
         import ray
 
         self.timeout = rollout.rollout_timeout
@@ -126,16 +158,56 @@ class RolloutManager:
         faults = faults or [{}] * rollout.workers
         self.workers = [actor_cls.remote(str(model_dir), rollout, seed, faults[i]) for i in range(rollout.workers)]
         ray.get([w.ready.remote() for w in self.workers], timeout=self.timeout)
+        self.workers_per_engine = rollout.tensor_parallel_size  # vLLM workers per engine (ranks in a transfer group)
         self.version = 0
-        self._weights_ref = None
+        self.blob_source = blob_source
+        self._weights_ref, self._ref_version = None, None
+
+    # ------------------------------------------------------------ weight transfer group (rl.sync.WeightSync)
+    def transfer_epochs(self) -> list[int]:
+        import ray
+
+        return ray.get([w.get_transfer_epoch.remote() for w in self.workers], timeout=self.timeout)
+
+    def mark_transfer_epoch(self, epoch: int) -> None:
+        import ray
+
+        ray.get([w.set_transfer_epoch.remote(epoch) for w in self.workers], timeout=self.timeout)
+
+    def leave_transfer(self) -> None:
+        """Every live engine leaves its transfer group (a dead one has none to leave)."""
+        import ray
+        from ray.exceptions import ActorUnavailableError, RayActorError
+
+        for w in self.workers:
+            try:
+                ray.get(w.leave_transfer.remote(), timeout=self.timeout)
+            except (ActorUnavailableError, RayActorError) as exc:
+                log.warning("a rollout worker could not leave its transfer group (%s)", type(exc).__name__)
+
+    def await_all(self) -> None:
+        """Block until every worker answers (Ray restarts dead ones)."""
+        for i in range(len(self.workers)):
+            self._await_restart(i)
+
+    def _weights_for_restarted(self) -> list:
+        """The current weights as a blob reference, for a worker that is behind (made once per version)."""
+        import ray
+
+        if self._ref_version != self.version:
+            if self.blob_source is None:
+                raise StaleWeights(f"a rollout worker is behind weight version {self.version} and this manager has "
+                                   "no blob_source to catch it up")
+            self._weights_ref, self._ref_version = ray.put(self.blob_source()), self.version
+        return [self._weights_ref]
 
     def sync(self, blob: bytes, version: int) -> float:
-        """Push new weights to every engine; returns seconds taken."""
+        """Push new weights to every engine as one blob (the fallback path); returns seconds taken."""
         import ray
         from ray.exceptions import ActorUnavailableError, RayActorError
 
         t0 = time.perf_counter()
-        self._weights_ref = ray.put(blob)
+        self._weights_ref, self._ref_version = ray.put(blob), version
         refs = [w.load_blob.remote(self._weights_ref, version) for w in self.workers]
         for i, ref in enumerate(refs):
             for attempt in range(3):  # a worker that died (e.g. killed for memory) is restarted by Ray: load again
@@ -168,7 +240,7 @@ class RolloutManager:
         pending: dict = {}
         merged = RolloutStats()
         t0 = time.perf_counter()
-        weights = [self._weights_ref] if self._weights_ref is not None else None
+        weights = [self._weights_ref] if self._weights_ref is not None and self._ref_version == self.version else None
         while todo or pending:
             while todo and idle:
                 chunk, lo, hi = todo.pop(0)
@@ -185,6 +257,13 @@ class RolloutManager:
             idle.append(w)
             try:
                 results[chunk] = ray.get(ref, timeout=self.timeout)
+            except StaleWeights:  # Ray raises the worker's error as a subclass of it
+                if weights is not None:
+                    raise
+                log.warning("worker %d is behind weight version %d (restarted?); sending it the weights as a blob",
+                            w, self.version)
+                weights = self._weights_for_restarted()
+                todo.append((chunk, lo, hi))
             except (RayActorError, ActorUnavailableError, GetTimeoutError) as exc:
                 attempts[chunk] = attempts.get(chunk, 0) + 1
                 merged.restarts += 1

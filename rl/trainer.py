@@ -29,6 +29,7 @@ from memrl.rl.export import export
 from memrl.rl.learner_group import LearnerGroup, check_resources
 from memrl.rl.metrics import MetricsWriter
 from memrl.rl.rollout import RolloutManager
+from memrl.rl.sync import WeightSync
 from memrl.rl.viewer import Viewer
 
 log = logging.getLogger(__name__)
@@ -83,7 +84,9 @@ class Trainer:
         self.learner = LearnerGroup(str(self.model_dir), learner=recipe.learner, algorithm=recipe.algorithm,
                                     rollout=recipe.rollout, resources=recipe.resources, seed=recipe.seed)
         self.rollouts = RolloutManager(str(self.model_dir), rollout=recipe.rollout, resources=recipe.resources,
-                                       seed=recipe.seed)
+                                       seed=recipe.seed, blob_source=self.learner.weights_blob)
+        self.weights = WeightSync(self.learner, self.rollouts, recipe.rollout.weight_sync,
+                                  recipe.rollout.rollout_timeout)
         self.timings["startup"] = time.perf_counter() - t0
         self.version = 0
         self.step = 0
@@ -268,7 +271,7 @@ class Trainer:
 
     def _sync(self) -> float:
         self.version += 1
-        return self.rollouts.sync(self.learner.weights_blob(), self.version)
+        return self.weights.sync(self.version)
 
     def _checkpoint(self) -> None:
         state = {"sft_done": self.sft_done, "evals": self.evals, "timings": self.timings,
@@ -279,6 +282,7 @@ class Trainer:
                         keep=self.recipe.train.keep_checkpoints)
 
     def close(self) -> None:
+        self.learner.leave_transfer()
         self.rollouts.shutdown()
         self.learner.close()
 
