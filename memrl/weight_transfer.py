@@ -357,3 +357,11 @@ def trainer_init_info(backend: str, address: str, port: int, world_size: int, ra
 
         return NCCLTrainerInitInfo(address, port, world_size, rank=rank)
     raise ValueError(f"unknown weight-transfer backend {backend!r}: {BACKEND} (CPU) or nccl (GPU)")
+
+
+def connect(source: WeightSource, engines: list, backend: str = BACKEND, address: str = "127.0.0.1"):
+    """A trainer engine in this process, joined with in-process engines (`VLLMBackend`s): for tests and benchmarks.
+    Returns (trainer engine, client); set `client.version`, then `send_weights()`."""
+    client = EnginesClient(engines)
+    info = trainer_init_info(backend, address, free_port(), client.world_size, rank=0)
+    return WeightTransferTrainerFactory.trainer_init(info, client=client, source=source), client

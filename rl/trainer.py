@@ -99,7 +99,7 @@ class Trainer:
             self.learner.steps = state.get("optimizer_steps", 0)
             self.version = state.get("version", 0)  # weight versions keep counting up across a resume
             log.info("resumed from %s (step %d)", ckpt, self.step)
-            self._sync()
+            self.sync_weights()
         elif resume:
             log.warning("--resume: no intact checkpoint under %s; starting fresh", self.out / "checkpoints")
         self.viewer = Viewer(self.out / "viewer.html", recipe.name)
@@ -164,7 +164,7 @@ class Trainer:
             self.sft_done = s + 1
             self.metrics.write({"phase": "sft", "step": s, **m, "oracle_em": summarize(trajs)["em"]})
             bar.set_postfix(loss=f"{m.get('sft_loss', float('nan')):.3f}")
-        self._sync()
+        self.sync_weights()
 
     def grpo(self) -> None:
         rc = self.recipe
@@ -194,7 +194,7 @@ class Trainer:
         parts = [self.learner.train_step(live[i:i + size], version=self.version) for i in range(0, len(live), size)]
         lm = {k: sum(p.get(k, 0.0) for p in parts) / len(parts) for k in dict.fromkeys(k for p in parts for k in p)}
         t_learn = time.perf_counter() - t1
-        t_sync = self._sync()
+        t_sync = self.sync_weights()
         rewards = [t.reward for t in trajs]
         dt = time.perf_counter() - t0
         curriculum = {}
@@ -269,7 +269,7 @@ class Trainer:
                 write_jsonl(self.out / "sweep_episodes.jsonl", episodes)
         return rows
 
-    def _sync(self) -> float:
+    def sync_weights(self) -> float:
         self.version += 1
         return self.weights.sync(self.version)
 

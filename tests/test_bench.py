@@ -75,3 +75,21 @@ def test_gpu_bench_runs_its_comparison_on_cpu_at_tiny_size(capsys):
     assert all(_finite(c) > 0 for c in row[2:7])  # tok/s both sides, ratio, shares of peak
     assert rows[0]["dtype"] == "float32" and rows[0]["params"] == 2 * 512 * 128 + 2 * (4 * 128 * 128 + 3 * 128 * 256
                                                                                       + 2 * 128) + 128
+
+
+def test_scaling_bench_measures_both_sync_paths_and_both_rank_counts(capsys, ray_local):
+    """`memrl bench scaling` at tiny size: every configuration trains, syncs and reports finite times and ratios."""
+    from memrl.bench import scaling
+    from tests.rl.test_quickstart_tiny import TINY
+
+    tiny = [o for o in TINY if not o.startswith(("curriculum.", "name="))]
+    out = scaling.main(["--steps", "1", "--syncs", "2", *[a for o in tiny for a in ("--set", o)]])
+    text = capsys.readouterr().out
+    rows = _table_rows(text, "native") + _table_rows(text, "blob")
+    assert sorted((r[0], r[1]) for r in rows) == [("blob", "1"), ("native", "1"), ("native", "2")]
+    for row in rows:
+        assert all(_finite(c.rstrip("%").split()[0]) > 0 for c in row[2:])
+    assert {r["ranks"] for r in out["rows"]} == {1, 2} and all(r["train_tokens"] > 0 for r in out["rows"])
+    for key in ("native_over_blob_sync", "two_over_one_rank_step", "two_over_one_rank_learn"):
+        assert math.isfinite(out[key]) and out[key] > 0
+    assert "ratio native / blob sync time" in text and "ratio 2 ranks / 1 rank" in text

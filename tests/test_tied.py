@@ -66,5 +66,17 @@ def test_after_an_update_the_engine_of_a_tied_model_equals_hf_of_the_new_weights
         after = [g.token_ids for g in engine.generate(prompts, cfg)]
         assert after == [g.token_ids for g in HFBackend(model, tok).generate(prompts, cfg)]
         assert after != before
+        # the same over the native path (vLLM's weight-transfer protocol, memrl.weight_transfer)
+        from memrl.weight_transfer import LearnerSource, connect
+
+        transfer, client = connect(LearnerSource(model, zero3=False), [engine])
+        with torch.no_grad():
+            model.lm_head.weight.add_(torch.randn(model.lm_head.weight.shape, generator=torch.Generator().manual_seed(2)))
+        client.version = 2
+        transfer.send_weights()
+        transfer.shutdown()
+        native = [g.token_ids for g in engine.generate(prompts, cfg)]
+        assert native == [g.token_ids for g in HFBackend(model, tok).generate(prompts, cfg)]
+        assert native != after
     finally:
         engine.close()

@@ -72,17 +72,13 @@ def test_learner_source_streams_one_group_per_layer_with_full_shapes_under_zero3
 
 @pytest.mark.slow
 def test_native_sync_makes_vllm_greedy_equal_hf_greedy_of_the_new_weights(vllm_tiny, tiny_dir, tiny_tokenizer):
-    from vllm.distributed.weight_transfer.factory import WeightTransferTrainerFactory
-
     from memrl.models import load_model
-    from memrl.weight_transfer import EnginesClient, LearnerSource, free_port, trainer_init_info
+    from memrl.weight_transfer import LearnerSource, connect
 
     model = load_model(tiny_dir)
     original = {k: v.clone() for k, v in model.state_dict().items()}
     prompts = _prompts(tiny_tokenizer)
-    client = EnginesClient([vllm_tiny])
-    info = trainer_init_info("memrl_gloo", "127.0.0.1", free_port(), client.world_size, rank=0)
-    transfer = WeightTransferTrainerFactory.trainer_init(info, client=client, source=LearnerSource(model, zero3=False))
+    transfer, client = connect(LearnerSource(model, zero3=False), [vllm_tiny])
     try:
         before = [g.token_ids for g in vllm_tiny.generate(prompts, CFG)]
         assert before == [g.token_ids for g in HFBackend(model, tiny_tokenizer).generate(prompts, CFG)]
