@@ -128,7 +128,7 @@ def _envs_list(args: argparse.Namespace) -> int:
     return 0
 
 
-BENCHES = ("rollout", "learner", "gpu", "memory_scaling", "trl_compare", "roofline", "results")
+BENCHES = ("rollout", "learner", "gpu", "memory_scaling", "trl_compare", "roofline", "results", "scaling")
 
 
 def _bench(args: argparse.Namespace) -> int:
