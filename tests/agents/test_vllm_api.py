@@ -63,8 +63,15 @@ def test_the_weight_transfer_protocol_we_build_on_exists():
     group, loads inside the layerwise reload, and uses vLLM's NCCL trainer engine on GPU."""
     from vllm.distributed.utils import stateless_destroy_torch_distributed_process_group as destroy
     from vllm.distributed.utils import stateless_init_torch_distributed_process_group as init
-    from vllm.distributed.weight_transfer.base import TrainerWeightTransferEngine, WeightSource, WeightTransferEngine
-    from vllm.distributed.weight_transfer.factory import WeightTransferEngineFactory, WeightTransferTrainerFactory
+    from vllm.distributed.weight_transfer.base import (
+        TrainerWeightTransferEngine,
+        WeightSource,
+        WeightTransferEngine,
+    )
+    from vllm.distributed.weight_transfer.factory import (
+        WeightTransferEngineFactory,
+        WeightTransferTrainerFactory,
+    )
     from vllm.distributed.weight_transfer.nccl_engine import NCCLTrainerInitInfo
     from vllm.model_executor.model_loader.reload import finalize_layerwise_reload, initialize_layerwise_reload
 
