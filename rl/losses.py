@@ -286,14 +286,33 @@ def sft_objective(logp: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tens
     return loss, {"sft_loss": float(loss.detach()), "tokens": float(logp.numel())}
 
 
-SUMMED = ("loss", "pg_loss", "kl_loss", "sft_loss", "tokens")  # stats whose minibatch value is their total
+SUMMED = ("loss", "pg_loss", "kl_loss", "sft_loss", "tokens",  # stats whose minibatch value is their total
+          "offpolicy_tokens", "offpolicy_clipped", "offpolicy_ratio")
+
+
+def truncated_is_weights(prox_logp: torch.Tensor, behav_logp: torch.Tensor, clip: float
+                         ) -> tuple[torch.Tensor, dict[str, float]]:
+    """Decoupled PPO for stale samples (Hilton et al. 2021; AReaL): a token sampled by an older policy
+    pi_behav is trained with the PPO ratio against the proximal policy pi_prox (the learner's weights before
+    this update: `prox_logp` (M,)) and weighted by the importance weight pi_prox / pi_behav, truncated at
+    `clip` (`behav_logp` (M,): the engine's sampling log-probs). Returns the weights (M,) (no grad) and stats
+    as sums: offpolicy_tokens, offpolicy_clipped (tokens whose weight was truncated), offpolicy_ratio (sum
+    of the untruncated ratios)."""
+    ratio = torch.exp((prox_logp - behav_logp).clamp(-20.0, 20.0)).detach()
+    stats = {"offpolicy_tokens": float(ratio.numel()), "offpolicy_clipped": float((ratio > clip).sum()),
+             "offpolicy_ratio": float(ratio.sum())}
+    return ratio.clamp(max=clip), stats
 
 
 def finish_stats(totals: dict[str, float]) -> dict[str, float]:
     """Stats summed over micro-batches (and ranks) -> minibatch values: weighted sums stay sums, per-token
     sums become means over the loss tokens."""
     n = max(totals.get("tokens", 0.0), 1.0)
-    return {k: v if k in SUMMED else v / n for k, v in totals.items()}
+    out = {k: v if k in SUMMED else v / n for k, v in totals.items()}
+    if out.get("offpolicy_tokens"):  # truncated importance weights (`truncated_is_weights`): means over stale tokens
+        out["offpolicy_clip_frac"] = out.pop("offpolicy_clipped") / out["offpolicy_tokens"]
+        out["offpolicy_ratio_mean"] = out.pop("offpolicy_ratio") / out["offpolicy_tokens"]
+    return out
 
 
 # ------------------------------------------------------------------------------------ aggregation

@@ -56,8 +56,9 @@ class RolloutStats:
 class RolloutWorker:
     """One vLLM engine and a pool of env instances. Used as a Ray actor, or in-process for eval."""
 
-    def __init__(self, model_dir: str, rollout: RolloutCfg, seed: int = 0, fault: dict | None = None) -> None:
-        self.backend = VLLMBackend(model_dir, rollout=rollout, seed=seed)
+    def __init__(self, model_dir: str, rollout: RolloutCfg, seed: int = 0, fault: dict | None = None,
+                 lora_rank: int = 0) -> None:
+        self.backend = VLLMBackend(model_dir, rollout=rollout, seed=seed, lora_rank=lora_rank)
         self.envs: dict[str, list] = {}
         self.fault = fault or {}  # test hook: {"die_after_turns": n, "once_file": path} exits mid-rollout
         self.transfer_epoch = 0  # the weight-transfer group this engine is in (0: none; a restarted actor)
@@ -145,10 +146,11 @@ class RolloutManager:
     """Spreads tasks x G over N RolloutWorker actors, load-balanced, with restart-and-rerun on failure."""
 
     def __init__(self, model_dir: str, *, rollout: RolloutCfg, resources: ResourcesCfg, seed: int = 0,
-                 faults: list[dict] | None = None, blob_source=None) -> None:
+                 faults: list[dict] | None = None, blob_source=None, lora_rank: int = 0) -> None:
         """`rollout.workers` actors, each with `resources.cpus_per_worker` / `gpus_per_worker` and an engine
         configured by the `rollout` section; `blob_source()` gives the current weights as a blob for a worker
-        that comes back from a restart behind; `faults` (one dict per worker) are test hooks."""
+        that comes back from a restart behind; `lora_rank` > 0: the engines take LoRA adapters
+        (`learner.lora_rank`); `faults` (one dict per worker) are test hooks."""
         import ray
 
         self.timeout = rollout.rollout_timeout
@@ -156,7 +158,8 @@ class RolloutManager:
             num_cpus=resources.cpus_per_worker, num_gpus=resources.gpus_per_worker, max_restarts=-1,
             max_task_retries=0)
         faults = faults or [{}] * rollout.workers
-        self.workers = [actor_cls.remote(str(model_dir), rollout, seed, faults[i]) for i in range(rollout.workers)]
+        self.workers = [actor_cls.remote(str(model_dir), rollout, seed, faults[i], lora_rank)
+                        for i in range(rollout.workers)]
         ray.get([w.ready.remote() for w in self.workers], timeout=self.timeout)
         self.workers_per_engine = rollout.tensor_parallel_size  # vLLM workers per engine (ranks in a transfer group)
         self.version = 0

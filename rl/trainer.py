@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import asdict
 
 import torch
@@ -84,10 +85,14 @@ class Trainer:
         self.learner = LearnerGroup(str(self.model_dir), learner=recipe.learner, algorithm=recipe.algorithm,
                                     rollout=recipe.rollout, resources=recipe.resources, seed=recipe.seed)
         self.rollouts = RolloutManager(str(self.model_dir), rollout=recipe.rollout, resources=recipe.resources,
-                                       seed=recipe.seed, blob_source=self.learner.weights_blob)
-        self.weights = WeightSync(self.learner, self.rollouts, recipe.rollout.weight_sync,
-                                  recipe.rollout.rollout_timeout)
+                                       seed=recipe.seed, blob_source=self.learner.weights_blob,
+                                       lora_rank=recipe.learner.lora_rank)
+        # LoRA: only the adapter travels, as one small blob (the weight-transfer protocol moves full weights)
+        mode = "blob" if recipe.learner.lora_rank else recipe.rollout.weight_sync
+        self.weights = WeightSync(self.learner, self.rollouts, mode, recipe.rollout.rollout_timeout)
         self.timings["startup"] = time.perf_counter() - t0
+        self._pool = ThreadPoolExecutor(max_workers=1)  # the overlapped rollout (algorithm.max_staleness >= 1)
+        self._ahead = None  # (step, future of its rollouts), started while the previous step learned
         self.version = 0
         self.step = 0
         self.sft_done = 0
@@ -182,10 +187,17 @@ class Trainer:
                 self._checkpoint()
 
     def grpo_step(self, step: int) -> dict:
+        """Rollout, advantages, learning, weight sync. With `algorithm.max_staleness` >= 1 the rollout of step + 1
+        runs on the engines (at the weights before this update) while this step learns: the next step then
+        trains on trajectories one version old, corrected by the learner (`Learner.correct_stale`)."""
         al = self.recipe.algorithm
         t0 = time.perf_counter()
-        trajs, rstats, per_n = self._rollouts(step)
+        ahead, self._ahead = self._ahead, None
+        trajs, rstats, per_n = ahead[1].result() if ahead and ahead[0] == step else self._rollouts(step)
         t_roll = time.perf_counter() - t0
+        if al.max_staleness and step + 1 < self.recipe.train.steps:
+            ns = self._objectives(step + 1)  # drawn here: the curriculum is only touched by this thread
+            self._ahead = (step + 1, self._pool.submit(self._rollouts, step + 1, ns))
         summary = summarize(trajs)
         assign_advantages(trajs, al)
         live = [t for t in trajs if not t.failed]
@@ -194,6 +206,9 @@ class Trainer:
         parts = [self.learner.train_step(live[i:i + size], version=self.version) for i in range(0, len(live), size)]
         lm = {k: sum(p.get(k, 0.0) for p in parts) / len(parts) for k in dict.fromkeys(k for p in parts for k in p)}
         t_learn = time.perf_counter() - t1
+        if self._ahead is not None:  # the engines take new weights once the overlapped rollout is done
+            wait([self._ahead[1]])
+        t_wait = time.perf_counter() - t1 - t_learn
         t_sync = self.sync_weights()
         rewards = [t.reward for t in trajs]
         dt = time.perf_counter() - t0
@@ -214,17 +229,23 @@ class Trainer:
             "failed_episodes": summary["failed"], "worker_restarts": rstats.restarts,
             "rollout_tokens_per_s": rstats.tokens_per_s, "generated_tokens": rstats.generated_tokens,
             "time_rollout": t_roll, "time_learn": t_learn, "time_sync": t_sync, "time_step": dt,
+            "time_wait_next_rollout": t_wait, "max_staleness_setting": float(al.max_staleness),
             "sync_share": t_sync / dt, **{k: v for k, v in lm.items() if k not in ("learner_time",)},
         }
 
-    def _rollouts(self, step: int):
-        """This step's G rollouts per task: at env.objectives, or at the N the curriculum gives each task (one
-        rollout call per N; a task's group shares its N). Returns trajectories, merged stats, and them by N."""
+    def _objectives(self, step: int) -> list[int]:
+        """The N of each of this step's tasks: env.objectives, or what the curriculum draws."""
+        rc = self.recipe
+        return ([rc.env.objectives] * rc.algorithm.tasks_per_step if self.curriculum is None
+                else self.curriculum.objectives(step, rc.algorithm.tasks_per_step))
+
+    def _rollouts(self, step: int, ns: list[int] | None = None):
+        """This step's G rollouts per task, each task at its N (`ns`, default `_objectives(step)`; one rollout call
+        per N, a task's group shares its N). Returns trajectories, merged stats, and them by N."""
         rc = self.recipe
         seeds, groups = task_seeds(rc, step)
         sampling = SamplingConfig(rc.rollout.max_tokens, rc.rollout.temperature, rc.rollout.top_p)
-        ns = ([rc.env.objectives] * rc.algorithm.tasks_per_step if self.curriculum is None
-              else self.curriculum.objectives(step, rc.algorithm.tasks_per_step))
+        ns = self._objectives(step) if ns is None else ns
         per_task_n = [n for n in ns for _ in range(rc.algorithm.group_size)]
         trajs, stats, per_n = [None] * len(seeds), None, {}
         for n in sorted(set(ns)):
@@ -282,6 +303,7 @@ class Trainer:
                         keep=self.recipe.train.keep_checkpoints)
 
     def close(self) -> None:
+        self._pool.shutdown(wait=True)
         self.learner.leave_transfer()
         self.rollouts.shutdown()
         self.learner.close()

@@ -82,7 +82,7 @@ def test_scaling_bench_measures_both_sync_paths_and_both_rank_counts(capsys, ray
     from memrl.bench import scaling
     from tests.rl.test_quickstart_tiny import TINY
 
-    tiny = [o for o in TINY if not o.startswith(("curriculum.", "name="))]
+    tiny = [o for o in TINY if not o.startswith(("curriculum.", "name="))] + ["rollout.rollout_timeout=300"]
     out = scaling.main(["--steps", "1", "--syncs", "2", *[a for o in tiny for a in ("--set", o)]])
     text = capsys.readouterr().out
     rows = _table_rows(text, "native") + _table_rows(text, "blob")
@@ -93,3 +93,30 @@ def test_scaling_bench_measures_both_sync_paths_and_both_rank_counts(capsys, ray
     for key in ("native_over_blob_sync", "two_over_one_rank_step", "two_over_one_rank_learn"):
         assert math.isfinite(out[key]) and out[key] > 0
     assert "ratio native / blob sync time" in text and "ratio 2 ranks / 1 rank" in text
+
+
+def test_async_bench_runs_both_staleness_settings_and_prints_the_estimate(capsys, ray_local):
+    from memrl.bench import overlap
+    from tests.rl.test_quickstart_tiny import TINY
+
+    tiny = [o for o in TINY if not o.startswith(("curriculum.", "name=", "train.steps"))] + ["rollout.rollout_timeout=300"]
+    out = overlap.main(["--steps", "2", *[a for o in tiny for a in ("--set", o)]])
+    text = capsys.readouterr().out
+    rows = _table_rows(text, "0") + _table_rows(text, "1")
+    assert [r[0] for r in rows] == ["0", "1"] and all(_finite(c) >= 0 for r in rows for c in r[1:])
+    assert math.isfinite(out["ratio_wall"]) and out["ratio_wall"] > 0 and out["estimate_speedup"] >= 1.0
+    assert "(estimate)" in text
+    assert out["rows"][1]["wait_s"] >= 0 and out["rows"][0]["wait_s"] < 0.01  # nothing to wait for at staleness 0
+
+
+def test_lora_bench_compares_learner_and_sync_at_tiny_size(capsys):
+    from memrl.bench import lora
+
+    out = lora.main(["--model", "tiny:0", "--contexts", "2", "--length", "64", "--repeats", "1", "--top-blocks", "1"])
+    text = capsys.readouterr().out
+    learner_rows = [r for r in _table_rows(text, "LoRA") + _table_rows(text, "full") if len(r) == 5]
+    assert {r[0] for r in learner_rows} == {"LoRA", "full, top 1"}
+    assert out["lora_trainable"] < out["full_trainable"] and out["lora_blob_mb"] < out["full_blob_mb"]
+    for key in ("ratio_step", "ratio_peak_rss", "ratio_sync_blob", "ratio_sync_native", "adapter_blob_s",
+                "full_blob_s", "full_native_s"):
+        assert math.isfinite(out[key]) and out[key] > 0, key
