@@ -37,7 +37,7 @@ def test_multi_context_grpo_raises_reward_on_a_learnable_env(tmp_path, ray_local
     assert [r["rollout_weight_version"] for r in recs] == list(range(10))
     assert [r["weight_version"] for r in recs] == list(range(1, 11))
     first, last = recs[0]["reward_mean"], sum(r["reward_mean"] for r in recs[-3:]) / 3
-    print(f"reward first step {first:.3f} -> last 3 steps {last:.3f}")
+    print(f"reward first step {first:.3f} -> last 3 steps {last:.3f}", [round(r["reward_mean"], 3) for r in recs])
     assert last > first + 0.15
     ev = summary["evals"]
     assert ev["after_grpo"]["reward"] > ev["zero_shot"]["reward"] + 0.15
