@@ -51,11 +51,11 @@ def write_adapter(blob: bytes, directory: Path) -> Path:
     return directory
 
 
-def merged_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Base weights + adapter, merged, in the base model's HF names (the model itself is left as it is)."""
-    merged = copy.deepcopy(model).merge_and_unload()
-    return {k: v.detach().cpu().clone() for k, v in merged.state_dict().items()}
-
-
 def merged_model(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of the base model with the adapter merged in (the model itself is left as it is)."""
     return copy.deepcopy(model).merge_and_unload()
+
+
+def merged_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Base weights + adapter, merged, in the base model's HF names."""
+    return {k: v.detach().cpu().clone() for k, v in merged_model(model).state_dict().items()}

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import socket
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -38,6 +37,8 @@ from vllm.distributed.weight_transfer.base import (
     WeightTransferUpdateInfo,
 )
 from vllm.distributed.weight_transfer.factory import WeightTransferEngineFactory, WeightTransferTrainerFactory
+
+from memrl.net import free_port
 
 log = logging.getLogger(__name__)
 
@@ -90,10 +91,12 @@ def open_group(address: str, port: int, rank: int, world_size: int):
                                                           timeout=TIMEOUT)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
+def close_group(group) -> None:
+    """Destroy a group of `open_group` (None: nothing to do); returns None, the closed group's new value."""
+    if group is not None:
+        from vllm.distributed.utils import stateless_destroy_torch_distributed_process_group
+
+        stateless_destroy_torch_distributed_process_group(group)
 
 
 ALIGN = 16  # bytes: every tensor starts at a multiple of this in a group buffer, so it can be viewed as any dtype
@@ -118,11 +121,17 @@ def _padded(n: int) -> int:
     return -(-n // ALIGN) * ALIGN
 
 
+def packed_bytes(dtypes: list[torch.dtype], shapes: list[list[int]]) -> int:
+    """The size of `pack`'s buffer for tensors of these dtypes and shapes."""
+    return sum(_padded(_nbytes(d, s)) for d, s in zip(dtypes, shapes, strict=True))
+
+
 def unpack(buf: torch.Tensor, dtypes: list[torch.dtype], shapes: list[list[int]]) -> list[torch.Tensor]:
     """The inverse of `pack`: views into `buf`, one per tensor."""
+    if packed_bytes(dtypes, shapes) != buf.numel():
+        raise ValueError(f"group buffer holds {buf.numel()} bytes, the update info describes "
+                         f"{packed_bytes(dtypes, shapes)}")
     sizes = [_nbytes(d, s) for d, s in zip(dtypes, shapes, strict=True)]
-    if sum(map(_padded, sizes)) != buf.numel():
-        raise ValueError(f"group buffer holds {buf.numel()} bytes, the update info describes {sum(map(_padded, sizes))}")
     out, at = [], 0
     for dtype, shape, n in zip(dtypes, shapes, sizes, strict=True):
         out.append(buf[at:at + n].view(dtype).reshape(shape))
@@ -172,7 +181,7 @@ class GlooWeightTransferEngine(WeightTransferEngine[GlooInitInfo, GlooUpdateInfo
         for size in update_info.group_sizes:
             names, ds, shapes = (update_info.names[at:at + size], dtypes[at:at + size],
                                  update_info.shapes[at:at + size])
-            buf = torch.empty(sum(_padded(_nbytes(d, s)) for d, s in zip(ds, shapes, strict=True)), dtype=torch.uint8)
+            buf = torch.empty(packed_bytes(ds, shapes), dtype=torch.uint8)
             broadcast(self.group, buf)
             self.model.load_weights(list(zip(names, unpack(buf, ds, shapes), strict=True)))
             at += size
@@ -183,11 +192,7 @@ class GlooWeightTransferEngine(WeightTransferEngine[GlooInitInfo, GlooUpdateInfo
         finalize_layerwise_reload(self.model, self.model_config)
 
     def shutdown(self) -> None:
-        if self.group is not None:
-            from vllm.distributed.utils import stateless_destroy_torch_distributed_process_group
-
-            stateless_destroy_torch_distributed_process_group(self.group)
-            self.group = None
+        self.group = close_group(self.group)
 
 
 class GlooTrainerWeightTransferEngine(TrainerWeightTransferEngine[GlooTrainerInitInfo]):
@@ -241,11 +246,7 @@ class GlooTrainerWeightTransferEngine(TrainerWeightTransferEngine[GlooTrainerIni
         self.client.finish_weight_update()
 
     def shutdown(self) -> None:
-        if self.group is not None:
-            from vllm.distributed.utils import stateless_destroy_torch_distributed_process_group
-
-            stateless_destroy_torch_distributed_process_group(self.group)
-            self.group = None
+        self.group = close_group(self.group)
 
 
 class LearnerSource(WeightSource):

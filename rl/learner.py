@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ import torch
 from memrl import lora
 from memrl.device import plan
 from memrl.models import load_model
+from memrl.net import free_port
 from memrl.records import Context, Trajectory
 
 if TYPE_CHECKING:
@@ -66,10 +66,7 @@ def init_distributed(backend: str) -> None:
     # so a child process that inherits them (e.g. `memrl train` started from a test) picks its own port
     # instead of colliding with the parent's store (EADDRINUSE).
     if "RANK" not in os.environ or os.environ.get(_SOLO_MARK) == "1":
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port("127.0.0.1")), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
         os.environ[_SOLO_MARK] = "1"
     deepspeed.init_distributed(dist_backend=backend, verbose=False)
 
@@ -598,10 +595,13 @@ class Learner:
         """Engine state (model, optimizer; each rank writes its shard) under out/engine, and rank 0 writes the
         full weights as a Hugging Face directory under out/model. Every rank must call it (ZeRO-3 gathers)."""
         self.engine.save_checkpoint(str(out / "engine"), tag="state", save_latest=False)
+        if lora.is_lora(self.module):  # base + adapter merged once (LoRA runs ZeRO 0-2: nothing to gather)
+            if self.rank == 0:
+                lora.merged_model(self.module).save_pretrained(out / "model", safe_serialization=True)
+            return
         weights = self.state_dict()
         if self.rank == 0:
-            hf = lora.merged_model(self.module) if lora.is_lora(self.module) else self.module
-            hf.save_pretrained(out / "model", state_dict=weights, safe_serialization=True)
+            self.module.save_pretrained(out / "model", state_dict=weights, safe_serialization=True)
 
     def load_state(self, path: Path) -> None:
         """Restore what `save_state` wrote (every rank its own shard)."""

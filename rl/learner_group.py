@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from memrl.net import free_port
 from memrl.records import Trajectory
 from memrl.rl.learner import run_step, split
 
@@ -74,9 +74,7 @@ class LearnerRank:
         """This node's address and a free port: the rendezvous of the group (asked of rank 0)."""
         import ray
 
-        with socket.socket() as s:
-            s.bind(("", 0))
-            return ray.util.get_node_ip_address(), s.getsockname()[1]
+        return ray.util.get_node_ip_address(), free_port()
 
     def start(self, model_dir: str, sections: dict, seed: int, rank: int, world: int, addr: str, port: int) -> int:
         from memrl.rl.learner import _SOLO_MARK, Learner

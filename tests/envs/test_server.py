@@ -4,7 +4,6 @@ a 4xx with a message, a failing backend is a 503, and `HttpRetriever` retries th
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 
@@ -14,6 +13,7 @@ import uvicorn
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from memrl import net
 from memrl.envs.retrieval import BM25Retriever, HttpRetriever, Passage, RetrievalError
 from memrl.envs.server import create_app
 
@@ -27,9 +27,7 @@ MAX_QUERIES, MAX_TOPK = 8, 10
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return net.free_port("127.0.0.1")
 
 
 class LiveServer:

@@ -11,12 +11,9 @@ from memrl.agents import HFBackend, SamplingConfig
 from memrl.rl.learner import Learner
 from memrl.testing import learner_sections
 from tests.rl.test_learner import _trajs
+from tests.rl.test_weight_sync import _prompts  # the same three prompts as the blob-path test
 
 CFG = SamplingConfig(max_tokens=16, temperature=0.0)
-
-
-def _prompts(tok):
-    return [tok.encode("<search>Ana"), tok.encode("hello world, "), tok.encode("Q: 1+1=")]
 
 
 @pytest.fixture(scope="module")

@@ -15,12 +15,9 @@ import torch
 
 from memrl.agents import HFBackend, SamplingConfig
 from memrl.weight_transfer import GlooUpdateInfo, pack, unpack
+from tests.rl.test_weight_sync import _prompts  # the same three prompts as the blob-path test
 
 CFG = SamplingConfig(max_tokens=20, temperature=0.0)
-
-
-def _prompts(tok):
-    return [tok.encode("<search>Ana"), tok.encode("hello world, "), tok.encode("Q: 1+1=")]
 
 
 def test_pack_unpack_round_trips_mixed_dtypes():
