@@ -5,6 +5,12 @@ the learner trains on exactly what was sampled (no decode -> re-tokenize round t
 those of the distribution each token was sampled from: softmax(logits / T) (vLLM's
 `logprobs_mode="processed_logprobs"`; with top_p < 1, renormalized over the nucleus), the raw
 distribution when greedy (T = 0). The learner takes its log-probs at the same T (`rl/losses.py`).
+
+Partial rollouts: a weight update may land on a VLLMBackend while a rollout streams on it (another thread of
+the same Ray actor). The update pauses the engine: prompts submitted from then on are held, the requests in
+flight finish decoding with the old weights, the update runs on the idle engine, and the held prompts then go
+in with the new weights. So every generation is sampled by exactly one weight version, which it carries
+(`Generation.weight_version`), and an episode's later turns use the new weights.
 """
 
 from __future__ import annotations
@@ -14,6 +20,8 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,6 +52,7 @@ class Generation:
     text: str  # decoded token_ids
     finish_reason: str = "length"  # "stop" (EOS or stop string), "length", or CONTEXT_FULL
     meta: dict = field(default_factory=dict)
+    weight_version: int | None = None  # the engine weights that sampled it (None: a backend without versions)
 
 
 class HFBackend:
@@ -131,9 +140,13 @@ class VLLMBackend:
         self.lora_rank = lora_rank
         self._lora = None  # the active LoRARequest (LoRA mode, after the first sync)
         self._lora_dir = Path(tempfile.mkdtemp(prefix="memrl-lora-")) if lora_rank else None
-        self._keys: dict[str, int] = {}  # streaming: vLLM request id -> caller's key
+        self._keys: dict[str, tuple[int, int]] = {}  # streaming: vLLM request id -> (caller's key, weight version)
         self._done: list[tuple[int, Generation]] = []  # streaming: answered without the engine
         self._ids = itertools.count()
+        # partial rollouts (module docstring): a weight update pauses the engine between two decode steps
+        self._gate = threading.Condition()
+        self._pausing = False  # an update wants the engine: new prompts are held, in-flight ones drain
+        self._held: list[tuple[int, list[int], SamplingConfig]] = []  # prompts submitted during a pause
 
     def generate(self, prompts: list[list[int]], cfg: SamplingConfig) -> list[Generation]:
         """One Generation per prompt; a prompt with no room left in the context window gets an empty
@@ -142,11 +155,14 @@ class VLLMBackend:
 
         params = [self._fit(p, cfg) for p in prompts]
         fits = [i for i, sp in enumerate(params) if sp is not None]
-        outs = self.llm.generate([TokensPrompt(prompt_token_ids=prompts[i]) for i in fits],
-                                 [params[i] for i in fits], use_tqdm=False, lora_request=self._lora)
+        with self._gate:  # a batch call is never split by an update: it waits for one in progress
+            self._gate.wait_for(lambda: not self._pausing)
+            outs = self.llm.generate([TokensPrompt(prompt_token_ids=prompts[i]) for i in fits],
+                                     [params[i] for i in fits], use_tqdm=False, lora_request=self._lora)
+            version = self.version
         gens = [_context_full() for _ in prompts]
         for i, o in zip(fits, outs, strict=True):
-            gens[i] = _from_vllm(o.outputs[0], self.tokenizer)
+            gens[i] = _from_vllm(o.outputs[0], self.tokenizer, version)
         return gens
 
     def _fit(self, prompt: list[int], cfg: SamplingConfig):
@@ -156,14 +172,22 @@ class VLLMBackend:
 
     # ---------------------------------------------------------------- streaming (continuous batching)
     def submit(self, key: int, prompt: list[int], cfg: SamplingConfig) -> None:
-        """Queue one prompt; the engine batches it with everything in flight. `poll` returns it when done."""
+        """Queue one prompt; the engine batches it with everything in flight. `poll` returns it when done.
+        During a weight update the prompt is held and goes in, with the new weights, when the update is done."""
+        with self._gate:
+            if self._pausing:
+                self._held.append((key, prompt, cfg))
+            else:
+                self._add(key, prompt, cfg)
+
+    def _add(self, key: int, prompt: list[int], cfg: SamplingConfig) -> None:
         params = self._fit(prompt, cfg)
         if params is None:
             self._done.append((key, _context_full()))
             return
         rid = f"memrl-{next(self._ids)}"  # outputs carry this id (vLLM adds a suffix only internally)
         self.llm.llm_engine.add_request(rid, self._engine_input(prompt), params, lora_request=self._lora)
-        self._keys[rid] = key
+        self._keys[rid] = (key, self.version)
 
     def _engine_input(self, prompt: list[int]):
         """The prompt rendered the way LLM.generate renders it. vLLM 0.32 deprecates raw prompts to
@@ -176,19 +200,56 @@ class VLLMBackend:
         return raw if render is None else render(raw)
 
     def poll(self) -> list[tuple[int, Generation]]:
-        """Run one engine step (one decode iteration over every queued request); return the finished ones."""
-        done, self._done = self._done, []
-        if self._keys:
-            if not self.llm.llm_engine.has_unfinished_requests():  # never spin on requests the engine dropped
-                lost, self._keys = sorted(self._keys), {}
-                raise RuntimeError(f"vLLM has no unfinished requests but {len(lost)} were never answered: {lost[:4]}")
-            for out in self.llm.llm_engine.step():
-                if out.finished and out.request_id in self._keys:
-                    done.append((self._keys.pop(out.request_id), _from_vllm(out.outputs[0], self.tokenizer)))
+        """Run one engine step (one decode iteration over every queued request); return the finished ones.
+        During a weight update it keeps stepping until the requests in flight are done, then waits for the update."""
+        with self._gate:
+            self._gate.wait_for(lambda: not self._pausing or self._keys)
+            if not self._pausing and self._held:
+                held, self._held = self._held, []
+                for key, prompt, cfg in held:
+                    self._add(key, prompt, cfg)
+            done, self._done = self._done, []
+            if self._keys:
+                if not self.llm.llm_engine.has_unfinished_requests():  # never spin on requests the engine dropped
+                    lost, self._keys = sorted(self._keys), {}
+                    raise RuntimeError(f"vLLM has no unfinished requests but {len(lost)} were never answered: "
+                                       f"{lost[:4]}")
+                for out in self.llm.llm_engine.step():
+                    if out.finished and out.request_id in self._keys:
+                        key, version = self._keys.pop(out.request_id)
+                        done.append((key, _from_vllm(out.outputs[0], self.tokenizer, version)))
+            self._gate.notify_all()
         return done
 
     def in_flight(self) -> int:
-        return len(self._keys) + len(self._done)
+        return len(self._keys) + len(self._done) + len(self._held)
+
+    # ------------------------------------------------------- pausing for a weight update (module docstring)
+    @property
+    def pausing(self) -> bool:
+        """An update holds the engine (or waits for its requests in flight to finish)."""
+        return self._pausing
+
+    def pause(self) -> None:
+        """Hold new prompts and return once the requests in flight have finished: the engine is idle."""
+        with self._gate:
+            self._pausing = True
+            self._gate.wait_for(lambda: not self._keys)
+
+    def resume(self) -> None:
+        """Let held prompts in (they get the weights now loaded)."""
+        with self._gate:
+            self._pausing = False
+            self._gate.notify_all()
+
+    @contextmanager
+    def paused(self):
+        """The engine to oneself for one control call (weight loads, RPCs), between two decode steps."""
+        self.pause()
+        try:
+            yield
+        finally:
+            self.resume()
 
     def load_state_dict(self, state_dict: dict[str, torch.Tensor], version: int) -> None:
         from memrl.weight_sync import state_dict_blob
@@ -198,11 +259,12 @@ class VLLMBackend:
     def load_blob(self, blob: bytes, version: int) -> None:
         """The whole model as one safetensors blob (memrl.weight_sync, the fallback path), or in LoRA mode the
         adapter (memrl.lora): hot-loaded as a new LoRARequest that every later request uses."""
-        if self.lora_rank:
-            self._load_adapter(blob, version)
-        else:
-            self.llm.collective_rpc("memrl_load_blob", args=(blob, version))
-        self._commit(version)
+        with self.paused():
+            if self.lora_rank:
+                self._load_adapter(blob, version)
+            else:
+                self.llm.collective_rpc("memrl_load_blob", args=(blob, version))
+            self._commit(version)
 
     def _load_adapter(self, blob: bytes, version: int) -> None:
         from vllm.lora.request import LoRARequest
@@ -221,9 +283,12 @@ class VLLMBackend:
     # ---------------------------------------------------- vLLM's weight-transfer protocol (memrl.weight_transfer)
     def init_weight_transfer(self, init_info: dict) -> None:
         """Join the trainer's transfer group (blocks until the trainer's rank 0 joins too)."""
-        self.llm.init_weight_transfer_engine({"init_info": init_info})
+        with self.paused():
+            self.llm.init_weight_transfer_engine({"init_info": init_info})
 
     def start_weight_update(self) -> None:
+        """Pause the engine (requests in flight finish first) until `finish_weight_update`."""
+        self.pause()
         self.llm.start_weight_update()
 
     def update_weights(self, update_info: dict) -> None:
@@ -231,11 +296,18 @@ class VLLMBackend:
         self.llm.update_weights({"update_info": update_info})
 
     def finish_weight_update(self, version: int) -> None:
+        """Commit `version` and let held prompts in. A failed update never gets here: the engine stays paused
+        (its weights are half new) until a retry finishes."""
         self.llm.finish_weight_update()
         self._commit(version)
+        self.resume()
 
     def shutdown_weight_transfer(self) -> None:
-        self.llm.shutdown_weight_transfer_engine()
+        if self._pausing:  # inside a failed update: the engine is already ours
+            self.llm.shutdown_weight_transfer_engine()
+            return
+        with self.paused():
+            self.llm.shutdown_weight_transfer_engine()
 
     def _commit(self, version: int) -> None:
         """New weights are in: no cached prefix of the old ones may be reused; the engine carries the version."""
@@ -245,10 +317,12 @@ class VLLMBackend:
 
     def engine_weight_version(self) -> str:
         """The version vLLM itself holds (set by every commit)."""
-        return self.llm.get_weight_version()
+        with self.paused():
+            return self.llm.get_weight_version()
 
     def param_checksum(self) -> float:
-        return self.llm.collective_rpc("memrl_param_checksum")[0]
+        with self.paused():
+            return self.llm.collective_rpc("memrl_param_checksum")[0]
 
     def close(self) -> None:
         """Stop the engine core process now, before its owner goes (an engine core outlives its owner unless
@@ -284,10 +358,10 @@ def _params(cfg: SamplingConfig, max_tokens: int):
                           output_kind=RequestOutputKind.FINAL_ONLY)
 
 
-def _from_vllm(out, tokenizer) -> Generation:
+def _from_vllm(out, tokenizer, version: int) -> Generation:
     ids = list(out.token_ids)
     logps = [float(step[tok].logprob) for tok, step in zip(ids, out.logprobs or [], strict=False)]
     if len(logps) != len(ids):
         raise RuntimeError(f"vLLM returned {len(logps)} log-probs for {len(ids)} tokens")
     finish = "stop" if out.finish_reason == "stop" else "length"
-    return Generation(ids, logps, tokenizer.decode(ids), finish)  # same text rule as HFBackend
+    return Generation(ids, logps, tokenizer.decode(ids), finish, weight_version=version)  # same text rule as HFBackend

@@ -97,7 +97,7 @@ class Agent(ABC):
 
     def record(self, state: EpisodeState, prompt: list[int], gen: Generation) -> None:
         """Memory agents: each turn is its own context (the prompt is masked, the completion trained)."""
-        ctx = Context(list(prompt), [0] * len(prompt), [0.0] * len(prompt))
+        ctx = Context(list(prompt), [0] * len(prompt), [0.0] * len(prompt), gen.weight_version)
         ctx.extend(gen.token_ids, sampled=True, logprobs=gen.logprobs)
         state.contexts.append(ctx)
 

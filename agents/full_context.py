@@ -36,7 +36,11 @@ class FullContextAgent(Agent):
         return list(ctx.token_ids)
 
     def record(self, state: EpisodeState, prompt: list[int], gen: Generation) -> None:
-        state.contexts[0].extend(gen.token_ids, sampled=True, logprobs=gen.logprobs)
+        ctx = state.contexts[0]
+        ctx.extend(gen.token_ids, sampled=True, logprobs=gen.logprobs)
+        if gen.weight_version is not None:  # one growing context: it is as old as its oldest generation
+            ctx.weight_version = min(gen.weight_version, ctx.weight_version if ctx.weight_version is not None
+                                     else gen.weight_version)
 
     def gold_completion(self, note: str, action: str) -> str:
         return f"<think>{note}</think>{action}"

@@ -8,6 +8,8 @@ within a few steps, which makes it the learning test of the whole loop (rollout 
 
 from __future__ import annotations
 
+import time
+
 import gymnasium as gym
 
 from memrl.envs.core import AnyText
@@ -16,8 +18,8 @@ from memrl.envs.core import AnyText
 class LettersEnv(gym.Env):
     metadata = {"render_modes": []}
 
-    def __init__(self, turns: int = 2) -> None:
-        self.turns = turns
+    def __init__(self, turns: int = 2, step_s: float = 0.0) -> None:
+        self.turns, self.step_s = turns, step_s  # step_s: seconds each step takes (a slow tool)
         self.observation_space = AnyText(10_000)
         self.action_space = AnyText(10_000)
         self._scores: list[float] = []
@@ -29,6 +31,8 @@ class LettersEnv(gym.Env):
         return "Write lowercase letters.", info
 
     def step(self, action: str):
+        if self.step_s:
+            time.sleep(self.step_s)
         text = action if isinstance(action, str) else ""
         self._scores.append(sum("a" <= c <= "z" for c in text) / max(1, len(text)))
         done = len(self._scores) >= self.turns
@@ -61,6 +65,25 @@ class FaultyEnv(LettersEnv):
             if self.fault == "non_string":
                 return {"not": "a string"}, 0.0, False, False, {}
         return super().step(action)
+
+
+LETTERS_RECIPE = [
+    "name=letters", "env.objectives=1", "env.kwargs={}", "train.eval_objectives=[]", "model.name=tiny:0",
+    "env.id=memrl.testing:LettersEnv", "agent.name=memsearcher", "agent.memory_tokens=16", "rollout.max_tokens=16",
+    "rollout.max_model_len=1024", "rollout.kv_cache_gib=1", "algorithm.group_size=4", "algorithm.tasks_per_step=8",
+    "learner.lr=3e-3", "learner.zero_stage=2", "algorithm.format_penalty=false", "train.eval_tasks=16",
+    "train.checkpoint_every=4", "train.baseline_agent=null", "sft.steps=0", "resources.num_cpus=2",
+    "logging.progress=false", "algorithm.minibatches=1", "rollout.temperature=0.8",  # not the quickstart's tuning
+]
+
+
+def letters_recipe(out, steps: int, **extra):
+    """The quickstart recipe turned into LettersEnv on the tiny model (the loop's learning tests), run under `out`;
+    `extra` are more `key=value` overrides."""
+    from memrl.recipes.schema import load_recipe
+
+    sets = [*LETTERS_RECIPE, f"output_dir={out}", f"train.steps={steps}"]
+    return load_recipe("quickstart", sets + [f"{k}={v}" for k, v in extra.items()])
 
 
 def learner_sections(**keys) -> dict:

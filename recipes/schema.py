@@ -109,11 +109,22 @@ class AlgorithmCfg(Section):
                                "step t, and stale contexts are corrected (decoupled PPO, truncated at is_clip)")
     is_clip: float = Field(2.0, gt=0, description="truncation of the importance weight pi_prox / pi_behav of a stale "
                            "context's tokens (max_staleness > 0)")
+    partial_rollouts: bool = Field(False, description="with max_staleness >= 1: a weight update lands on the engines "
+                                   "while the overlapped rollout is mid-way (its episodes' next turns use the new "
+                                   "weights, each context keeps its own version) instead of waiting for it to end")
     format_penalty: bool = Field(True, description="reward 0 for episodes with a malformed turn (MemSearcher rule)")
     reward: Literal[REWARD_SCORES] = Field("em", description="the answer score that is the reward: em, or token "
                                            "f1 (MemSearcher); aggregated over objectives by env.aggregate")
     format_floor: float = Field(0.0, ge=0, le=1, description="reward of a well-formed, answered episode whose "
                                 "score is 0 (MemSearcher: 0.1)")
+
+
+    @model_validator(mode="after")
+    def _check(self) -> AlgorithmCfg:
+        if self.partial_rollouts and not self.max_staleness:
+            raise ValueError("algorithm.partial_rollouts needs algorithm.max_staleness >= 1 (an update can only land "
+                             "during a rollout that overlaps learning)")
+        return self
 
 
 class CurriculumCfg(Section):

@@ -8,6 +8,10 @@ the engine decodes (see `memrl.agents.episode`). Weights reach the engines throu
 (vLLM's weight-transfer protocol, or the blob fallback). Every rollout call carries the wanted version; a
 worker that is behind (restarted by Ray, so back at its initial weights) refuses with `StaleWeights`, and
 the manager re-sends the call with the weights as a blob (made once per version by `blob_source`).
+
+Workers are threaded actors: a weight update can arrive while a rollout streams (partial rollouts,
+`algorithm.partial_rollouts`). The engine then pauses between two decode steps (`VLLMBackend.pause`), loads
+the new weights, and the episodes' next turns use them; each context records the version that sampled it.
 """
 
 from __future__ import annotations
@@ -27,6 +31,10 @@ if TYPE_CHECKING:
     from memrl.recipes.schema import AgentCfg, EnvCfg, ResourcesCfg, RolloutCfg
 
 log = logging.getLogger(__name__)
+
+
+# calls a worker serves at once: a rollout, the weight-transfer calls that land during it, and status queries
+CONCURRENCY = 4
 
 
 class StaleWeights(RuntimeError):
@@ -111,7 +119,7 @@ class RolloutWorker:
     def rollout(self, seeds: list[int], group_ids: list[int], env: EnvCfg, agent: AgentCfg,
                 sampling: SamplingConfig, version: int = 0, weights: list | None = None,
                 env_timeout: float = 60.0) -> tuple[list[Trajectory], RolloutStats]:
-        if version != self.backend.version:
+        if self.backend.version < version:  # newer is fine: an update may land between dispatch and start
             if not weights:
                 raise StaleWeights(f"worker at weight version {self.backend.version}, asked for {version}")
             import ray
@@ -156,7 +164,7 @@ class RolloutManager:
         self.timeout = rollout.rollout_timeout
         actor_cls = ray.remote(RolloutWorker).options(
             num_cpus=resources.cpus_per_worker, num_gpus=resources.gpus_per_worker, max_restarts=-1,
-            max_task_retries=0)
+            max_task_retries=0, max_concurrency=CONCURRENCY)
         faults = faults or [{}] * rollout.workers
         self.workers = [actor_cls.remote(str(model_dir), rollout, seed, faults[i], lora_rank)
                         for i in range(rollout.workers)]

@@ -2,7 +2,8 @@
 
 Each GRPO step: sample tasks (a deterministic data cursor) -> G rollouts per task on the vLLM workers
 -> group-relative advantages -> minibatch updates on the DeepSpeed learner -> weight sync (versioned)
--> metrics -> checkpoint every N steps. Synchronous: rollouts of step t use the weights of step t.
+-> metrics -> checkpoint every N steps. Synchronous by default: rollouts of step t use the weights of step t
+(`algorithm.max_staleness` / `partial_rollouts` overlap them: `grpo_step`).
 """
 
 from __future__ import annotations
@@ -189,7 +190,9 @@ class Trainer:
     def grpo_step(self, step: int) -> dict:
         """Rollout, advantages, learning, weight sync. With `algorithm.max_staleness` >= 1 the rollout of step + 1
         runs on the engines (at the weights before this update) while this step learns: the next step then
-        trains on trajectories one version old, corrected by the learner (`Learner.correct_stale`)."""
+        trains on trajectories one version old, corrected by the learner (`Learner.correct_stale`). With
+        `algorithm.partial_rollouts` the update does not wait for that rollout: it lands mid-episode, and the
+        episodes' later turns (contexts) are sampled by the new weights, each context carrying its version."""
         al = self.recipe.algorithm
         t0 = time.perf_counter()
         ahead, self._ahead = self._ahead, None
@@ -206,8 +209,9 @@ class Trainer:
         parts = [self.learner.train_step(live[i:i + size], version=self.version) for i in range(0, len(live), size)]
         lm = {k: sum(p.get(k, 0.0) for p in parts) / len(parts) for k in dict.fromkeys(k for p in parts for k in p)}
         t_learn = time.perf_counter() - t1
-        if self._ahead is not None:  # the engines take new weights once the overlapped rollout is done
+        if self._ahead is not None and not al.partial_rollouts:  # the engines take new weights once it is done
             wait([self._ahead[1]])
+        # partial rollouts: the update lands now, mid-way through the overlapped rollout (VLLMBackend.pause)
         t_wait = time.perf_counter() - t1 - t_learn
         t_sync = self.sync_weights()
         rewards = [t.reward for t in trajs]
@@ -222,6 +226,7 @@ class Trainer:
         return {**curriculum,
             "phase": "grpo", "step": step, "weight_version": self.version,
             "rollout_weight_version": min((t.weight_version for t in trajs), default=-1),
+            **version_mix(trajs),
             "reward_mean": sum(rewards) / len(rewards), "reward_std": float(torch.tensor(rewards).std()),
             "episodes": len(rewards),
             "em": summary["em"], "f1": summary["f1"], "format_error_rate": summary["format_error_rate"],
@@ -309,6 +314,16 @@ class Trainer:
         self.learner.close()
 
 
+def version_mix(trajs: list[Trajectory]) -> dict:
+    """How many trajectories an update landed in (contexts of two or more weight versions), and the share of
+    contexts sampled by a newer version than their trajectory started with (partial rollouts)."""
+    versions = [t.context_versions() for t in trajs]
+    contexts = sum(len(v) for v in versions)
+    newer = sum(x > t.weight_version for t, vs in zip(trajs, versions, strict=True) for x in vs)
+    return {"mixed_version_trajectories": float(sum(len(set(v)) > 1 for v in versions)),
+            "newer_version_context_share": newer / contexts if contexts else 0.0}
+
+
 def _mean_per_turn(trajs: list[Trajectory]) -> list[float]:
     """Mean context tokens at each turn index over the episodes that reached it (for the plots)."""
     per: dict[int, list[int]] = {}
@@ -318,4 +333,4 @@ def _mean_per_turn(trajs: list[Trajectory]) -> list[float]:
     return [sum(v) / len(v) for _, v in sorted(per.items())]
 
 
-__all__ = ["Trainer", "assign_advantages", "task_seeds", "asdict"]
+__all__ = ["Trainer", "assign_advantages", "task_seeds", "version_mix", "asdict"]

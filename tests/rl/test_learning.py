@@ -4,22 +4,14 @@ import json
 
 import pytest
 
-from memrl.recipes.schema import load_recipe
 from memrl.rl.metrics import read_metrics
+from memrl.testing import letters_recipe
 
 pytestmark = pytest.mark.slow
 
 
 def _recipe(tmp_path, steps: int, **extra):
-    sets = [
-        "name=letters", "env.objectives=1", "env.kwargs={}", "train.eval_objectives=[]", f"output_dir={tmp_path}/run", "model.name=tiny:0", "env.id=memrl.testing:LettersEnv",
-        "agent.name=memsearcher", "agent.memory_tokens=16", "rollout.max_tokens=16", "rollout.max_model_len=1024",
-        "rollout.kv_cache_gib=1", "algorithm.group_size=4", "algorithm.tasks_per_step=8", "learner.lr=3e-3",
-        "learner.zero_stage=2", "algorithm.format_penalty=false", "train.eval_tasks=16", f"train.steps={steps}",
-        "train.checkpoint_every=4", "train.baseline_agent=null", "sft.steps=0", "resources.num_cpus=2",
-        "logging.progress=false", "algorithm.minibatches=1", "rollout.temperature=0.8",  # not the quickstart's tuning
-    ]
-    return load_recipe("quickstart", sets + [f"{k}={v}" for k, v in extra.items()])
+    return letters_recipe(tmp_path / "run", steps, **extra)
 
 
 def test_multi_context_grpo_raises_reward_on_a_learnable_env(tmp_path, ray_local):
