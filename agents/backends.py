@@ -231,7 +231,9 @@ class VLLMBackend:
         return self._pausing
 
     def pause(self) -> None:
-        """Hold new prompts and return once the requests in flight have finished: the engine is idle."""
+        """Hold new prompts and return once the requests in flight have finished: the engine is idle. The
+        semantics of vLLM's `pause_scheduler(mode="wait")`, which only its async client offers; we step the
+        synchronous LLMEngine ourselves, so the pause lives in our loop."""
         with self._gate:
             self._pausing = True
             self._gate.wait_for(lambda: not self._keys)

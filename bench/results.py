@@ -24,10 +24,12 @@ from pathlib import Path
 import numpy as np
 
 from memrl.agents.evaluate import bootstrap_ci
+from memrl.bench import gain as gain_mod
 from memrl.io import write_atomic
 from memrl.rl.metrics import read_metrics
 
 RUNS = {"mem1": "mem1-n2", "memsearcher": "memsearcher-n2", "full_context": "full-context-n2"}
+GAIN_RUNS = ("gain-s0", "gain-s1", "gain-s2")  # experiments/grpo-gain at seeds 0, 1, 2 (bench/gain.py)
 DATASETS = ("musique", "hotpotqa")
 RESAMPLES = 2000
 
@@ -121,6 +123,7 @@ def inputs() -> list[str]:
     """Every file under --runs that the page reads, relative to it."""
     rel = [f"{run}/{name}" for run in RUNS.values() for name in ("summary.json", "sweep_episodes.jsonl")]
     rel.append("untrained-sweep/episodes.jsonl")
+    rel += [f"{run}/{name}" for run in GAIN_RUNS for name in ("summary.json", "metrics.jsonl")]
     for ds in DATASETS:
         rel += [f"untrained-{ds}/summary.json", *[f"{run}/{ds}/summary.json" for run in RUNS.values()]]
     return rel
@@ -165,7 +168,11 @@ def collect(runs: Path, kv_bytes: int) -> dict:
                 for row in json.loads(path.read_text()):
                     key = f"untrained {row['agent']}" if label == "untrained" else label
                     real.setdefault(ds, {})[key] = row
-    return {"curves": curves, "raw": raw, "summaries": summaries, "real": real}
+    gain = {run: json.loads((runs / run / "summary.json").read_text()) for run in GAIN_RUNS
+            if (runs / run / "summary.json").exists()}
+    curves_gain = {run: gain_mod.rewards(runs / run) for run in gain}
+    return {"curves": curves, "raw": raw, "summaries": summaries, "real": real, "gain": gain,
+            "gain_curves": curves_gain}
 
 
 def separate(a: tuple[float, float, float], b: tuple[float, float, float]) -> bool:
@@ -266,11 +273,17 @@ def write(data: dict, out: Path, kv_bytes: int) -> Path:
         for label, r in rows.items():
             real.append(f"| {ds} | {label} | {r['episodes']} | {r['em']:.3f} ± {r['em_stderr']:.3f} | {r['f1']:.3f} | "
                         f"{r.get('answered_rate', 0):.2f} | {r['peak_context_tokens']:.0f} |")
+    gain = "(runs missing: `recipes/experiments/run_all.sh` step 0)"
+    if data.get("gain"):
+        names = list(data["gain"])
+        gain = "\n".join(gain_mod.table(names, [gain_mod.run_gain(s) for s in data["gain"].values()]))
+        gain_mod.plot(names, [data["gain_curves"][n] for n in names], out / "results_gain_reward.png")
+        gain += "\n\n![training reward per GRPO step](results_gain_reward.png)"
     template = (Path(__file__).parent / "results_template.md").read_text()
     notes = out / "results_notes.md"
     text = template.format(
         verdicts="\n".join(verdicts(data)) or "(runs missing)", training="\n".join(train), sweep="\n".join(lines),
-        real="\n".join(real), kv_bytes=kv_bytes, notes=notes.read_text() if notes.exists() else "")
+        real="\n".join(real), kv_bytes=kv_bytes, gain=gain, notes=notes.read_text() if notes.exists() else "")
     path = out / "RESULTS.md"
     path.write_text(text)
     return path

@@ -128,7 +128,8 @@ def _envs_list(args: argparse.Namespace) -> int:
     return 0
 
 
-BENCHES = ("rollout", "learner", "gpu", "memory_scaling", "trl_compare", "roofline", "results", "scaling", "async", "lora")
+BENCHES = ("rollout", "learner", "gpu", "memory_scaling", "trl_compare", "roofline", "results", "gain", "scaling", "async",
+           "lora")
 BENCH_MODULES = {"async": "overlap"}  # `async` is a Python keyword: its module is bench/overlap.py
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every run behind docs/RESULTS.md, in order; a step whose output exists under runs/ or docs/results_data/ is
 # skipped (delete it from both to redo).
-#   bash recipes/experiments/run_all.sh            (about 2 h 45 min on 2 CPU cores, measured step by step)
+#   bash recipes/experiments/run_all.sh            (about 3 h 45 min on 2 CPU cores, measured step by step)
 # After each step its inputs are archived into docs/results_data/ (committed; runs/ is scratch space that a
 # machine reset loses), so a campaign spread over several sittings keeps what finished. Each trained agent's
 # real-data evals run right after its training, while its checkpoint is still there.
@@ -15,6 +15,11 @@ kwargs() { echo "{\"dataset\": \"$1\", \"split\": \"eval\", \"topk\": 2}"; }
 archive() { memrl bench results --archive-only; }
 have() { [ -f "runs/$1" ] || [ -f "docs/results_data/$1" ]; }
 
+# 0. GRPO vs its SFT warm start: experiments/grpo-gain at seeds 0, 1, 2 (~20 min each); `memrl bench gain runs/gain-s*`
+for seed in 0 1 2; do
+  have "gain-s$seed/summary.json" || memrl train experiments/grpo-gain --set seed=$seed --set name=gain-s$seed --resume
+  archive
+done
 # 1. one training run per agent (N = 2), each ending with its own sweep over N = 1, 2, 4, 8, 16, then
 #    the trained agent on the real data
 for run in mem1-n2 memsearcher-n2 full-context-n2; do

@@ -1,0 +1,96 @@
+"""Does GRPO improve the SFT warm start? Held-out EM after SFT vs after GRPO, per run and pooled over runs.
+
+Each run directory is a `memrl train` output (summary.json with the `after_sft` and `after_grpo` evals on the
+same held-out tasks, metrics.jsonl with the per-step training reward). Per run: the gain in EM, its combined
+standard error sqrt(se_sft^2 + se_grpo^2), and whether the gain is above twice that. Pooled over runs
+(different seeds): the mean gain, its standard error from the runs' combined errors (held-out sampling) and the
+between-run standard deviation (seed to seed). Also plots every run's training reward per GRPO step.
+
+    memrl bench gain RUN_DIR [RUN_DIR ...] [--plot out.png]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+from memrl.rl.metrics import read_metrics
+
+
+def run_gain(summary: dict) -> dict:
+    """EM after SFT and after GRPO with their standard errors, the gain, its combined s.e., and the verdict."""
+    ev = summary["evals"]
+    sft, grpo = ev["after_sft"], ev["after_grpo"]
+    se = math.hypot(sft["em_stderr"], grpo["em_stderr"])
+    gain = grpo["em"] - sft["em"]
+    return {"sft_em": sft["em"], "sft_se": sft["em_stderr"], "grpo_em": grpo["em"], "grpo_se": grpo["em_stderr"],
+            "tasks": int(grpo.get("episodes", 0)), "gain": gain, "se": se,
+            "significant": gain > 2 * se, "seconds": sum(summary.get("timings", {}).values())}
+
+
+def pooled(rows: list[dict]) -> dict:
+    """Mean gain over runs; s.e. from the runs' own errors, and the between-run s.d. of the gain."""
+    k = len(rows)
+    mean = sum(r["gain"] for r in rows) / k
+    se = math.sqrt(sum(r["se"] ** 2 for r in rows)) / k
+    sd = math.sqrt(sum((r["gain"] - mean) ** 2 for r in rows) / (k - 1)) if k > 1 else float("nan")
+    return {"runs": k, "gain": mean, "se": se, "between_run_sd": sd, "significant": mean > 2 * se,
+            "all_significant": all(r["significant"] for r in rows)}
+
+
+def table(names: list[str], rows: list[dict]) -> list[str]:
+    lines = ["| run | held-out tasks | EM after SFT | EM after GRPO | gain | combined s.e. | gain > 2 s.e. | "
+             "wall min |", "|---|---|---|---|---|---|---|---|"]
+    for name, r in zip(names, rows, strict=True):
+        lines.append(f"| {name} | {r['tasks']} | {r['sft_em']:.3f} ± {r['sft_se']:.3f} | "
+                     f"{r['grpo_em']:.3f} ± {r['grpo_se']:.3f} | {r['gain']:+.3f} | {r['se']:.3f} | "
+                     f"{'yes' if r['significant'] else 'no'} | {r['seconds'] / 60:.1f} |")
+    if len(rows) > 1:
+        p = pooled(rows)
+        lines.append(f"| pooled ({p['runs']} runs) | | {sum(r['sft_em'] for r in rows) / len(rows):.3f} | "
+                     f"{sum(r['grpo_em'] for r in rows) / len(rows):.3f} | {p['gain']:+.3f} | {p['se']:.3f} "
+                     f"(between-run s.d. {p['between_run_sd']:.3f}) | {'yes' if p['significant'] else 'no'} | |")
+    return lines
+
+
+def rewards(run: Path) -> list[float]:
+    return [r["reward_mean"] for r in read_metrics(run / "metrics.jsonl") if r.get("phase") == "grpo"]
+
+
+def plot(names: list[str], curves: list[list[float]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    for name, ys in zip(names, curves, strict=True):
+        ax.plot(range(len(ys)), ys, marker="o", ms=3, label=name)
+    ax.set_xlabel("GRPO step")
+    ax.set_ylabel("training reward (mean over rollouts)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> list[str]:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("runs", nargs="+", help="run directories (memrl train outputs)")
+    ap.add_argument("--plot", default=None, help="write the training-reward curves to this PNG")
+    args = ap.parse_args(argv)
+    runs = [Path(r) for r in args.runs]
+    rows = [run_gain(json.loads((r / "summary.json").read_text())) for r in runs]
+    lines = table([r.name for r in runs], rows)
+    print("\n".join(lines))
+    if args.plot:
+        plot([r.name for r in runs], [rewards(r) for r in runs], Path(args.plot))
+        print(args.plot)
+    return lines
+
+
+if __name__ == "__main__":
+    main()
