@@ -4,7 +4,8 @@ Each run directory is a `memrl train` output (summary.json with the `after_sft` 
 same held-out tasks, metrics.jsonl with the per-step training reward). Per run: the gain in EM, its combined
 standard error sqrt(se_sft^2 + se_grpo^2), and whether the gain is above twice that. Pooled over runs
 (different seeds): the mean gain, its standard error from the runs' combined errors (held-out sampling) and the
-between-run standard deviation (seed to seed). Also plots every run's training reward per GRPO step.
+between-run standard deviation (seed to seed). Also the held-out EM at every evaluated step (after SFT, mid-run
+checkpoints evaluated into `<run>/step<K>/`, after GRPO), and a plot of it beside the training reward.
 
     memrl bench gain RUN_DIR [RUN_DIR ...] [--plot out.png]
 """
@@ -59,22 +60,59 @@ def rewards(run: Path) -> list[float]:
     return [r["reward_mean"] for r in read_metrics(run / "metrics.jsonl") if r.get("phase") == "grpo"]
 
 
-def plot(names: list[str], curves: list[list[float]], path: Path) -> None:
+def heldout_curve(run: Path, summary: dict) -> list[tuple[int, float, float]]:
+    """(GRPO step, held-out EM, s.e.): after SFT (step 0), any mid-run checkpoint evaluated with `memrl eval` into
+    `<run>/step<K>/summary.json` (the same held-out tasks), and after GRPO (the last step)."""
+    ev = summary["evals"]
+    points = [(0, ev["after_sft"]["em"], ev["after_sft"]["em_stderr"])]
+    for path in sorted(run.glob("step*/summary.json"), key=lambda p: int(p.parent.name[4:])):
+        row = json.loads(path.read_text())[0]
+        points.append((int(path.parent.name[4:]), row["em"], row["em_stderr"]))
+    points.append((int(summary["steps"]), ev["after_grpo"]["em"], ev["after_grpo"]["em_stderr"]))
+    return points
+
+
+def plot(names: list[str], curves: list[list[float]], path: Path,
+         heldout: list[list[tuple[int, float, float]]] | None = None) -> None:
+    """Training reward per GRPO step (left) and held-out EM with 95% intervals (1.96 s.e.) per step (right)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    fig, axes = plt.subplots(1, 2 if heldout else 1, figsize=(10 if heldout else 6.4, 3.6), squeeze=False)
+    ax = axes[0][0]
     for name, ys in zip(names, curves, strict=True):
         ax.plot(range(len(ys)), ys, marker="o", ms=3, label=name)
     ax.set_xlabel("GRPO step")
     ax.set_ylabel("training reward (mean over rollouts)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.set_title("training rollouts (each step: its own 4 tasks)", fontsize=9)
+    if heldout:
+        ax = axes[0][1]
+        for i, (name, pts) in enumerate(zip(names, heldout, strict=True)):
+            xs = [p[0] + 0.15 * (i - 1) for p in pts]  # dodge the seeds apart
+            ax.errorbar(xs, [p[1] for p in pts], yerr=[1.96 * p[2] for p in pts], marker="o", ms=4, capsize=3,
+                        label=name)
+        ax.set_xlabel("GRPO step (0 = after SFT)")
+        ax.set_ylabel("held-out EM, 95% interval")
+        ax.set_title("the same held-out tasks at every point, greedy", fontsize=9)
+    for row in axes:
+        for a in row:
+            a.grid(alpha=0.3)
+            a.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def curve_table(names: list[str], heldout: list[list[tuple[int, float, float]]]) -> list[str]:
+    steps = sorted({p[0] for pts in heldout for p in pts})
+    lines = ["| run | " + " | ".join(f"EM at step {k}" for k in steps) + " |", "|---|" + "---|" * len(steps)]
+    for name, pts in zip(names, heldout, strict=True):
+        at = {p[0]: p for p in pts}
+        lines.append(f"| {name} | " + " | ".join(f"{at[k][1]:.3f} ± {at[k][2]:.3f}" if k in at else "-"
+                                                  for k in steps) + " |")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> list[str]:
@@ -83,11 +121,13 @@ def main(argv: list[str] | None = None) -> list[str]:
     ap.add_argument("--plot", default=None, help="write the training-reward curves to this PNG")
     args = ap.parse_args(argv)
     runs = [Path(r) for r in args.runs]
-    rows = [run_gain(json.loads((r / "summary.json").read_text())) for r in runs]
-    lines = table([r.name for r in runs], rows)
+    summaries = [json.loads((r / "summary.json").read_text()) for r in runs]
+    names = [r.name for r in runs]
+    heldout = [heldout_curve(r, s) for r, s in zip(runs, summaries, strict=True)]
+    lines = table(names, [run_gain(s) for s in summaries]) + [""] + curve_table(names, heldout)
     print("\n".join(lines))
     if args.plot:
-        plot([r.name for r in runs], [rewards(r) for r in runs], Path(args.plot))
+        plot(names, [rewards(r) for r in runs], Path(args.plot), heldout)
         print(args.plot)
     return lines
 

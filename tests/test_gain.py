@@ -13,7 +13,7 @@ from memrl.bench import gain
 def _summary(sft: float, sft_se: float, grpo: float, grpo_se: float) -> dict:
     return {"evals": {"after_sft": {"em": sft, "em_stderr": sft_se, "episodes": 100},
                       "after_grpo": {"em": grpo, "em_stderr": grpo_se, "episodes": 100}},
-            "timings": {"sft": 60.0, "grpo": 540.0}}
+            "timings": {"sft": 60.0, "grpo": 540.0}, "steps": 4}
 
 
 def test_run_gain_and_verdict_on_a_hand_example():
@@ -41,9 +41,16 @@ def test_cli_prints_the_table_and_plots_the_reward_curves(tmp_path, capsys):
         (run / "metrics.jsonl").write_text("".join(json.dumps({"phase": "grpo", "step": i, "reward_mean": 0.1 * i})
                                                    + "\n" for i in range(4)))
         runs.append(str(run))
+    (tmp_path / "gain-s0" / "step2").mkdir()
+    (tmp_path / "gain-s0" / "step2" / "summary.json").write_text(json.dumps([{"em": 0.16, "em_stderr": 0.03}]))
     assert gain.rewards(tmp_path / "gain-s0") == pytest.approx([0.0, 0.1, 0.2, 0.3])
+    summary = json.loads((tmp_path / "gain-s0" / "summary.json").read_text())
+    assert gain.heldout_curve(tmp_path / "gain-s0", summary) == [(0, 0.1, 0.03), (2, 0.16, 0.03), (4, 0.22, 0.03)]
     lines = gain.main([*runs, "--plot", str(tmp_path / "curves.png")])
     out = capsys.readouterr().out
     assert "| gain-s0 | 100 | 0.100 ± 0.030 | 0.220 ± 0.030 | +0.120 | 0.042 | yes |" in out
-    assert lines[-1].startswith("| pooled (2 runs) |") and "+0.160" in lines[-1]
+    pooled_row = next(x for x in lines if x.startswith("| pooled (2 runs) |"))
+    assert "+0.160" in pooled_row
+    assert "| gain-s0 | 0.100 ± 0.030 | 0.160 ± 0.030 | 0.220 ± 0.030 |" in out  # held-out EM at steps 0, 2, 4
+    assert "| gain-s1 | 0.100 ± 0.030 | - | 0.300 ± 0.030 |" in out
     assert (tmp_path / "curves.png").stat().st_size > 1000

@@ -132,3 +132,24 @@ def test_archive_only_copies_and_writes_no_page(tmp_path):
     assert out == tmp_path / "archive"
     assert (tmp_path / "archive" / "full-context-n2" / "sweep_episodes.jsonl").is_file()
     assert not (tmp_path / "docs").exists()
+
+
+def test_results_page_has_the_grpo_gain_tables_per_set_of_seeds(tmp_path):
+    runs = tmp_path / "runs"
+    for name, grpo in (("gain-s0", 0.25), ("gain-s1", 0.19), ("gain7-s3", 0.3)):
+        (runs / name).mkdir(parents=True)
+        (runs / name / "summary.json").write_text(json.dumps({
+            "evals": {"after_sft": {"em": 0.15, "em_stderr": 0.02, "episodes": 100},
+                      "after_grpo": {"em": grpo, "em_stderr": 0.02, "episodes": 100}},
+            "timings": {"grpo": 600.0}, "steps": 14}))
+        (runs / name / "metrics.jsonl").write_text(json.dumps({"phase": "grpo", "step": 0, "reward_mean": 0.1}) + "\n")
+    (runs / "gain-s0" / "step7").mkdir()
+    (runs / "gain-s0" / "step7" / "summary.json").write_text(json.dumps([{"em": 0.2, "em_stderr": 0.02}]))
+    assert "gain-s0/step7/summary.json" in results.archive_inputs(runs, tmp_path / "archive")
+    text = results.write(results.collect(tmp_path / "archive", 1024), tmp_path / "docs", 1024).read_text()
+    assert "**14 GRPO steps (the recipe as shipped), seeds 0-2**" in text and "fresh seeds 3-5**" in text
+    assert "| gain-s0 | 100 | 0.150 ± 0.020 | 0.250 ± 0.020 | +0.100 | 0.028 | yes |" in text
+    assert "| gain-s1 | 100 | 0.150 ± 0.020 | 0.190 ± 0.020 | +0.040 | 0.028 | no |" in text
+    assert "| gain-s0 | 0.150 ± 0.020 | 0.200 ± 0.020 | 0.250 ± 0.020 |" in text  # held-out EM at steps 0, 7, 14
+    assert "| pooled (2 runs) |" in text and "| gain7-s3 | 100 |" in text
+    assert (tmp_path / "docs" / "results_gain_0.png").stat().st_size > 5000

@@ -15,9 +15,21 @@ kwargs() { echo "{\"dataset\": \"$1\", \"split\": \"eval\", \"topk\": 2}"; }
 archive() { memrl bench results --archive-only; }
 have() { [ -f "runs/$1" ] || [ -f "docs/results_data/$1" ]; }
 
-# 0. GRPO vs its SFT warm start: experiments/grpo-gain at seeds 0, 1, 2 (~20 min each); `memrl bench gain runs/gain-s*`
+# 0. GRPO vs its SFT warm start: experiments/grpo-gain at seeds 0, 1, 2 (~20 min each), each one's step-7 checkpoint
+#    on the same held-out tasks, then 7 GRPO steps on fresh seeds 3, 4, 5 (~13 min each); `memrl bench gain runs/gain*`
 for seed in 0 1 2; do
-  have "gain-s$seed/summary.json" || memrl train experiments/grpo-gain --set seed=$seed --set name=gain-s$seed --resume
+  run=gain-s$seed
+  have "$run/summary.json" || memrl train experiments/grpo-gain --set seed=$seed --set name=$run --resume
+  if ! have "$run/step7/summary.json"; then
+    memrl export "runs/$run/checkpoints/step_000007" --out "runs/$run/step7-model"
+    memrl eval --recipe experiments/grpo-gain --model "runs/$run/step7-model" --agent memsearcher --objectives 2 \
+      --episodes 100 --out "runs/$run/step7"
+  fi
+  archive
+done
+for seed in 3 4 5; do
+  have "gain7-s$seed/summary.json" || memrl train experiments/grpo-gain --set seed=$seed --set name=gain7-s$seed \
+    --set train.steps=7 --resume
   archive
 done
 # 1. one training run per agent (N = 2), each ending with its own sweep over N = 1, 2, 4, 8, 16, then
