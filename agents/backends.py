@@ -246,7 +246,12 @@ class VLLMBackend:
 
     @contextmanager
     def paused(self):
-        """The engine to oneself for one control call (weight loads, RPCs), between two decode steps."""
+        """The engine to oneself for one control call (weight loads, RPCs), between two decode steps. Inside a
+        pause already held (an update that failed mid-way, its group being re-formed) the pause stays held:
+        only the update's own `finish_weight_update` lets prompts in again, never on half-new weights."""
+        if self._pausing:
+            yield
+            return
         self.pause()
         try:
             yield
@@ -305,9 +310,6 @@ class VLLMBackend:
         self.resume()
 
     def shutdown_weight_transfer(self) -> None:
-        if self._pausing:  # inside a failed update: the engine is already ours
-            self.llm.shutdown_weight_transfer_engine()
-            return
         with self.paused():
             self.llm.shutdown_weight_transfer_engine()
 

@@ -39,8 +39,7 @@ class FullContextAgent(Agent):
         ctx = state.contexts[0]
         ctx.extend(gen.token_ids, sampled=True, logprobs=gen.logprobs)
         if gen.weight_version is not None:  # one growing context: it is as old as its oldest generation
-            ctx.weight_version = min(gen.weight_version, ctx.weight_version if ctx.weight_version is not None
-                                     else gen.weight_version)
+            ctx.weight_version = min(v for v in (ctx.weight_version, gen.weight_version) if v is not None)
 
     def gold_completion(self, note: str, action: str) -> str:
         return f"<think>{note}</think>{action}"

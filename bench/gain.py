@@ -65,9 +65,10 @@ def heldout_curve(run: Path, summary: dict) -> list[tuple[int, float, float]]:
     `<run>/step<K>/summary.json` (the same held-out tasks), and after GRPO (the last step)."""
     ev = summary["evals"]
     points = [(0, ev["after_sft"]["em"], ev["after_sft"]["em_stderr"])]
-    for path in sorted(run.glob("step*/summary.json"), key=lambda p: int(p.parent.name[4:])):
+    mid = {int(path.parent.name.removeprefix("step")): path for path in run.glob("step*/summary.json")}
+    for step, path in sorted(mid.items()):
         row = json.loads(path.read_text())[0]
-        points.append((int(path.parent.name[4:]), row["em"], row["em_stderr"]))
+        points.append((step, row["em"], row["em_stderr"]))
     points.append((int(summary["steps"]), ev["after_grpo"]["em"], ev["after_grpo"]["em_stderr"]))
     return points
 

@@ -92,6 +92,19 @@ def test_an_update_mid_episode_gives_later_turns_the_new_weights(vllm_tiny, tiny
     assert not vllm_tiny.pausing and vllm_tiny.in_flight() == 0
 
 
+@pytest.mark.slow
+def test_a_control_call_inside_a_held_pause_keeps_the_engine_paused(vllm_tiny):
+    """A failed update leaves the engine paused; re-forming its transfer group (join/leave, version reads) must
+    not let held prompts in on half-new weights: only the update's finish resumes."""
+    vllm_tiny.pause()
+    try:
+        assert isinstance(vllm_tiny.engine_weight_version(), str)  # an RPC inside the held pause runs ...
+        assert vllm_tiny.pausing  # ... and leaves it held
+    finally:
+        vllm_tiny.resume()
+    assert not vllm_tiny.pausing
+
+
 def test_version_mix_counts_trajectories_an_update_landed_in():
     def traj(start, *versions):
         return Trajectory([Context([1, 2], [0, 1], [0.0, -1.0], v) for v in versions], 1.0, weight_version=start)
