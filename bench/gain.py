@@ -18,6 +18,7 @@ import math
 from pathlib import Path
 
 from memrl.rl.metrics import read_metrics
+from memrl.rl.report import heldout_points
 
 
 def run_gain(summary: dict) -> dict:
@@ -61,16 +62,14 @@ def rewards(run: Path) -> list[float]:
 
 
 def heldout_curve(run: Path, summary: dict) -> list[tuple[int, float, float]]:
-    """(GRPO step, held-out EM, s.e.): after SFT (step 0), any mid-run checkpoint evaluated with `memrl eval` into
-    `<run>/step<K>/summary.json` (the same held-out tasks), and after GRPO (the last step)."""
-    ev = summary["evals"]
-    points = [(0, ev["after_sft"]["em"], ev["after_sft"]["em_stderr"])]
-    mid = {int(path.parent.name.removeprefix("step")): path for path in run.glob("step*/summary.json")}
-    for step, path in sorted(mid.items()):
+    """(GRPO step, held-out EM, s.e.): the run's own evals (after SFT = step 0, mid-GRPO `train.eval_every` evals,
+    after GRPO = the last step) and any mid-run checkpoint evaluated later with `memrl eval` into
+    `<run>/step<K>/summary.json` (the same held-out tasks), in step order."""
+    points = heldout_points(summary["evals"], int(summary["steps"]))
+    for path in run.glob("step*/summary.json"):
         row = json.loads(path.read_text())[0]
-        points.append((step, row["em"], row["em_stderr"]))
-    points.append((int(summary["steps"]), ev["after_grpo"]["em"], ev["after_grpo"]["em_stderr"]))
-    return points
+        points.append((int(path.parent.name.removeprefix("step")), row["em"], row["em_stderr"]))
+    return sorted(points, key=lambda p: p[0])
 
 
 def plot(names: list[str], curves: list[list[float]], path: Path,

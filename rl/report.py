@@ -6,13 +6,27 @@ from pathlib import Path
 
 from memrl.rl.metrics import read_metrics
 
-PHASES = [("zero_shot", "zero-shot"), ("after_sft", "after SFT"), ("after_grpo", "after GRPO")]
+MID = "step_"  # evals during GRPO (train.eval_every): evals["step_<K>"], after K GRPO steps
+
+
+def phases(evals: dict, steps: int) -> list[tuple[str, str, int | None]]:
+    """(eval key, label, GRPO step) in the order they ran: zero-shot (no step), after SFT (step 0), each mid-GRPO
+    eval `step_<K>` (step K), after GRPO (`steps`, the run's last step)."""
+    mid = sorted(int(k[len(MID):]) for k in evals if k.startswith(MID) and k[len(MID):].isdigit())
+    return [("zero_shot", "zero-shot", None), ("after_sft", "after SFT", 0),
+            *((f"{MID}{k}", f"after GRPO step {k}", k) for k in mid), ("after_grpo", "after GRPO", steps)]
+
+
+def heldout_points(evals: dict, steps: int) -> list[tuple[int, float, float]]:
+    """(GRPO step, held-out EM, its s.e.) at every eval on the held-out tasks from the SFT warm start on."""
+    return [(step, evals[key]["em"], evals[key]["em_stderr"]) for key, _, step in phases(evals, steps)
+            if step is not None and key in evals]
 
 
 def write_report(trainer) -> Path:
     out = Path(trainer.out)
     evals, timings, rc = trainer.evals, trainer.timings, trainer.recipe
-    plots = plot_training(out / "metrics.jsonl", out / "reward_em_vs_step.png")
+    plots = plot_training(out / "metrics.jsonl", out / "reward_em_vs_step.png", heldout_points(evals, trainer.step))
     sweep = evals.get("sweep") or []
     if sweep:
         plot_context_per_turn(sweep, out / "context_tokens_per_turn.png")
@@ -24,7 +38,7 @@ def write_report(trainer) -> Path:
              "## Held-out results", "",
              "| phase | EM | F1 | reward | format errors / turn | mean turns | peak context tokens |",
              "|---|---|---|---|---|---|---|"]
-    for key, label in PHASES:
+    for key, label, _ in phases(evals, trainer.step):
         e = evals.get(key)
         if e:
             lines.append(f"| {label} | {e['em']:.3f} ± {e['em_stderr']:.3f} | {e['f1']:.3f} ± {e['f1_stderr']:.3f} | "
@@ -66,14 +80,18 @@ def _plt():
     return plt
 
 
-def plot_training(metrics_path: Path, path: Path) -> list[Path]:
+def plot_training(metrics_path: Path, path: Path, heldout: list[tuple[int, float, float]] | None = None) -> list[Path]:
+    """Training rollouts' reward and EM per GRPO step (left); with `heldout` (`heldout_points`), the held-out EM
+    with its 95% interval at each eval point (right): the same tasks every time, so that curve is comparable
+    across steps, which the training one is not (each step draws its own tasks)."""
     if not metrics_path.exists():
         return []
     recs = [r for r in read_metrics(metrics_path) if r.get("phase") == "grpo"]
     if not recs:
         return []
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, axes = plt.subplots(1, 2 if heldout else 1, figsize=(10.5 if heldout else 6, 3.6), squeeze=False)
+    ax = axes[0][0]
     steps = [r["step"] for r in recs]
     mean = [r["reward_mean"] for r in recs]
     ax.plot(steps, mean, marker="o", label="reward (train rollouts)")
@@ -88,8 +106,17 @@ def plot_training(metrics_path: Path, path: Path) -> list[Path]:
         ax.plot([p[0] for p in pts], [p[1] for p in pts], linestyle="--", marker=".", label=f"reward at N={n}")
     ax.set_xlabel("GRPO step")
     ax.set_ylabel("mean over rollouts")
-    ax.grid(alpha=0.3)
-    ax.legend()
+    ax.set_title("training rollouts (each step its own tasks)", fontsize=9)
+    if heldout:
+        ax = axes[0][1]
+        ax.errorbar([p[0] for p in heldout], [p[1] for p in heldout], yerr=[1.96 * p[2] for p in heldout],
+                    marker="o", capsize=4, color="C2", label="held-out EM, 95% interval")
+        ax.set_xlabel("GRPO step (0 = after SFT)")
+        ax.set_ylabel("held-out EM (greedy)")
+        ax.set_title("the same held-out tasks at every point", fontsize=9)
+    for a in axes[0]:
+        a.grid(alpha=0.3)
+        a.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

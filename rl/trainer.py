@@ -180,7 +180,7 @@ class Trainer:
             m = self.grpo_step(step)
             self.step = step + 1
             if rc.train.eval_every and self.step % rc.train.eval_every == 0 and self.step < rc.train.steps:
-                ev = self.evaluate(rc.agent.name)
+                ev = self.evals[f"step_{self.step}"] = self._eval(f"step_{self.step}")  # held-out curve, viewer point
                 m.update({f"eval_{k}": v for k, v in ev.items() if isinstance(v, (int, float))})
             self.metrics.write(m)
             bar.set_postfix(reward=f"{m['reward_mean']:.2f}", em=f"{m['em']:.2f}")

@@ -54,3 +54,19 @@ def test_cli_prints_the_table_and_plots_the_reward_curves(tmp_path, capsys):
     assert "| gain-s0 | 0.100 ± 0.030 | 0.160 ± 0.030 | 0.220 ± 0.030 |" in out  # held-out EM at steps 0, 2, 4
     assert "| gain-s1 | 0.100 ± 0.030 | - | 0.300 ± 0.030 |" in out
     assert (tmp_path / "curves.png").stat().st_size > 1000
+
+
+def test_heldout_points_in_step_order_with_the_runs_own_mid_grpo_evals(tmp_path):
+    from memrl.rl.report import heldout_points, phases
+
+    evals = {"after_grpo": {"em": 0.3, "em_stderr": 0.04}, "step_10": {"em": 0.25, "em_stderr": 0.04},
+             "zero_shot": {"em": 0.0, "em_stderr": 0.0}, "step_4": {"em": 0.2, "em_stderr": 0.03},
+             "after_sft": {"em": 0.1, "em_stderr": 0.03}, "sweep": []}
+    assert [(k, step) for k, _, step in phases(evals, 12)] == [
+        ("zero_shot", None), ("after_sft", 0), ("step_4", 4), ("step_10", 10), ("after_grpo", 12)]  # 4 before 10
+    assert heldout_points(evals, 12) == [(0, 0.1, 0.03), (4, 0.2, 0.03), (10, 0.25, 0.04), (12, 0.3, 0.04)]
+    run = tmp_path / "run"
+    (run / "step7").mkdir(parents=True)  # a mid-run checkpoint evaluated afterwards (memrl eval)
+    (run / "step7" / "summary.json").write_text(json.dumps([{"em": 0.22, "em_stderr": 0.03}]))
+    curve = gain.heldout_curve(run, {"evals": evals, "steps": 12})
+    assert [p[0] for p in curve] == [0, 4, 7, 10, 12] and curve[2] == (7, 0.22, 0.03)

@@ -147,9 +147,10 @@ def test_results_page_has_the_grpo_gain_tables_per_set_of_seeds(tmp_path):
     (runs / "gain-s0" / "step7" / "summary.json").write_text(json.dumps([{"em": 0.2, "em_stderr": 0.02}]))
     assert "gain-s0/step7/summary.json" in results.archive_inputs(runs, tmp_path / "archive")
     text = results.write(results.collect(tmp_path / "archive", 1024), tmp_path / "docs", 1024).read_text()
-    assert "**14 GRPO steps (the recipe as shipped), seeds 0-2**" in text and "fresh seeds 3-5**" in text
+    assert "**14 GRPO steps, 100 held-out tasks, seeds 0-2**" in text and "fresh seeds 3-5**" in text
+    assert "fresh seeds 6-8**" not in text  # a set none of whose runs exist is left out
     assert "| gain-s0 | 100 | 0.150 ± 0.020 | 0.250 ± 0.020 | +0.100 | 0.028 | yes |" in text
     assert "| gain-s1 | 100 | 0.150 ± 0.020 | 0.190 ± 0.020 | +0.040 | 0.028 | no |" in text
     assert "| gain-s0 | 0.150 ± 0.020 | 0.200 ± 0.020 | 0.250 ± 0.020 |" in text  # held-out EM at steps 0, 7, 14
     assert "| pooled (2 runs) |" in text and "| gain7-s3 | 100 |" in text
-    assert (tmp_path / "docs" / "results_gain_0.png").stat().st_size > 5000
+    assert (tmp_path / "docs" / "results_gain_1.png").stat().st_size > 5000  # its place among the sets

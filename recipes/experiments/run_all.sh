@@ -15,11 +15,15 @@ kwargs() { echo "{\"dataset\": \"$1\", \"split\": \"eval\", \"topk\": 2}"; }
 archive() { memrl bench results --archive-only; }
 have() { [ -f "runs/$1" ] || [ -f "docs/results_data/$1" ]; }
 
-# 0. GRPO vs its SFT warm start: experiments/grpo-gain at seeds 0, 1, 2 (~20 min each), each one's step-7 checkpoint
-#    on the same held-out tasks, then 7 GRPO steps on fresh seeds 3, 4, 5 (~13 min each); `memrl bench gain runs/gain*`
+# 0. GRPO vs its SFT warm start (`memrl bench gain runs/gain*`). First, on 100 held-out tasks: experiments/grpo-gain
+#    at 14 steps, seeds 0, 1, 2 (~20 min each), each one's step-7 checkpoint on the same tasks, then 7 steps on
+#    fresh seeds 3, 4, 5 (~13 min each). Then the recipe as shipped (7 steps, 200 held-out tasks, fixed from those)
+#    on fresh seeds 6, 7, 8 (~19 min each).
+OLD=(--set train.eval_tasks=100)
 for seed in 0 1 2; do
   run=gain-s$seed
-  have "$run/summary.json" || memrl train experiments/grpo-gain --set seed=$seed --set name=$run --resume
+  have "$run/summary.json" || memrl train experiments/grpo-gain --set seed=$seed --set name=$run "${OLD[@]}" \
+    --set train.steps=14 --resume
   if ! have "$run/step7/summary.json"; then
     memrl export "runs/$run/checkpoints/step_000007" --out "runs/$run/step7-model"
     memrl eval --recipe experiments/grpo-gain --model "runs/$run/step7-model" --agent memsearcher --objectives 2 \
@@ -29,7 +33,12 @@ for seed in 0 1 2; do
 done
 for seed in 3 4 5; do
   have "gain7-s$seed/summary.json" || memrl train experiments/grpo-gain --set seed=$seed --set name=gain7-s$seed \
-    --set train.steps=7 --resume
+    "${OLD[@]}" --resume
+  archive
+done
+for seed in 6 7 8; do
+  have "gain200-s$seed/summary.json" || memrl train experiments/grpo-gain --set seed=$seed --set name=gain200-s$seed \
+    --resume
   archive
 done
 # 1. one training run per agent (N = 2), each ending with its own sweep over N = 1, 2, 4, 8, 16, then

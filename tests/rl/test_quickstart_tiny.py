@@ -19,6 +19,7 @@ TINY = [
     "algorithm.tasks_per_step=2", "learner.lr=1e-3", "sft.steps=2", "sft.tasks_per_step=2", "train.steps=2",
     "train.eval_tasks=4", "train.sweep_tasks=2", "train.eval_objectives=[1,2]", "train.checkpoint_every=1",
     "resources.num_cpus=2", "logging.progress=false",
+    "train.zero_shot_eval=true", "train.eval_every=1",  # the quickstart's evals, and zero-shot, at every point
     "curriculum.objectives=[1,2]", "curriculum.mode=mix",  # each task at N=1 or N=2, per-N rewards logged
 ]
 
@@ -46,11 +47,13 @@ def test_quickstart_tiny_writes_every_artifact_and_an_exported_model_that_matche
         ns = [n for n in (1, 2) if f"reward_n{n}" in r]
         assert ns and sum(r[f"tasks_n{n}"] for n in ns) == 2 and r["curriculum_max_n"] == 2
         assert r["episodes"] == 4 and all(0.0 <= r[f"reward_n{n}"] <= 1.0 for n in ns)
-    assert set(summary["evals"]) >= {"zero_shot", "after_sft", "after_grpo", "sweep"}
+    assert set(summary["evals"]) >= {"zero_shot", "after_sft", "step_1", "after_grpo", "sweep"}
+    assert grpo[0]["eval_em"] == summary["evals"]["step_1"]["em"]  # the mid-GRPO eval, also in the metrics
     assert {(r["agent"], r["objectives"]) for r in summary["evals"]["sweep"]} == {
         ("memsearcher", 1), ("memsearcher", 2), ("full_context", 1), ("full_context", 2)}
     text = report.read_text()
-    for needle in ("zero-shot", "after SFT", "after GRPO", "±", "GRPO vs SFT", "Time per phase", "full_context"):
+    for needle in ("zero-shot", "after SFT", "after GRPO step 1", "after GRPO", "±", "GRPO vs SFT", "Time per phase",
+                   "full_context"):
         assert needle in text
     for png in ("reward_em_vs_step.png", "context_tokens_per_turn.png", "peak_context_vs_objectives.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"({png})" in text
@@ -87,7 +90,7 @@ def test_quickstart_tiny_writes_every_artifact_and_an_exported_model_that_matche
 
     assert "(viewer.html)" in text
     dom = chromium_dom(out / "viewer.html")  # the memory viewer, rendered by a real headless browser
-    points = ["zero_shot", "after_sft", "after_grpo", "sweep: memsearcher, N=1", "sweep: memsearcher, N=2",
+    points = ["zero_shot", "after_sft", "step_1", "after_grpo", "sweep: memsearcher, N=1", "sweep: memsearcher, N=2",
               "sweep: full_context, N=1", "sweep: full_context, N=2"]
-    assert all(f">{p}</h2>" in dom for p in points) and dom.count('class="ep"') == 3 * 3 + 4 * 2
+    assert all(f">{p}</h2>" in dom for p in points) and dom.count('class="ep"') == 4 * 3 + 4 * 2
     assert dom.count('class="turn"') > dom.count('class="ep"')
