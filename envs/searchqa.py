@@ -25,6 +25,7 @@ from memrl.paths import data_dir
 DATASETS = ("musique", "hotpotqa")
 UNION = ("musique_train_corpus.json", "hotpotqa_train_corpus.json", "2wikimultihopqa_corpus.json")
 SPLITS = ("all", "train", "eval")
+PICKS = ("random", "by_seed")
 log = logging.getLogger(__name__)
 
 
@@ -185,8 +186,11 @@ class SearchQAEnv(TaskEnv):
 
     def __init__(self, dataset: str = "all", split: str = "all", data_dir: str | None = None,
                  corpus: list[str] | str | None = None, retriever: str = "bm25", retriever_url: str | None = None,
-                 topk: int = 3, max_turns: int | None = None) -> None:
+                 topk: int = 3, max_turns: int | None = None, pick: str = "random") -> None:
         super().__init__(max_turns)
+        if pick not in PICKS:
+            raise ValueError(f"pick must be one of {PICKS}; got {pick!r}")
+        self.pick, self._seed = pick, None
         own_files = dataset.endswith((".json", ".jsonl", ".parquet")) and corpus is not None
         folder = None if own_files else _folder(data_dir)  # user files need no data folder
         self.questions = load_questions(str(folder or ""), dataset, split)
@@ -197,7 +201,16 @@ class SearchQAEnv(TaskEnv):
         self.corpus = tuple(str(p) for p in paths)
         self.retriever_kind, self.retriever_url, self.topk = retriever, retriever_url, topk
 
+    def reset(self, seed: int | None = None, options: dict | None = None):
+        self._seed = seed
+        return super().reset(seed=seed, options=options)
+
     def sample_task(self, rng: np.random.Generator) -> Task:
+        """`pick="random"`: a question drawn by the seed's rng (with replacement across seeds); `"by_seed"`: question
+        `seed % len`, so consecutive seeds, as many as there are questions, ask each question once (held-out evals
+        over a whole split; a composed env gives its parts derived seeds, so there it is a fixed shuffle)."""
+        if self.pick == "by_seed" and self._seed is not None:
+            return self.questions[self._seed % len(self.questions)]
         return self.questions[int(rng.integers(len(self.questions)))]
 
     def tool_search(self, query: str) -> str:

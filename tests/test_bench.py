@@ -82,7 +82,8 @@ def test_scaling_bench_measures_both_sync_paths_and_both_rank_counts(capsys, ray
     from memrl.bench import scaling
     from tests.rl.test_quickstart_tiny import TINY
 
-    tiny = [o for o in TINY if not o.startswith(("curriculum.", "name="))] + ["rollout.rollout_timeout=300"]
+    tiny = [o for o in TINY if not o.startswith(("curriculum.", "name=", "train.zero_shot", "train.eval_every"))]
+    tiny += ["rollout.rollout_timeout=300"]
     out = scaling.main(["--steps", "1", "--syncs", "2", *[a for o in tiny for a in ("--set", o)]])
     text = capsys.readouterr().out
     rows = _table_rows(text, "native") + _table_rows(text, "blob")
@@ -99,7 +100,8 @@ def test_async_bench_runs_both_staleness_settings_and_prints_the_estimate(capsys
     from memrl.bench import overlap
     from tests.rl.test_quickstart_tiny import TINY
 
-    tiny = [o for o in TINY if not o.startswith(("curriculum.", "name=", "train.steps"))] + ["rollout.rollout_timeout=300"]
+    tiny = [o for o in TINY if not o.startswith(("curriculum.", "name=", "train.steps", "train.zero_shot", "train.eval_every"))]
+    tiny += ["rollout.rollout_timeout=300"]
     out = overlap.main(["--steps", "2", *[a for o in tiny for a in ("--set", o)]])
     text = capsys.readouterr().out
     rows = _table_rows(text, "0") + _table_rows(text, "1")

@@ -25,7 +25,7 @@ TINY = [
     "agent.memory_tokens=16", "rollout.max_tokens=8", "rollout.max_model_len=1024", "algorithm.group_size=2",
     "algorithm.tasks_per_step=2", "learner.lr=1e-3", "train.eval_tasks=2", "train.steps=2",
     "train.checkpoint_every=2", "train.baseline_agent=null", "train.eval_objectives=[]", "sft.steps=0",
-    "logging.progress=false",
+    "logging.progress=false", "train.eval_every=0",
 ]
 
 

@@ -64,3 +64,19 @@ def test_search_r1_jsonl_and_parquet_questions_with_a_user_corpus(tmp_path):
     (tmp_path / "bad.jsonl").write_text(json.dumps({"query": "x"}))
     with pytest.raises(ValueError, match="golden_answers"):
         make("memrl/SearchQA-v0", dataset=str(tmp_path / "bad.jsonl"), corpus=str(corpus))
+
+
+def test_pick_by_seed_asks_each_question_of_a_split_once_over_consecutive_seeds():
+    env = make("memrl/SearchQA-v0", split="eval", pick="by_seed")
+    n = len(env.unwrapped.questions)
+    asked = []
+    for seed in range(1000, 1000 + n):  # any offset: eval seeds start at env.eval_seed_offset
+        env.reset(seed=seed)
+        asked.append(env.unwrapped.task.meta["id"])
+    assert sorted(asked) == sorted(q.meta["id"] for q in env.unwrapped.questions)  # each once
+    env.reset(seed=1000 + n)
+    assert env.unwrapped.task.meta["id"] == asked[0]  # then round again
+    drawn = [make("memrl/SearchQA-v0", split="eval").reset(seed=s)[0] for s in range(1000, 1000 + n)]
+    assert len(set(drawn)) < n  # the default draws with replacement: some questions twice, some never
+    with pytest.raises(ValueError, match=r"pick must be one of \('random', 'by_seed'\); got 'first'"):
+        make("memrl/SearchQA-v0", pick="first")

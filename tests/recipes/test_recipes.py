@@ -26,7 +26,7 @@ PAPER_RECIPES = ("mem1", "memsearcher", "search-r1")
 
 def test_shipped_recipes_include_papers_and_experiments():
     names = shipped_recipes()
-    assert {"quickstart", *PAPER_RECIPES, *EXPERIMENTS} <= set(names)
+    assert {"quickstart", *PAPER_RECIPES, *EXPERIMENTS, "experiments/grpo-gain", "experiments/searchqa"} <= set(names)
     assert names == sorted(names)
 
 
