@@ -38,6 +38,8 @@ GAIN_SETS = {"The recipe as shipped (7 GRPO steps, 200 held-out tasks), fresh se
              "7 GRPO steps, 100 held-out tasks, fresh seeds 3-5": ("gain7-s3", "gain7-s4", "gain7-s5")}
 GAIN_RUNS = tuple(run for runs in GAIN_SETS.values() for run in runs)
 DATASETS = ("musique", "hotpotqa")
+REAL_TRAIN = "searchqa"  # experiments/searchqa: trained on the real train split, evaluated on the eval split
+REAL_PHASES = (("zero_shot", "zero-shot"), ("after_sft", "after SFT"), ("after_grpo", "after GRPO"))
 RESAMPLES = 2000
 
 
@@ -130,6 +132,7 @@ def inputs() -> list[str]:
     """Every file under --runs that the page reads, relative to it."""
     rel = [f"{run}/{name}" for run in RUNS.values() for name in ("summary.json", "sweep_episodes.jsonl")]
     rel.append("untrained-sweep/episodes.jsonl")
+    rel += [f"{REAL_TRAIN}/summary.json", f"{REAL_TRAIN}/metrics.jsonl"]
     rel += [f"{run}/{name}" for run in GAIN_RUNS for name in ("summary.json", "metrics.jsonl", "step7/summary.json")]
     for ds in DATASETS:
         rel += [f"untrained-{ds}/summary.json", *[f"{run}/{ds}/summary.json" for run in RUNS.values()]]
@@ -177,7 +180,9 @@ def collect(runs: Path, kv_bytes: int) -> dict:
                     real.setdefault(ds, {})[key] = row
     gain = {run: json.loads((runs / run / "summary.json").read_text()) for run in GAIN_RUNS
             if (runs / run / "summary.json").exists()}
-    return {"curves": curves, "raw": raw, "summaries": summaries, "real": real, "gain": gain,
+    trained = runs / REAL_TRAIN / "summary.json"
+    real_train = json.loads(trained.read_text()) if trained.exists() else None
+    return {"curves": curves, "raw": raw, "summaries": summaries, "real": real, "gain": gain, "real_train": real_train,
             "gain_curves": {run: gain_mod.rewards(runs / run) for run in gain},
             "gain_heldout": {run: gain_mod.heldout_curve(runs / run, s) for run, s in gain.items()}}
 
@@ -252,6 +257,22 @@ def verdicts(data: dict) -> list[str]:
     return out
 
 
+def real_train_table(summary: dict | None) -> list[str]:
+    """experiments/searchqa: held-out EM on the real eval split before and after training, with intervals."""
+    if summary is None:
+        return [f"(run missing: `memrl train experiments/{REAL_TRAIN}`, `recipes/experiments/run_all.sh` step 4)"]
+    ev = summary["evals"]
+    lines = ["| phase | questions | EM ± s.e. [95% CI] | F1 ± s.e. | answered | format errors / turn | mean turns |",
+             "|---|---|---|---|---|---|---|"]
+    for key, label in REAL_PHASES:
+        if key in ev:
+            e = ev[key]
+            lines.append(f"| {label} | {e['episodes']} | {e['em']:.3f} ± {e['em_stderr']:.3f} "
+                         f"[{e['em_ci95'][0]:.3f}, {e['em_ci95'][1]:.3f}] | {e['f1']:.3f} ± {e['f1_stderr']:.3f} | "
+                         f"{e.get('answered_rate', 0):.2f} | {e['format_error_rate']:.2f} | {e['mean_turns']:.2f} |")
+    return lines
+
+
 def write(data: dict, out: Path, kv_bytes: int) -> Path:
     curves = data["curves"]
     out.mkdir(parents=True, exist_ok=True)
@@ -296,7 +317,8 @@ def write(data: dict, out: Path, kv_bytes: int) -> Path:
     notes = out / "results_notes.md"
     text = template.format(
         verdicts="\n".join(verdicts(data)) or "(runs missing)", training="\n".join(train), sweep="\n".join(lines),
-        real="\n".join(real), kv_bytes=kv_bytes, gain=gain, notes=notes.read_text() if notes.exists() else "")
+        real="\n".join(real), kv_bytes=kv_bytes, gain=gain, notes=notes.read_text() if notes.exists() else "",
+        real_train="\n".join(real_train_table(data.get("real_train"))))
     path = out / "RESULTS.md"
     path.write_text(text)
     return path

@@ -154,3 +154,21 @@ def test_results_page_has_the_grpo_gain_tables_per_set_of_seeds(tmp_path):
     assert "| gain-s0 | 0.150 ± 0.020 | 0.200 ± 0.020 | 0.250 ± 0.020 |" in text  # held-out EM at steps 0, 7, 14
     assert "| pooled (2 runs) |" in text and "| gain7-s3 | 100 |" in text
     assert (tmp_path / "docs" / "results_gain_1.png").stat().st_size > 5000  # its place among the sets
+
+
+def test_results_page_has_the_real_data_training_run(tmp_path):
+    runs = tmp_path / "runs"
+    assert "(run missing: `memrl train experiments/searchqa`" in results.write(
+        results.collect(runs, 1024), tmp_path / "docs", 1024).read_text()
+    (runs / "searchqa").mkdir(parents=True)
+
+    def ev(em):
+        return {"episodes": 40, "em": em, "em_stderr": 0.03, "em_ci95": [em - 0.05, em + 0.06], "f1": em + 0.1,
+                "f1_stderr": 0.04, "answered_rate": 0.5, "format_error_rate": 0.2, "mean_turns": 3.0}
+
+    (runs / "searchqa" / "summary.json").write_text(json.dumps(
+        {"evals": {"zero_shot": ev(0.0), "after_sft": ev(0.05), "after_grpo": ev(0.1)}, "timings": {}, "steps": 6}))
+    assert "searchqa/summary.json" in results.archive_inputs(runs, tmp_path / "archive")
+    text = results.write(results.collect(tmp_path / "archive", 1024), tmp_path / "docs", 1024).read_text()
+    assert "| zero-shot | 40 | 0.000 ± 0.030 [-0.050, 0.060] | 0.100 ± 0.040 | 0.50 | 0.20 | 3.00 |" in text
+    assert "| after GRPO | 40 | 0.100 ± 0.030 [0.050, 0.160] |" in text and "### Trained on real questions" in text

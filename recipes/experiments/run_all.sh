@@ -62,3 +62,6 @@ for ds in "${DATASETS[@]}"; do
     --episodes "$REAL" --out "runs/untrained-$ds"
 done
 archive
+# 4. real data: MemSearcher trained on the real train split, evaluated on every eval-split question (~25 min)
+have searchqa/summary.json || memrl train experiments/searchqa --resume
+archive
