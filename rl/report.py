@@ -48,9 +48,11 @@ def write_report(trainer) -> Path:
         a, b = evals["after_sft"], evals["after_grpo"]
         margin = b["em"] - a["em"]
         se = (a["em_stderr"] ** 2 + b["em_stderr"] ** 2) ** 0.5
-        verdict = "above" if margin > se else "NOT above"
-        lines += ["", f"GRPO vs SFT: EM {margin:+.3f}, combined standard error {se:.3f}: the gain is {verdict} "
-                      "the combined standard error."]
+        verdict = ("above twice" if margin > 2 * se else "above once but NOT twice" if margin > se
+                   else "NOT above")
+        lines += ["", f"GRPO vs SFT: EM {margin:+.3f} ± {se:.3f} (combined standard error; 95% interval "
+                      f"[{margin - 1.96 * se:+.3f}, {margin + 1.96 * se:+.3f}]): the gain is {verdict} its standard "
+                      "error."]
     if sweep:
         lines += ["", "## Memory agent vs baseline on the same held-out tasks (trained model)", "",
                   "| agent | objectives | EM | peak context tokens | max context tokens | mean turns |",
