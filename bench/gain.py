@@ -18,15 +18,14 @@ import math
 from pathlib import Path
 
 from memrl.rl.metrics import read_metrics
-from memrl.rl.report import heldout_points
+from memrl.rl.report import heldout_points, sft_gain
 
 
 def run_gain(summary: dict) -> dict:
     """EM after SFT and after GRPO with their standard errors, the gain, its combined s.e., and the verdict."""
     ev = summary["evals"]
     sft, grpo = ev["after_sft"], ev["after_grpo"]
-    se = math.hypot(sft["em_stderr"], grpo["em_stderr"])
-    gain = grpo["em"] - sft["em"]
+    gain, se = sft_gain(ev)
     return {"sft_em": sft["em"], "sft_se": sft["em_stderr"], "grpo_em": grpo["em"], "grpo_se": grpo["em_stderr"],
             "tasks": int(grpo.get("episodes", 0)), "gain": gain, "se": se,
             "significant": gain > 2 * se, "seconds": sum(summary.get("timings", {}).values())}

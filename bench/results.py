@@ -27,6 +27,7 @@ from memrl.agents.evaluate import bootstrap_ci
 from memrl.bench import gain as gain_mod
 from memrl.io import write_atomic
 from memrl.rl.metrics import read_metrics
+from memrl.rl.report import phases
 
 RUNS = {"mem1": "mem1-n2", "memsearcher": "memsearcher-n2", "full_context": "full-context-n2"}
 # experiments/grpo-gain (bench/gain.py): first on 100 held-out tasks, at 14 GRPO steps on seeds 0-2 and at 7 on fresh
@@ -39,7 +40,6 @@ GAIN_SETS = {"The recipe as shipped (7 GRPO steps, 200 held-out tasks), fresh se
 GAIN_RUNS = tuple(run for runs in GAIN_SETS.values() for run in runs)
 DATASETS = ("musique", "hotpotqa")
 REAL_TRAIN = "searchqa"  # experiments/searchqa: trained on the real train split, evaluated on the eval split
-REAL_PHASES = (("zero_shot", "zero-shot"), ("after_sft", "after SFT"), ("after_grpo", "after GRPO"))
 RESAMPLES = 2000
 
 
@@ -264,7 +264,7 @@ def real_train_table(summary: dict | None) -> list[str]:
     ev = summary["evals"]
     lines = ["| phase | questions | EM ± s.e. [95% CI] | F1 ± s.e. | answered | format errors / turn | mean turns |",
              "|---|---|---|---|---|---|---|"]
-    for key, label in REAL_PHASES:
+    for key, label, _ in phases(ev, summary["steps"]):
         if key in ev:
             e = ev[key]
             lines.append(f"| {label} | {e['episodes']} | {e['em']:.3f} ± {e['em_stderr']:.3f} "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from memrl.rl.metrics import read_metrics
@@ -21,6 +22,12 @@ def heldout_points(evals: dict, steps: int) -> list[tuple[int, float, float]]:
     """(GRPO step, held-out EM, its s.e.) at every eval on the held-out tasks from the SFT warm start on."""
     return [(step, evals[key]["em"], evals[key]["em_stderr"]) for key, _, step in phases(evals, steps)
             if step is not None and key in evals]
+
+
+def sft_gain(evals: dict) -> tuple[float, float]:
+    """GRPO's held-out EM gain over the SFT warm start and its combined standard error sqrt(se_SFT^2 + se_GRPO^2)."""
+    sft, grpo = evals["after_sft"], evals["after_grpo"]
+    return grpo["em"] - sft["em"], math.hypot(sft["em_stderr"], grpo["em_stderr"])
 
 
 def write_report(trainer) -> Path:
@@ -45,9 +52,7 @@ def write_report(trainer) -> Path:
                          f"{e['reward']:.3f} | {e['format_error_rate']:.3f} | {e['mean_turns']:.2f} | "
                          f"{e['peak_context_tokens']:.0f} |")
     if evals.get("after_sft") and evals.get("after_grpo"):
-        a, b = evals["after_sft"], evals["after_grpo"]
-        margin = b["em"] - a["em"]
-        se = (a["em_stderr"] ** 2 + b["em_stderr"] ** 2) ** 0.5
+        margin, se = sft_gain(evals)
         verdict = ("above twice" if margin > 2 * se else "above once but NOT twice" if margin > se
                    else "NOT above")
         lines += ["", f"GRPO vs SFT: EM {margin:+.3f} ± {se:.3f} (combined standard error; 95% interval "

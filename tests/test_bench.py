@@ -17,6 +17,12 @@ def _table_rows(text: str, first_cell: str) -> list[list[str]]:
             if line.startswith(f"| {first_cell}")]
 
 
+def _bench_tiny(tiny: list[str], *drop: str) -> list[str]:
+    """The quickstart-tiny overrides for a bench run: without its curriculum, name, extra evals and `drop`."""
+    skip = ("curriculum.", "name=", "train.zero_shot", "train.eval_every", *drop)
+    return [o for o in tiny if not o.startswith(skip)] + ["rollout.rollout_timeout=300"]
+
+
 def _finite(cell: str) -> float:
     value = float(NUMBER.fullmatch(cell).group())
     assert math.isfinite(value), cell
@@ -82,8 +88,7 @@ def test_scaling_bench_measures_both_sync_paths_and_both_rank_counts(capsys, ray
     from memrl.bench import scaling
     from tests.rl.test_quickstart_tiny import TINY
 
-    tiny = [o for o in TINY if not o.startswith(("curriculum.", "name=", "train.zero_shot", "train.eval_every"))]
-    tiny += ["rollout.rollout_timeout=300"]
+    tiny = _bench_tiny(TINY)
     out = scaling.main(["--steps", "1", "--syncs", "2", *[a for o in tiny for a in ("--set", o)]])
     text = capsys.readouterr().out
     rows = _table_rows(text, "native") + _table_rows(text, "blob")
@@ -100,8 +105,7 @@ def test_async_bench_runs_both_staleness_settings_and_prints_the_estimate(capsys
     from memrl.bench import overlap
     from tests.rl.test_quickstart_tiny import TINY
 
-    tiny = [o for o in TINY if not o.startswith(("curriculum.", "name=", "train.steps", "train.zero_shot", "train.eval_every"))]
-    tiny += ["rollout.rollout_timeout=300"]
+    tiny = _bench_tiny(TINY, "train.steps")
     out = overlap.main(["--steps", "2", *[a for o in tiny for a in ("--set", o)]])
     text = capsys.readouterr().out
     rows = _table_rows(text, "0") + _table_rows(text, "1")
