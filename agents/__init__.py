@@ -7,6 +7,7 @@ from memrl.agents.episode import (
     backend_policy,
     oracle_policy,
     run_episodes,
+    sampling_seed,
     streaming_policy,
 )
 from memrl.agents.full_context import FullContextAgent
@@ -29,5 +30,5 @@ def make_agent(tokenizer, section) -> Agent:
 __all__ = [
     "AGENTS", "Agent", "EpisodeState", "FullContextAgent", "Generation", "HFBackend", "Mem1Agent",
     "MemSearcherAgent", "Parsed", "SamplingConfig", "TokenStats", "VLLMBackend", "backend_policy",
-    "make_agent", "oracle_policy", "parse_output", "run_episodes", "StreamingPolicy", "streaming_policy",
+    "make_agent", "oracle_policy", "parse_output", "run_episodes", "sampling_seed", "StreamingPolicy", "streaming_policy",
 ]

@@ -23,6 +23,8 @@ from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, ThreadPoolExecuto
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
+import numpy as np
+
 from memrl.agents.backends import CONTEXT_FULL, Generation, SamplingConfig
 from memrl.agents.base import Agent, EpisodeState
 from memrl.records import Trajectory
@@ -40,6 +42,15 @@ class StreamingPolicy(Protocol):
     def submit(self, key: int, prompt: list[int], cfg: SamplingConfig) -> None: ...
 
     def poll(self) -> list[tuple[int, Generation]]: ...
+
+
+def sampling_seed(*keys: int) -> int:
+    """A sampling seed for one request, mixed from integer keys (run seed, step, episode, turn, ...).
+
+    Sampled rollouts are reproducible only if each request owns its random stream: with one engine-wide
+    generator a request's draws depend on which others were batched with it, and that depends on timing
+    (streaming, threaded env steps). Distinct keys give distinct, well-mixed 32-bit seeds."""
+    return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1)[0])
 
 
 def backend_policy(backend) -> Policy:
@@ -62,11 +73,14 @@ class _TurnBatch:
         self.queue.append((key, prompt, cfg))
 
     def poll(self) -> list[tuple[int, Generation]]:
-        if not self.queue:
-            return []
+        """One policy call per distinct sampling config (per-request seeds make each prompt its own)."""
         queue, self.queue = self.queue, []
-        gens = self.policy([p for _, p, _ in queue], [k for k, _, _ in queue], queue[0][2])
-        return [(k, g) for (k, _, _), g in zip(queue, gens, strict=True)]
+        out = []
+        for cfg in dict.fromkeys(c for _, _, c in queue):
+            part = [(k, p) for k, p, c in queue if c == cfg]
+            gens = self.policy([p for _, p in part], [k for k, _ in part], cfg)
+            out.extend((k, g) for (k, _), g in zip(part, gens, strict=True))
+        return out
 
 
 @dataclass
@@ -101,10 +115,16 @@ def run_episodes(
     max_threads: int = 16,
     weight_version: int = 0,
     on_turn: Callable[[int, int], None] | None = None,
+    sample_seeds: Sequence[int] | None = None,
 ) -> list[Trajectory]:
     """Play one episode per env (reset with its seed) and return one Trajectory each, in order.
 
-    `on_turn(turns, tokens)` is called whenever generations finish (how many, how many tokens)."""
+    `sample_seeds` (one per episode) gives every turn of an episode its own sampling seed,
+    `sampling_seed(sample_seeds[i], turn)`, so sampled episodes repeat whatever else runs beside them;
+    without it every request uses `sampling.seed`. `on_turn(turns, tokens)` is called whenever
+    generations finish (how many, how many tokens)."""
+    if sample_seeds is not None and len(sample_seeds) != len(envs):
+        raise ValueError(f"{len(sample_seeds)} sample_seeds for {len(envs)} episodes")
     streaming = isinstance(policy, StreamingPolicy)
     engine = policy if streaming else _TurnBatch(policy)
     episodes = [_Episode(env) for env in envs]
@@ -121,7 +141,8 @@ def run_episodes(
             for i in ready:
                 state = episodes[i].state
                 prompts[i] = agent.context_ids(state)
-                engine.submit(i, prompts[i], _turn_config(sampling, agent.stop_strings(state)))
+                seed = sampling.seed if sample_seeds is None else sampling_seed(sample_seeds[i], len(episodes[i].turns))
+                engine.submit(i, prompts[i], _turn_config(sampling, agent.stop_strings(state), seed))
             ready = []
             finished = engine.poll() if prompts else []
             if finished and on_turn:
@@ -164,9 +185,9 @@ def run_episodes(
     return [_trajectory(ep, g, weight_version) for ep, g in zip(episodes, groups, strict=True)]
 
 
-def _turn_config(sampling: SamplingConfig, stop: tuple[str, ...]) -> SamplingConfig:
+def _turn_config(sampling: SamplingConfig, stop: tuple[str, ...], seed: int | None) -> SamplingConfig:
     return SamplingConfig(sampling.max_tokens, sampling.temperature, sampling.top_p,
-                          tuple(dict.fromkeys([*sampling.stop, *stop])), sampling.seed)
+                          tuple(dict.fromkeys([*sampling.stop, *stop])), seed)
 
 
 def _collect(futures: dict, episodes: list[_Episode], timeout: float, wait_all: bool, block: bool = True):

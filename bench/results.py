@@ -1,11 +1,13 @@
 """Build docs/RESULTS.md from the runs of `recipes/experiments/run_all.sh`: tables, plots, verdicts.
 
 Reads, under --runs (default runs/):
-  <run>/summary.json, <run>/sweep_episodes.jsonl   one training run per agent (mem1-n2, memsearcher-n2,
-                                                   full-context-n2), with its final N-sweep
+  <run>/summary.json, <run>/sweep_episodes.jsonl   three training runs per agent (mem1-n2-s0..s2,
+                                                   memsearcher-n2-s0..s2, full-context-n2-s0..s2), each with its
+                                                   final N-sweep; a run counts once its summary.json exists
   untrained-sweep/episodes.jsonl                   the untrained model, every agent format
   untrained-<ds>/summary.json, <run>/<ds>/summary.json   real multi-hop QA, zero-shot vs trained
-Error bars are 95% bootstrap intervals over held-out episodes (same tasks for every agent).
+Error bars are 95% bootstrap intervals over held-out episodes (same tasks for every agent and seed); pooled over
+seeds, a two-level bootstrap (seeds, then episodes within each), so they hold the seed-to-seed spread too.
 
 Those files are first copied into --archive (default docs/results_data/, committed), and the page is built
 from the archive: runs/ is scratch space that a machine reset loses, and a step re-run later replaces only
@@ -29,7 +31,12 @@ from memrl.io import write_atomic
 from memrl.rl.metrics import read_metrics
 from memrl.rl.report import phases
 
-RUNS = {"mem1": "mem1-n2", "memsearcher": "memsearcher-n2", "full_context": "full-context-n2"}
+# The papers' comparison at equal budget: each agent trained with experiments/grpo-gain's settings (recipes
+# experiments/<recipe>, which differ only in agent.name) on three seeds, runs named <recipe>-s<seed>
+SEEDS = (0, 1, 2)
+RECIPES = {"mem1": "mem1-n2", "memsearcher": "memsearcher-n2", "full_context": "full-context-n2"}
+RUNS = {agent: tuple(f"{recipe}-s{seed}" for seed in SEEDS) for agent, recipe in RECIPES.items()}
+REAL_RUNS = {agent: runs[0] for agent, runs in RUNS.items()}  # the trained agents on real data: seed 0's model
 # experiments/grpo-gain (bench/gain.py): first on 100 held-out tasks, at 14 GRPO steps on seeds 0-2 and at 7 on fresh
 # seeds 3-5 (7 was chosen after seeing seeds 0-2's held-out EM at step 7); then the recipe as shipped, fixed from
 # those (7 steps, 200 held-out tasks), on fresh seeds 6-8
@@ -77,17 +84,52 @@ def point_row(eps: list[dict], kv_bytes: int) -> dict:
     }
 
 
-def slope_ci(by_n: dict[int, list[float]], seed: int = 0) -> tuple[float, float, float]:
-    """Least-squares slope of mean EM vs N, with a 95% bootstrap interval (episodes resampled per N)."""
-    ns = sorted(by_n)
+def nested_ci(groups: list[list[float]], resamples: int = RESAMPLES, seed: int = 0) -> tuple[float, float]:
+    """95% interval of the mean of group means by a two-level bootstrap: draw the groups (seeds) with
+    replacement, then the values (episodes) within each drawn group. One group: the plain episode bootstrap."""
+    if len(groups) == 1:
+        return bootstrap_ci(groups[0], resamples=resamples, seed=seed)
+    rng = np.random.default_rng(seed)
+    k = len(groups)
+    # means[i, j]: `resamples` resampled means of group i for draw slot j (independent for every slot)
+    means = np.stack([np.stack([rng.choice(np.asarray(g, dtype=float), size=(resamples, len(g))).mean(axis=1)
+                                for _ in range(k)]) for g in groups])
+    pick = rng.integers(k, size=(resamples, k))
+    boots = means[pick, np.arange(k)[None, :], np.arange(resamples)[:, None]].mean(axis=1)
+    lo, hi = np.quantile(boots, [0.025, 0.975])
+    return float(lo), float(hi)
+
+
+def pooled_row(by_run: dict[str, list[dict]], kv_bytes: int) -> dict:
+    """One (agent, N) point over several runs: `point_row` of all episodes, with EM and peak tokens as means of
+    the runs' means and their intervals from `nested_ci`; `per_run` keeps each run's EM and episode interval."""
+    groups = list(by_run.values())
+    row = point_row([e for eps in groups for e in eps], kv_bytes)
+    em = [[float(e.get("em") or 0.0) for e in eps] for eps in groups]
+    peak = [[e.get("peak_context_tokens", 0) for e in eps] for eps in groups]
+    row.update(runs=len(groups), em=float(np.mean([np.mean(g) for g in em])), em_ci=nested_ci(em),
+               peak_tokens=float(np.mean([np.mean(g) for g in peak])), peak_tokens_ci=nested_ci(peak))
+    row["peak_kv_mib"] = row["peak_tokens"] * kv_bytes / 2**20
+    row["em_sum"] = row["em"] * n_of(groups[0][0])
+    row["per_run"] = {name: (float(np.mean(g)), bootstrap_ci(g, resamples=RESAMPLES)) for name, g in zip(by_run, em, strict=True)}
+    return row
+
+
+def slope_ci(runs: list[dict[int, list[float]]], seed: int = 0) -> tuple[float, float, float]:
+    """Least-squares slope of mean EM vs N (the runs' means averaged per N), with a 95% bootstrap interval:
+    runs drawn with replacement, then episodes resampled per N within each drawn run."""
+    ns = sorted(runs[0])
     x = np.array(ns, dtype=float)
 
     def slope(means):
         return float(np.polyfit(x, means, 1)[0])
 
     rng = np.random.default_rng(seed)
-    est = slope([np.mean(by_n[n]) for n in ns])
-    boots = [slope([rng.choice(by_n[n], size=len(by_n[n])).mean() for n in ns]) for _ in range(RESAMPLES)]
+    est = slope([np.mean([np.mean(r[n]) for r in runs]) for n in ns])
+    boots = []
+    for _ in range(RESAMPLES):
+        drawn = [runs[i] for i in rng.integers(len(runs), size=len(runs))]
+        boots.append(slope([np.mean([rng.choice(r[n], size=len(r[n])).mean() for r in drawn]) for n in ns]))
     lo, hi = np.quantile(boots, [0.025, 0.975])
     return est, float(lo), float(hi)
 
@@ -130,12 +172,12 @@ def plot(rows: dict, key: str, ylabel: str, path: Path, ci_key: str | None = Non
 
 def inputs() -> list[str]:
     """Every file under --runs that the page reads, relative to it."""
-    rel = [f"{run}/{name}" for run in RUNS.values() for name in ("summary.json", "sweep_episodes.jsonl")]
+    rel = [f"{run}/{name}" for runs in RUNS.values() for run in runs for name in ("summary.json", "sweep_episodes.jsonl")]
     rel.append("untrained-sweep/episodes.jsonl")
     rel += [f"{REAL_TRAIN}/summary.json", f"{REAL_TRAIN}/metrics.jsonl"]
     rel += [f"{run}/{name}" for run in GAIN_RUNS for name in ("summary.json", "metrics.jsonl", "step7/summary.json")]
     for ds in DATASETS:
-        rel += [f"untrained-{ds}/summary.json", *[f"{run}/{ds}/summary.json" for run in RUNS.values()]]
+        rel += [f"untrained-{ds}/summary.json", *[f"{run}/{ds}/summary.json" for run in REAL_RUNS.values()]]
     return rel
 
 
@@ -157,23 +199,24 @@ def fmt_ci(v: float, ci: tuple[float, float]) -> str:
 
 
 def collect(runs: Path, kv_bytes: int) -> dict:
-    curves: dict[str, dict[int, dict]] = {}
-    raw: dict[str, dict[int, list[float]]] = {}
-    summaries = {}
-    for agent, run in RUNS.items():
-        recs = read_jsonl(runs / run / "sweep_episodes.jsonl")
-        if (runs / run / "summary.json").exists():
-            summaries[agent] = json.loads((runs / run / "summary.json").read_text())
-        for (a, n), eps in points(recs).items():
-            curves.setdefault(f"{a} (trained)", {})[n] = point_row(eps, kv_bytes)
-            raw.setdefault(f"{a} (trained)", {})[n] = [float(e.get("em") or 0.0) for e in eps]
+    by_point: dict[str, dict[int, dict[str, list[dict]]]] = {}  # label -> N -> run -> episodes
+    summaries: dict[str, dict[str, dict]] = {}  # agent -> run -> summary.json
+    for agent, names in RUNS.items():
+        for run in names:
+            if not (runs / run / "summary.json").exists():  # unfinished: its sweep may be partial
+                continue
+            summaries.setdefault(agent, {})[run] = json.loads((runs / run / "summary.json").read_text())
+            for (a, n), eps in points(read_jsonl(runs / run / "sweep_episodes.jsonl")).items():
+                by_point.setdefault(f"{a} (trained)", {}).setdefault(n, {})[run] = eps
     for (a, n), eps in points(read_jsonl(runs / "untrained-sweep" / "episodes.jsonl")).items():
-        curves.setdefault(f"untrained {a}", {})[n] = point_row(eps, kv_bytes)
-        raw.setdefault(f"untrained {a}", {})[n] = [float(e.get("em") or 0.0) for e in eps]
+        by_point.setdefault(f"untrained {a}", {}).setdefault(n, {})["untrained"] = eps
+    curves = {label: {n: pooled_row(by_run, kv_bytes) for n, by_run in pts.items()} for label, pts in by_point.items()}
+    raw = {label: [{n: [float(e.get("em") or 0.0) for e in by_run[run]] for n, by_run in pts.items()}
+                   for run in next(iter(pts.values()))] for label, pts in by_point.items()}
     real = {}
     for ds in DATASETS:
         for label, path in [("untrained", runs / f"untrained-{ds}" / "summary.json"),
-                            *[(f"{a} (trained)", runs / r / ds / "summary.json") for a, r in RUNS.items()]]:
+                            *[(f"{a} (trained)", runs / r / ds / "summary.json") for a, r in REAL_RUNS.items()]]:
             if path.exists():
                 for row in json.loads(path.read_text()):
                     key = f"untrained {row['agent']}" if label == "untrained" else label
@@ -234,14 +277,15 @@ def verdicts(data: dict) -> list[str]:
         out.append(f"- **H1, peak context flat in N for memory agents, growing for full context: "
                    f"{'CONFIRMED' if held else 'REFUTED'}.** Peak tokens N={hi_n} / N={lo_n}: " + ", ".join(desc) + ".")
     if "full_context" in trained and memory:
-        slopes = {a: slope_ci(raw[f"{a} (trained)"]) for a in trained}
+        slopes = {a: slope_ci(raw[f"{a} (trained)"]) for a in trained}  # pooled over each agent's runs
         f = slopes["full_context"]
         lines = [f"{a} {slopes[a][0]:+.4f} [{slopes[a][1]:+.4f}, {slopes[a][2]:+.4f}] vs full context {f[0]:+.4f} "
                  f"[{f[1]:+.4f}, {f[2]:+.4f}]: {'less loss' if slopes[a][0] > f[0] else 'not less loss'}"
                  f"{' (intervals separate)' if separate(slopes[a], f) else ' (intervals overlap)'}" for a in memory]
         verdict = h2_word(slopes, list(memory))
         out.append(f"- **H2, trained memory agents lose less EM per added objective than full context: {verdict}.** "
-                   "EM slope per added objective (least squares over N, 95% bootstrap): " + "; ".join(lines) + ".")
+                   f"EM slope per added objective (least squares over N, pooled over {runs_word(trained)}, 95% "
+                   "two-level bootstrap): " + "; ".join(lines) + ".")
     else:
         out.append("- **H2, trained memory agents lose less EM per added objective than full context: PENDING** "
                    "(the trained full-context run has not finished).")
@@ -252,9 +296,34 @@ def verdicts(data: dict) -> list[str]:
         h3.append(f"{a}: EM at N=2 {c[2]['em']:.3f}, at N={hi_n} {fmt_ci(c[hi_n]['em'], c[hi_n]['em_ci'])}{base}")
     gen = [a for a, c in trained.items() if c[hi_n]["em_ci"][0] > 0]
     out.append(f"- **H3, training at N = 2 generalizes to N = {hi_n}: "
-               f"{'CONFIRMED for ' + ', '.join(gen) if gen else 'REFUTED'}** (EM at N={hi_n} with a 95% "
+               f"{'CONFIRMED for ' + ', '.join(gen) if gen else 'REFUTED'}** (pooled EM at N={hi_n} with a 95% "
                f"interval above 0). " + "; ".join(h3) + ".")
     return out
+
+
+def runs_word(trained: dict[str, dict[int, dict]]) -> str:
+    """How many runs the pooled curves stand on: '3 seeds each', or the counts when agents differ."""
+    counts = {a: next(iter(c.values()))["runs"] for a, c in trained.items()}
+    if len(set(counts.values())) == 1:
+        k = next(iter(counts.values()))
+        return f"{k} seed{'s' if k > 1 else ''} each"
+    return ", ".join(f"{a} {k} seed{'s' if k > 1 else ''}" for a, k in counts.items())
+
+
+def per_run_cell(row: dict) -> str:
+    """Each run's EM with its episode interval, by seed: 's0 0.125 [0.031, 0.219]; s1 ...'."""
+    if row["runs"] == 1 and "untrained" in row["per_run"]:
+        return "-"
+    return "; ".join(f"{name.rsplit('-', 1)[-1]} {fmt_ci(em, ci)}" for name, (em, ci) in row["per_run"].items())
+
+
+def training_tables(summaries: dict[str, dict[str, dict]]) -> list[str]:
+    """Per agent: each seed's held-out EM after SFT and after GRPO (N = 2), its gain, and the gain pooled."""
+    lines: list[str] = []
+    for agent, runs in summaries.items():
+        names = list(runs)
+        lines += [f"**{agent}**", "", *gain_mod.table(names, [gain_mod.run_gain(runs[n]) for n in names]), ""]
+    return lines or ["(runs missing: `recipes/experiments/run_all.sh` step 1)"]
 
 
 def real_train_table(summary: dict | None) -> list[str]:
@@ -279,23 +348,18 @@ def write(data: dict, out: Path, kv_bytes: int) -> Path:
     plot(curves, "em", "EM (mean over objectives), 95% bootstrap", out / "results_em_vs_n.png", "em_ci")
     plot(curves, "peak_tokens", "peak context tokens per episode", out / "results_peak_tokens_vs_n.png",
          "peak_tokens_ci")
-    lines = ["| agent | N | episodes | EM [95% CI] | EM sum | F1 | answered | peak tokens | max tokens | "
-             "peak KV MiB | s / episode | context full |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| agent | N | seeds | episodes | EM [95% CI] | EM per seed [95% CI] | EM sum | F1 | answered | "
+             "peak tokens | max tokens | peak KV MiB | s / episode | context full |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for label, pts in curves.items():
         for n in sorted(pts):
             r = pts[n]
             secs = f"{r['episode_s']:.1f}" if r["episode_s"] is not None else "-"
-            lines.append(f"| {label} | {n} | {r['episodes']} | {fmt_ci(r['em'], r['em_ci'])} | {r['em_sum']:.2f} | "
-                         f"{r['f1']:.3f} | {r['answered']:.2f} | {r['peak_tokens']:.0f} | {r['max_tokens']} | "
-                         f"{r['peak_kv_mib']:.1f} | {secs} | {r['context_full']:.2f} |")
-    train = ["| agent | EM after SFT (N=2) | EM after GRPO (N=2) | SFT s | GRPO s | sweep s | total s |",
-             "|---|---|---|---|---|---|---|"]
-    for a, s in data["summaries"].items():
-        ev, t = s["evals"], s["timings"]
-        sft, grpo = ev.get("after_sft", {}), ev.get("after_grpo", {})
-        train.append(f"| {a} | {sft.get('em', 0):.3f} ± {sft.get('em_stderr', 0):.3f} | "
-                     f"{grpo.get('em', 0):.3f} ± {grpo.get('em_stderr', 0):.3f} | {t.get('sft', 0):.0f} | "
-                     f"{t.get('grpo', 0):.0f} | {t.get('eval_sweep', 0):.0f} | {sum(t.values()):.0f} |")
+            seeds = "-" if label.startswith("untrained") else str(r["runs"])
+            lines.append(f"| {label} | {n} | {seeds} | {r['episodes']} | {fmt_ci(r['em'], r['em_ci'])} | "
+                         f"{per_run_cell(r)} | {r['em_sum']:.2f} | {r['f1']:.3f} | {r['answered']:.2f} | "
+                         f"{r['peak_tokens']:.0f} | {r['max_tokens']} | {r['peak_kv_mib']:.1f} | {secs} | "
+                         f"{r['context_full']:.2f} |")
     real = ["| dataset | agent | episodes | EM ± s.e. | F1 | answered | peak tokens |", "|---|---|---|---|---|---|---|"]
     for ds, rows in data["real"].items():
         for label, r in rows.items():
@@ -316,7 +380,8 @@ def write(data: dict, out: Path, kv_bytes: int) -> Path:
     template = (Path(__file__).parent / "results_template.md").read_text()
     notes = out / "results_notes.md"
     text = template.format(
-        verdicts="\n".join(verdicts(data)) or "(runs missing)", training="\n".join(train), sweep="\n".join(lines),
+        verdicts="\n".join(verdicts(data)) or "(runs missing)", training="\n".join(training_tables(data["summaries"])),
+        sweep="\n".join(lines),
         real="\n".join(real), kv_bytes=kv_bytes, gain=gain, notes=notes.read_text() if notes.exists() else "",
         real_train="\n".join(real_train_table(data.get("real_train"))))
     path = out / "RESULTS.md"

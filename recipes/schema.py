@@ -194,6 +194,9 @@ class TrainCfg(Section):
     eval_tasks: int = Field(32, ge=1, description="held-out tasks per eval")
     eval_objectives: list[int] = Field(default_factory=list, description="N swept at the end (memory vs baseline agent)")
     sweep_tasks: int = Field(16, ge=1, description="held-out tasks per point of the final sweep")
+    eval_max_tokens: int | None = Field(
+        None, ge=1, description="tokens per generation in held-out evals and the sweep (default rollout.max_tokens): "
+        "room for N answers, and a memory, in one turn at large N")
     checkpoint_every: int = Field(5, ge=1, description="write a checkpoint every N steps")
     keep_checkpoints: int = Field(2, ge=1, description="checkpoints kept on disk")
     baseline_agent: AgentName | None = Field(
@@ -253,6 +256,11 @@ class Recipe(Section):
     @property
     def out(self) -> Path:
         return Path(self.output_dir.format(name=self.name))
+
+    @property
+    def eval_max_tokens(self) -> int:
+        """Generation budget per turn of held-out evals (train.eval_max_tokens, else rollout.max_tokens)."""
+        return self.train.eval_max_tokens or self.rollout.max_tokens
 
 
 class RecipeError(ValueError):

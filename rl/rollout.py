@@ -118,7 +118,7 @@ class RolloutWorker:
 
     def rollout(self, seeds: list[int], group_ids: list[int], env: EnvCfg, agent: AgentCfg,
                 sampling: SamplingConfig, version: int = 0, weights: list | None = None,
-                env_timeout: float = 60.0) -> tuple[list[Trajectory], RolloutStats]:
+                env_timeout: float = 60.0, sample_seeds: list[int] | None = None) -> tuple[list[Trajectory], RolloutStats]:
         if self.backend.version < version:  # newer is fine: an update may land between dispatch and start
             if not weights:
                 raise StaleWeights(f"worker at weight version {self.backend.version}, asked for {version}")
@@ -143,7 +143,7 @@ class RolloutWorker:
         t0 = time.perf_counter()
         trajs = run_episodes(agent_obj, self._env_pool(env, len(seeds)), seeds, streaming_policy(self.backend),
                              sampling, group_ids=group_ids, env_timeout=env_timeout,
-                             weight_version=self.backend.version, on_turn=on_turn)
+                             weight_version=self.backend.version, on_turn=on_turn, sample_seeds=sample_seeds)
         stats.wall_time = time.perf_counter() - t0
         stats.episodes = len(trajs)
         stats.episode_latency = [float(t.info.get("episode_seconds", stats.wall_time)) for t in trajs]
@@ -237,8 +237,9 @@ class RolloutManager:
 
     def rollout(self, seeds: list[int], group_ids: list[int], env: EnvCfg, agent: AgentCfg,
                 sampling: SamplingConfig, env_timeout: float = 60.0, chunks_per_worker: int = 1,
-                max_attempts: int = 3) -> tuple[list[Trajectory], RolloutStats]:
-        """Run one episode per seed; returns trajectories in input order and merged stats."""
+                max_attempts: int = 3, sample_seeds: list[int] | None = None) -> tuple[list[Trajectory], RolloutStats]:
+        """Run one episode per seed; returns trajectories in input order and merged stats. `sample_seeds`
+        (one per episode, see run_episodes) travel with their episodes, so chunking does not change them."""
         import ray
         from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError
 
@@ -257,7 +258,8 @@ class RolloutManager:
                 chunk, lo, hi = todo.pop(0)
                 w = idle.pop(0)
                 ref = self.workers[w].rollout.remote(seeds[lo:hi], group_ids[lo:hi], env, agent, sampling,
-                                                    self.version, weights, env_timeout)
+                                                    self.version, weights, env_timeout,
+                                                    None if sample_seeds is None else sample_seeds[lo:hi])
                 pending[ref] = (chunk, lo, hi, w)
             done, _ = ray.wait(list(pending), num_returns=1, timeout=self.timeout)
             if not done:

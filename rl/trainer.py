@@ -17,7 +17,7 @@ from dataclasses import asdict
 import torch
 from tqdm.auto import tqdm
 
-from memrl.agents import SamplingConfig, make_agent, oracle_policy, run_episodes
+from memrl.agents import SamplingConfig, make_agent, oracle_policy, run_episodes, sampling_seed
 from memrl.agents.evaluate import eval_point, summarize
 from memrl.envs import build as build_env
 from memrl.envs.rewards import shaped_reward
@@ -252,11 +252,13 @@ class Trainer:
         sampling = SamplingConfig(rc.rollout.max_tokens, rc.rollout.temperature, rc.rollout.top_p)
         ns = self._objectives(step) if ns is None else ns
         per_task_n = [n for n in ns for _ in range(rc.algorithm.group_size)]
+        samples = [sampling_seed(rc.seed, step, i) for i in range(len(seeds))]  # reproducible sampled rollouts
         trajs, stats, per_n = [None] * len(seeds), None, {}
         for n in sorted(set(ns)):
             idx = [i for i, m in enumerate(per_task_n) if m == n]
             part, st = self.rollouts.rollout([seeds[i] for i in idx], [groups[i] for i in idx], rc.env.at(n),
-                                             rc.agent, sampling, env_timeout=rc.rollout.env_timeout)
+                                             rc.agent, sampling, env_timeout=rc.rollout.env_timeout,
+                                             sample_seeds=[samples[i] for i in idx])
             for i, t in zip(idx, part, strict=True):
                 trajs[i] = t
             per_n[n] = part
@@ -269,7 +271,7 @@ class Trainer:
         episodes go to the run's memory viewer (viewer.html) under that name."""
         rc = self.recipe
         seeds = [rc.env.eval_seed_offset + i for i in range(tasks or rc.train.eval_tasks)]
-        sampling = SamplingConfig(rc.rollout.max_tokens, temperature=0.0)
+        sampling = SamplingConfig(rc.eval_max_tokens, temperature=0.0)
         trajs, stats = self.rollouts.rollout(seeds, list(range(len(seeds))), rc.env.at(objectives, held_out=True),
                                              rc.agent.named(agent_name), sampling, env_timeout=rc.rollout.env_timeout)
         out, records = eval_point(trajs, stats, self.kv_bytes, agent=agent_name,

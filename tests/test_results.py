@@ -21,11 +21,27 @@ def test_bootstrap_ci_brackets_the_mean_and_collapses_for_constant_data():
 
 def test_slope_of_mean_em_vs_n_matches_least_squares():
     by_n = {1: [0.8, 0.8], 2: [0.6, 0.6], 4: [0.2, 0.2]}  # means 0.8, 0.6, 0.2 at N = 1, 2, 4
-    est, lo, hi = results.slope_ci(by_n)
+    est, lo, hi = results.slope_ci([by_n])
     x, y = np.array([1, 2, 4.0]), np.array([0.8, 0.6, 0.2])
     expected = ((x - x.mean()) * (y - y.mean())).sum() / ((x - x.mean()) ** 2).sum()  # -0.2
     assert est == pytest.approx(expected) == pytest.approx(-0.2)
     assert lo == pytest.approx(est) and hi == pytest.approx(est)  # no spread within N
+
+
+def test_slope_pooled_over_runs_averages_their_means_and_spreads_with_them():
+    runs = [{1: [0.8] * 4, 4: [0.2] * 4}, {1: [0.6] * 4, 4: [0.3] * 4}]  # slopes -0.2 and -0.1: mean means -0.15
+    est, lo, hi = results.slope_ci(runs)
+    assert est == pytest.approx(-0.15)
+    assert lo == pytest.approx(-0.2) and hi == pytest.approx(-0.1)  # only the runs vary: their range
+
+
+def test_nested_ci_draws_seeds_then_episodes():
+    assert results.nested_ci([[0.0, 1.0] * 20]) == bootstrap_ci([0.0, 1.0] * 20, resamples=results.RESAMPLES)
+    lo, hi = results.nested_ci([[0.2] * 10, [0.4] * 10, [0.6] * 10])  # no spread within a seed
+    assert 0.2 <= lo < 0.4 < hi <= 0.6
+    one = results.nested_ci([[0.0, 1.0] * 20] * 3)  # identical seeds: no wider than one seed's interval
+    alone = bootstrap_ci([0.0, 1.0] * 20)
+    assert one[1] - one[0] <= alone[1] - alone[0] + 1e-9
 
 
 def test_kv_bytes_per_token_of_the_tiny_model(tiny_dir):
@@ -42,19 +58,22 @@ def _episodes(agent: str, n: int, em: float, peak: int, k: int = 40) -> list[dic
              "peak_context_tokens": peak, "terminated": True, "episode_seconds": 1.0} for i in range(k)]
 
 
-def _write_runs(root):
+def _write_runs(root, seeds: int = 1):
+    """`seeds` finished runs per agent; seed k's EM is 0.05 k above seed 0's at every N."""
     ns = [1, 2, 4, 8, 16]
     shapes = {"mem1": (lambda n: 0.5 - 0.01 * n, lambda n: 300),
               "memsearcher": (lambda n: 0.5 - 0.01 * n, lambda n: 320),
               "full_context": (lambda n: 0.75 - 0.05 * n if n < 16 else 0.0, lambda n: 200 * n)}
     for agent, (em, peak) in shapes.items():
-        run = root / results.RUNS[agent]
-        run.mkdir(parents=True)
-        rows = [e for n in ns for e in _episodes(agent, n, em(n), peak(n))]
-        (run / "sweep_episodes.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-        (run / "summary.json").write_text(json.dumps({
-            "evals": {"after_sft": {"em": 0.2, "em_stderr": 0.05}, "after_grpo": {"em": 0.3, "em_stderr": 0.05}},
-            "timings": {"sft": 100.0, "grpo": 200.0, "eval_sweep": 50.0}}))
+        for k, name in enumerate(results.RUNS[agent][:seeds]):
+            run = root / name
+            run.mkdir(parents=True)
+            rows = [e for n in ns for e in _episodes(agent, n, em(n) + 0.05 * k * (em(n) > 0), peak(n))]
+            (run / "sweep_episodes.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+            (run / "summary.json").write_text(json.dumps({
+                "evals": {"after_sft": {"em": 0.2, "em_stderr": 0.05, "episodes": 64},
+                          "after_grpo": {"em": 0.3 + 0.05 * k, "em_stderr": 0.05, "episodes": 64}},
+                "timings": {"sft": 100.0, "grpo": 200.0, "eval_sweep": 50.0}}))
     (root / "untrained-sweep").mkdir()
     (root / "untrained-sweep" / "episodes.jsonl").write_text(
         "".join(json.dumps(r) + "\n" for a in results.RUNS for n in ns for r in _episodes(a, n, 0.0, 100 * n)))
@@ -72,10 +91,27 @@ def test_results_page_has_tables_verdicts_and_plots(tmp_path):
     assert "mem1 1.00x (300 -> 300)" in text and "full_context (trained) 16.00x (200 -> 3200)" in text
     assert "lose less EM per added objective than full context: CONFIRMED" in text
     assert "H3, training at N = 2 generalizes to N = 16: CONFIRMED for mem1, memsearcher**" in text
-    assert "| full_context (trained) | 16 | 40 | 0.000 [0.000, 0.000] |" in text
-    assert "| untrained mem1 | 4 | 40 |" in text and "| musique | untrained mem1 | 8 |" in text
+    assert "| full_context (trained) | 16 | 1 | 40 | 0.000 [0.000, 0.000] | s0 0.000 [0.000, 0.000] |" in text
+    assert "| untrained mem1 | 4 | - | 40 |" in text and "| musique | untrained mem1 | 8 |" in text
+    assert "| mem1-n2-s0 | 64 | 0.200 ± 0.050 | 0.300 ± 0.050 | +0.100 | 0.071 | no |" in text
     for png in ("results_em_vs_n.png", "results_peak_tokens_vs_n.png"):
         assert (tmp_path / "docs" / png).stat().st_size > 5000
+
+
+def test_results_page_pools_three_seeds_per_agent(tmp_path):
+    _write_runs(tmp_path / "runs", seeds=3)
+    (tmp_path / "runs" / "memsearcher-n2-s2" / "summary.json").unlink()  # still running: not counted yet
+    data = results.collect(tmp_path / "runs", 1024)
+    mem1 = data["curves"]["mem1 (trained)"][2]
+    assert mem1["runs"] == 3 and mem1["episodes"] == 120
+    assert mem1["em"] == pytest.approx(np.mean([0.48, 0.53, 0.58]), abs=0.01)
+    lo, hi = mem1["em_ci"]
+    assert lo < 0.48 + 0.02 and hi > 0.58 - 0.02  # seed spread inside the pooled interval
+    assert data["curves"]["memsearcher (trained)"][2]["runs"] == 2
+    text = results.write(data, tmp_path / "docs", 1024).read_text()
+    assert "| mem1 (trained) | 2 | 3 | 120 |" in text and "s0 0.475 [" in text and "; s2 0.575 [" in text
+    assert "pooled over mem1 3 seeds, memsearcher 2 seeds, full_context 3 seeds" in text
+    assert "| pooled (3 runs) | | 0.200 | 0.350 | +0.150 |" in text  # mem1's GRPO gain over its seeds
 
 
 def test_h2_verdict_separates_significant_from_point_estimate_differences():
@@ -97,7 +133,7 @@ def test_results_page_without_runs_says_so(tmp_path):
 
 def test_missing_full_context_run_leaves_h2_pending_and_h1_on_the_untrained_curve(tmp_path):
     _write_runs(tmp_path / "runs")
-    shutil.rmtree(tmp_path / "runs" / results.RUNS["full_context"])
+    shutil.rmtree(tmp_path / "runs" / results.RUNS["full_context"][0])
     text = results.write(results.collect(tmp_path / "runs", 1024), tmp_path / "docs", 1024).read_text()
     assert "untrained full_context 16.00x (100 -> 1600)" in text and "growing for full context: CONFIRMED" in text
     assert "than full context: PENDING** (the trained full-context run has not finished)" in text
@@ -109,7 +145,7 @@ def test_archive_keeps_inputs_when_runs_are_lost_and_takes_newer_ones(tmp_path):
     _write_runs(runs)
     (runs / "untrained-sweep" / "debug.log").write_text("not an input")
     copied = results.archive_inputs(runs, archive)
-    assert "mem1-n2/sweep_episodes.jsonl" in copied and "untrained-musique/summary.json" in copied
+    assert "mem1-n2-s0/sweep_episodes.jsonl" in copied and "untrained-musique/summary.json" in copied
     assert not (archive / "untrained-sweep" / "debug.log").exists()
     first = results.write(results.collect(archive, 1024), tmp_path / "a", 1024).read_text()
     shutil.rmtree(runs)  # a machine reset: the page still builds, identically, from the archive
@@ -122,7 +158,7 @@ def test_archive_keeps_inputs_when_runs_are_lost_and_takes_newer_ones(tmp_path):
     assert results.archive_inputs(runs, archive) == ["untrained-musique/summary.json"]
     text = results.write(results.collect(archive, 1024), tmp_path / "c", 1024).read_text()
     assert "| musique | untrained memsearcher | 16 | 0.250 ± 0.100 |" in text
-    assert "| mem1 (trained) | 16 | 40 |" in text
+    assert "| mem1 (trained) | 16 | 1 | 40 |" in text
 
 
 def test_archive_only_copies_and_writes_no_page(tmp_path):
@@ -130,7 +166,7 @@ def test_archive_only_copies_and_writes_no_page(tmp_path):
     out = results.main(["--runs", str(tmp_path / "runs"), "--archive", str(tmp_path / "archive"),
                         "--out", str(tmp_path / "docs"), "--archive-only"])
     assert out == tmp_path / "archive"
-    assert (tmp_path / "archive" / "full-context-n2" / "sweep_episodes.jsonl").is_file()
+    assert (tmp_path / "archive" / "full-context-n2-s0" / "sweep_episodes.jsonl").is_file()
     assert not (tmp_path / "docs").exists()
 
 

@@ -42,16 +42,23 @@ for seed in 6 7 8; do
     --resume
   archive
 done
-# 1. one training run per agent (N = 2), each ending with its own sweep over N = 1, 2, 4, 8, 16, then
-#    the trained agent on the real data
-for run in mem1-n2 memsearcher-n2 full-context-n2; do
-  have "$run/summary.json" || memrl train "experiments/$run" --resume
-  for ds in "${DATASETS[@]}"; do
-    have "$run/$ds/summary.json" || memrl eval --recipe "experiments/$run" --model "runs/$run/model" \
-      --agent "${AGENT[$run]}" --env memrl/SearchQA-v0 --env-kwargs "$(kwargs "$ds")" --max-turns 4 \
-      --episodes "$REAL" --out "runs/$run/$ds"
+# 1. the papers' comparison at equal budget: each agent trained with experiments/grpo-gain's settings (recipes
+#    experiments/mem1-n2, memsearcher-n2, full-context-n2 differ only in agent.name) on seeds 0, 1, 2, seed by
+#    seed, each run ending with its sweep over N = 1, 2, 4, 8, 16 (32 held-out tasks per N); seed 0's trained
+#    agents then on the real data
+for seed in 0 1 2; do
+  for recipe in memsearcher-n2 mem1-n2 full-context-n2; do
+    run=$recipe-s$seed
+    have "$run/summary.json" || memrl train "experiments/$recipe" --set seed=$seed --set name=$run --resume
+    if [ "$seed" = 0 ]; then
+      for ds in "${DATASETS[@]}"; do
+        have "$run/$ds/summary.json" || memrl eval --recipe "experiments/$recipe" --model "runs/$run/model" \
+          --agent "${AGENT[$recipe]}" --env memrl/SearchQA-v0 --env-kwargs "$(kwargs "$ds")" --max-turns 4 \
+          --episodes "$REAL" --out "runs/$run/$ds"
+      done
+    fi
+    archive
   done
-  archive
 done
 # 2. the untrained model, every agent format, the same held-out tasks and budgets
 have untrained-sweep/episodes.jsonl || memrl eval --recipe experiments/mem1-n2 --model smollm2-135m-instruct \

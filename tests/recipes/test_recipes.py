@@ -66,6 +66,20 @@ def test_experiment_recipes_differ_only_in_the_agent():
     assert {load_recipe(n).agent.name for n in EXPERIMENTS} == {"mem1", "memsearcher", "full_context"}
 
 
+def test_experiment_recipes_train_with_the_grpo_gain_recipe():
+    """The comparison trains every agent the way experiments/grpo-gain improved its SFT warm start: the same
+    model, task, SFT, learner and GRPO settings; only the budgets that N = 16 needs (tokens, memory, window) and
+    the evals differ."""
+    gain = load_recipe("experiments/grpo-gain").model_dump(mode="json")
+    ours = load_recipe(EXPERIMENTS[0]).model_dump(mode="json")
+    for section in ("model", "env", "algorithm", "learner", "sft"):
+        assert ours[section] == gain[section], section
+    assert ours["train"]["steps"] == gain["train"]["steps"]
+    assert ours["rollout"]["temperature"] == gain["rollout"]["temperature"]
+    assert ours["train"]["sweep_tasks"] >= 32
+    assert ours["train"]["eval_max_tokens"] > ours["rollout"]["max_tokens"]
+
+
 @pytest.mark.parametrize("name", PAPER_RECIPES)
 def test_paper_recipes_point_at_a_local_model_dir(name):
     """memrl never downloads weights: GPU recipes name a directory the user provides."""
