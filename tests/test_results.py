@@ -126,6 +126,16 @@ def test_h2_verdict_separates_significant_from_point_estimate_differences():
     assert not results.separate((-0.03, -0.045, -0.02), fc)
 
 
+def test_h3_needs_as_many_objectives_right_at_16_as_at_2():
+    def curve(em2, em16, lo16):
+        return {2: {"em_sum": 2 * em2}, 16: {"em_sum": 16 * em16, "em_ci": (lo16, em16 + 0.01)}}
+
+    assert results.h3_word({"mem1": curve(0.2, 0.03, 0.01)}, 16) == "CONFIRMED for mem1"  # 0.48 >= 0.40 right
+    below = results.h3_word({"mem1": curve(0.2, 0.01, 0.002), "memsearcher": curve(0.2, 0.0, 0.0)}, 16)
+    assert below.startswith("REFUTED (above 0") and below.endswith(": mem1)")  # 0.16 < 0.40 objectives right
+    assert results.h3_word({"mem1": curve(0.2, 0.0, 0.0)}, 16) == "REFUTED"
+
+
 def test_results_page_without_runs_says_so(tmp_path):
     text = results.write(results.collect(tmp_path / "nothing", 1024), tmp_path / "docs", 1024).read_text()
     assert "(runs missing)" in text

@@ -58,6 +58,7 @@ for seed in 0 1 2; do
       done
     fi
     archive
+    rm -rf "runs/$run/checkpoints"  # a finished run's checkpoints (~3.6 GB) are not read again; its model/ stays
   done
 done
 # 2. the untrained model, every agent format, the same held-out tasks and budgets
