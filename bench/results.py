@@ -67,16 +67,21 @@ def points(records: list[dict]) -> dict[tuple[str, int], list[dict]]:
     return out
 
 
-def point_row(eps: list[dict], kv_bytes: int) -> dict:
-    """Mean and 95% bootstrap interval of EM/F1; mean peak tokens, peak KV MiB, seconds per episode."""
+def point_row(eps: list[dict], kv_bytes: int, intervals: bool = True) -> dict:
+    """Mean and 95% bootstrap interval of EM/F1; mean peak tokens, peak KV MiB, seconds per episode.
+    `intervals=False` leaves EM's and peak tokens' intervals to the caller (None here)."""
     em = [float(e.get("em") or 0.0) for e in eps]
     n = n_of(eps[0])
     peak = [e.get("peak_context_tokens", 0) for e in eps]
     secs = [e["episode_seconds"] for e in eps if "episode_seconds" in e]
+
+    def ci(values):
+        return bootstrap_ci(values, resamples=RESAMPLES) if intervals else None
+
     return {
-        "episodes": len(eps), "em": float(np.mean(em)), "em_ci": bootstrap_ci(em, resamples=RESAMPLES),
+        "episodes": len(eps), "em": float(np.mean(em)), "em_ci": ci(em),
         "em_sum": float(np.mean(em)) * n, "f1": float(np.mean([float(e.get("f1") or 0.0) for e in eps])),
-        "peak_tokens": float(np.mean(peak)), "peak_tokens_ci": bootstrap_ci(peak, resamples=RESAMPLES),
+        "peak_tokens": float(np.mean(peak)), "peak_tokens_ci": ci(peak),
         "max_tokens": int(max(peak)), "peak_kv_mib": float(np.mean(peak)) * kv_bytes / 2**20,
         "episode_s": float(np.mean(secs)) if secs else None,
         "context_full": float(np.mean([bool(e.get("context_full")) for e in eps])),
@@ -104,7 +109,7 @@ def pooled_row(by_run: dict[str, list[dict]], kv_bytes: int) -> dict:
     """One (agent, N) point over several runs: `point_row` of all episodes, with EM and peak tokens as means of
     the runs' means and their intervals from `nested_ci`; `per_run` keeps each run's EM and episode interval."""
     groups = list(by_run.values())
-    row = point_row([e for eps in groups for e in eps], kv_bytes)
+    row = point_row([e for eps in groups for e in eps], kv_bytes, intervals=False)
     em = [[float(e.get("em") or 0.0) for e in eps] for eps in groups]
     peak = [[e.get("peak_context_tokens", 0) for e in eps] for eps in groups]
     row.update(runs=len(groups), em=float(np.mean([np.mean(g) for g in em])), em_ci=nested_ci(em),
