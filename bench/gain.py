@@ -3,8 +3,8 @@
 Each run directory is a `memrl train` output (summary.json with the `after_sft` and `after_grpo` evals on the
 same held-out tasks, metrics.jsonl with the per-step training reward). Per run: the gain in EM, its combined
 standard error sqrt(se_sft^2 + se_grpo^2), and whether the gain is above twice that. Pooled over runs
-(different seeds): the mean gain, its standard error from the runs' combined errors (held-out sampling) and the
-between-run standard deviation (seed to seed). Also the held-out EM at every evaluated step (after SFT, mid-run
+(different seeds): the mean gain, the between-run standard deviation (seed to seed) and the mean's standard
+error: one run's held-out error (the runs share their held-out tasks and warm start) plus the seed spread. Also the held-out EM at every evaluated step (after SFT, mid-run
 checkpoints evaluated into `<run>/step<K>/`, after GRPO), and a plot of it beside the training reward.
 
     memrl bench gain RUN_DIR [RUN_DIR ...] [--plot out.png]
@@ -32,11 +32,15 @@ def run_gain(summary: dict) -> dict:
 
 
 def pooled(rows: list[dict]) -> dict:
-    """Mean gain over runs; s.e. from the runs' own errors, and the between-run s.d. of the gain."""
+    """Mean gain over runs, the between-run s.d. of the gain, and the mean's s.e. The runs of a set are evaluated
+    on the same held-out tasks, and SFT does not depend on the seed (one warm start), so their held-out errors do
+    not average out over runs: the s.e. keeps one run's (the mean combined s.e.: fully correlated errors) and adds
+    the seed-to-seed spread of the mean, s.d. / sqrt(runs). Conservative: the s.d. holds some held-out noise too."""
     k = len(rows)
     mean = sum(r["gain"] for r in rows) / k
-    se = math.sqrt(sum(r["se"] ** 2 for r in rows)) / k
     sd = math.sqrt(sum((r["gain"] - mean) ** 2 for r in rows) / (k - 1)) if k > 1 else float("nan")
+    run_se = sum(r["se"] for r in rows) / k
+    se = math.sqrt(run_se**2 + sd**2 / k) if k > 1 else run_se
     return {"runs": k, "gain": mean, "se": se, "between_run_sd": sd, "significant": mean > 2 * se,
             "all_significant": all(r["significant"] for r in rows)}
 

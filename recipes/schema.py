@@ -222,7 +222,8 @@ class LoggingCfg(Section):
 
 class Recipe(Section):
     name: str = Field("recipe", description="run name")
-    seed: int = 0
+    seed: int = Field(0, description="sampling (every GRPO rollout request), engine and learner seeds; the tasks "
+                      "come from env.train_seed_offset / eval_seed_offset, so SFT is the same in every seed")
     output_dir: str = Field("runs/{name}", description="where metrics, checkpoints and the report go")
     model: ModelCfg = Field(default_factory=ModelCfg)
     env: EnvCfg = Field(default_factory=EnvCfg)

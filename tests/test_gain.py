@@ -27,9 +27,13 @@ def test_pooled_gain_over_runs():
     rows = [gain.run_gain(_summary(0.1, 0.03, 0.1 + g, 0.04)) for g in (0.10, 0.15, 0.20)]
     p = gain.pooled(rows)
     assert p["gain"] == pytest.approx(0.15)
-    assert p["se"] == pytest.approx(math.sqrt(3 * 0.05 ** 2) / 3)  # the mean of 3 gains, each with s.e. 0.05
+    # one run's s.e. (0.05: the runs share their held-out tasks) plus the seed spread of the mean (0.05 / sqrt 3)
+    assert p["se"] == pytest.approx(math.sqrt(0.05 ** 2 + 0.05 ** 2 / 3))
     assert p["between_run_sd"] == pytest.approx(0.05)  # s.d. of 0.10, 0.15, 0.20
     assert p["significant"] and not p["all_significant"]  # run 1 (0.10) is not above 2 x 0.05
+    assert gain.pooled(rows[:1])["se"] == pytest.approx(rows[0]["se"])  # one run: its own combined s.e.
+    close = [gain.run_gain(_summary(0.1, 0.03, 0.1 + g, 0.04)) for g in (0.05, 0.06, 0.07)]
+    assert not gain.pooled(close)["significant"]  # 0.06 < 2 x sqrt(0.05^2 + 0.01^2 / 3): no shrinking with runs
 
 
 def test_cli_prints_the_table_and_plots_the_reward_curves(tmp_path, capsys):
