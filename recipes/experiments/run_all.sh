@@ -2,8 +2,8 @@
 # Every run behind docs/RESULTS.md, in order; a step whose output exists under runs/ or docs/results_data/ is
 # skipped (delete it from both to redo).
 #   bash recipes/experiments/run_all.sh            (about 7 hours on 2 CPU cores: step 0 ~2 h 45 min, step 1
-#   ~3 h 45 min (per seed: memsearcher 14 min, mem1 32, full context 29), steps 2-3 ~45 min, step 4 ~25 min;
-#   measured step by step)
+#   ~3 h (9 runs: memsearcher 14-20 min each, mem1 15-32, full context 17-29; the sweep grows with the turns the
+#   trained policy takes), steps 2-3 ~45 min, step 4 ~25 min; measured step by step)
 # After each step its inputs are archived into docs/results_data/ (committed; runs/ is scratch space that a
 # machine reset loses), so a campaign spread over several sittings keeps what finished. Each trained agent's
 # real-data evals run right after its training, while its checkpoint is still there.
