@@ -44,6 +44,8 @@ def summarize(trajs: Sequence[Trajectory]) -> dict:
         out[key], out[f"{key}_stderr"] = mean_stderr(values)
         out[f"{key}_ci95"] = bootstrap_ci(values)
     out["em_sum"] = out["em"] * _mean_objectives(trajs)  # MEM1 reports EM summed over the N objectives
+    # per episode, in input (task seed) order: two evals on the same tasks pair up (rl.report.sft_gain)
+    out["em_per_episode"] = [float(t.info.get("em", 0.0) or 0.0) for t in trajs]
     turns = sum(t.info.get("turns", 0) for t in trajs)
     out["format_error_rate"] = sum(t.info.get("format_errors", 0) for t in trajs) / max(1, turns)
     out["answered_rate"] = sum(bool(t.info.get("terminated")) for t in trajs) / max(1, len(trajs))

@@ -1,11 +1,13 @@
 """Does GRPO improve the SFT warm start? Held-out EM after SFT vs after GRPO, per run and pooled over runs.
 
 Each run directory is a `memrl train` output (summary.json with the `after_sft` and `after_grpo` evals on the
-same held-out tasks, metrics.jsonl with the per-step training reward). Per run: the gain in EM, its combined
-standard error sqrt(se_sft^2 + se_grpo^2), and whether the gain is above twice that. Pooled over runs
+same held-out tasks, metrics.jsonl with the per-step training reward). Per run: the gain in EM, its
+standard error (paired over the same tasks when both evals kept per-episode EM, else the combined
+sqrt(se_sft^2 + se_grpo^2)), and whether the gain is above twice that. Pooled over runs
 (different seeds): the mean gain, the between-run standard deviation (seed to seed) and the mean's standard
-error: one run's held-out error (the runs share their held-out tasks and warm start) plus the seed spread. Also the held-out EM at every evaluated step (after SFT, mid-run
-checkpoints evaluated into `<run>/step<K>/`, after GRPO), and a plot of it beside the training reward.
+error: one run's held-out error (the runs share their held-out tasks and warm start) plus the seed spread.
+Also the held-out EM at every evaluated step (after SFT, mid-run checkpoints evaluated into `<run>/step<K>/`,
+after GRPO), and a plot of it beside the training reward.
 
     memrl bench gain RUN_DIR [RUN_DIR ...] [--plot out.png]
 """
@@ -22,12 +24,13 @@ from memrl.rl.report import heldout_points, sft_gain
 
 
 def run_gain(summary: dict) -> dict:
-    """EM after SFT and after GRPO with their standard errors, the gain, its combined s.e., and the verdict."""
+    """EM after SFT and after GRPO with their standard errors, the gain, its s.e. (paired over tasks where both
+    evals kept per-episode EM, else combined: rl.report.sft_gain), and the verdict."""
     ev = summary["evals"]
     sft, grpo = ev["after_sft"], ev["after_grpo"]
-    gain, se = sft_gain(ev)
+    gain, se, paired = sft_gain(ev)
     return {"sft_em": sft["em"], "sft_se": sft["em_stderr"], "grpo_em": grpo["em"], "grpo_se": grpo["em_stderr"],
-            "tasks": int(grpo.get("episodes", 0)), "gain": gain, "se": se,
+            "tasks": int(grpo.get("episodes", 0)), "gain": gain, "se": se, "paired": paired,
             "significant": gain > 2 * se, "seconds": sum(summary.get("timings", {}).values())}
 
 
@@ -46,11 +49,11 @@ def pooled(rows: list[dict]) -> dict:
 
 
 def table(names: list[str], rows: list[dict]) -> list[str]:
-    lines = ["| run | held-out tasks | EM after SFT | EM after GRPO | gain | combined s.e. | gain > 2 s.e. | "
+    lines = ["| run | held-out tasks | EM after SFT | EM after GRPO | gain | s.e. of the gain | gain > 2 s.e. | "
              "wall min |", "|---|---|---|---|---|---|---|---|"]
     for name, r in zip(names, rows, strict=True):
         lines.append(f"| {name} | {r['tasks']} | {r['sft_em']:.3f} ± {r['sft_se']:.3f} | "
-                     f"{r['grpo_em']:.3f} ± {r['grpo_se']:.3f} | {r['gain']:+.3f} | {r['se']:.3f} | "
+                     f"{r['grpo_em']:.3f} ± {r['grpo_se']:.3f} | {r['gain']:+.3f} | {r['se']:.3f}{' (paired)' if r['paired'] else ''} | "
                      f"{'yes' if r['significant'] else 'no'} | {r['seconds'] / 60:.1f} |")
     if len(rows) > 1:
         p = pooled(rows)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 from pathlib import Path
 
 from memrl.rl.metrics import read_metrics
@@ -24,10 +25,17 @@ def heldout_points(evals: dict, steps: int) -> list[tuple[int, float, float]]:
             if step is not None and key in evals]
 
 
-def sft_gain(evals: dict) -> tuple[float, float]:
-    """GRPO's held-out EM gain over the SFT warm start and its combined standard error sqrt(se_SFT^2 + se_GRPO^2)."""
+def sft_gain(evals: dict) -> tuple[float, float, bool]:
+    """GRPO's held-out EM gain over the SFT warm start and its standard error: paired over tasks (the s.e. of the
+    per-task differences) when both evals kept their per-episode EM on the same tasks, otherwise the combined
+    sqrt(se_SFT^2 + se_GRPO^2), which ignores that the same tasks are easy or hard for both (conservative).
+    Returns (gain, s.e., paired)."""
     sft, grpo = evals["after_sft"], evals["after_grpo"]
-    return grpo["em"] - sft["em"], math.hypot(sft["em_stderr"], grpo["em_stderr"])
+    a, b = sft.get("em_per_episode"), grpo.get("em_per_episode")
+    if a and b and len(a) == len(b) > 1:
+        diffs = [y - x for x, y in zip(a, b, strict=True)]
+        return grpo["em"] - sft["em"], statistics.stdev(diffs) / math.sqrt(len(diffs)), True
+    return grpo["em"] - sft["em"], math.hypot(sft["em_stderr"], grpo["em_stderr"]), False
 
 
 def write_report(trainer) -> Path:
@@ -52,10 +60,11 @@ def write_report(trainer) -> Path:
                          f"{e['reward']:.3f} | {e['format_error_rate']:.3f} | {e['mean_turns']:.2f} | "
                          f"{e['peak_context_tokens']:.0f} |")
     if evals.get("after_sft") and evals.get("after_grpo"):
-        margin, se = sft_gain(evals)
+        margin, se, paired = sft_gain(evals)
+        kind = "paired standard error over the same held-out tasks" if paired else "combined standard error"
         verdict = ("above twice" if margin > 2 * se else "above once but NOT twice" if margin > se
                    else "NOT above")
-        lines += ["", f"GRPO vs SFT: EM {margin:+.3f} ± {se:.3f} (combined standard error; 95% interval "
+        lines += ["", f"GRPO vs SFT: EM {margin:+.3f} ± {se:.3f} ({kind}; 95% interval "
                       f"[{margin - 1.96 * se:+.3f}, {margin + 1.96 * se:+.3f}]): the gain is {verdict} its standard "
                       "error."]
     if sweep:

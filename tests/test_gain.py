@@ -23,6 +23,19 @@ def test_run_gain_and_verdict_on_a_hand_example():
     assert not gain.run_gain(_summary(0.10, 0.03, 0.19, 0.04))["significant"]  # 0.09 < 2 x 0.05
 
 
+def test_gain_is_paired_over_tasks_when_both_evals_kept_per_episode_em():
+    summary = _summary(0.5, 0.29, 0.75, 0.25)
+    summary["evals"]["after_sft"]["em_per_episode"] = [0.0, 1.0, 0.0, 1.0]
+    summary["evals"]["after_grpo"]["em_per_episode"] = [1.0, 1.0, 0.0, 1.0]
+    # differences 1, 0, 0, 0: mean 0.25, s.d. sqrt((0.75^2 + 3 x 0.25^2) / 3) = 0.5, s.e. 0.5 / sqrt(4)
+    r = gain.run_gain(summary)
+    assert r["paired"] and r["gain"] == pytest.approx(0.25) and r["se"] == pytest.approx(0.25)
+    assert "| +0.250 | 0.250 (paired) | no |" in gain.table(["run"], [r])[2]
+    summary["evals"]["after_grpo"]["em_per_episode"] = [1.0, 1.0, 0.0]  # other tasks: no pairing
+    r = gain.run_gain(summary)
+    assert not r["paired"] and r["se"] == pytest.approx(math.hypot(0.29, 0.25))
+
+
 def test_pooled_gain_over_runs():
     rows = [gain.run_gain(_summary(0.1, 0.03, 0.1 + g, 0.04)) for g in (0.10, 0.15, 0.20)]
     p = gain.pooled(rows)

@@ -27,5 +27,8 @@ def test_eval_with_recipe_writes_rows_episode_records_and_plot(tmp_path, tiny_di
     assert {r["objectives"] for r in records} == {1, 2}  # N, not the question list
     assert all(len(r["questions"]) == r["objectives"] for r in records)
     assert all(r["episode_seconds"] > 0 and r["peak_kv_bytes"] == r["peak_context_tokens"] * 2048 for r in records)
+    for r in rows:  # per-episode EM in task order: the same episodes as the records (pairs evals: sft_gain)
+        assert r["em_per_episode"] == [float(x.get("em") or 0.0) for x in records
+                                       if (x["agent"], x["objectives"]) == (r["agent"], r["objectives"])]
     assert (out / "peak_context_vs_objectives.png").stat().st_size > 0
     assert "| mem1 | 2 | 3 |" in capsys.readouterr().out

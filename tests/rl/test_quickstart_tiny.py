@@ -49,11 +49,13 @@ def test_quickstart_tiny_writes_every_artifact_and_an_exported_model_that_matche
         assert r["episodes"] == 4 and all(0.0 <= r[f"reward_n{n}"] <= 1.0 for n in ns)
     assert set(summary["evals"]) >= {"zero_shot", "after_sft", "step_1", "after_grpo", "sweep"}
     assert grpo[0]["eval_em"] == summary["evals"]["step_1"]["em"]  # the mid-GRPO eval, also in the metrics
+    for key in ("after_sft", "after_grpo"):  # per-episode EM on the same tasks: the gain's s.e. is paired
+        assert len(summary["evals"][key]["em_per_episode"]) == summary["evals"][key]["episodes"]
     assert {(r["agent"], r["objectives"]) for r in summary["evals"]["sweep"]} == {
         ("memsearcher", 1), ("memsearcher", 2), ("full_context", 1), ("full_context", 2)}
     text = report.read_text()
     for needle in ("zero-shot", "after SFT", "after GRPO step 1", "after GRPO", "±", "GRPO vs SFT", "Time per phase",
-                   "full_context"):
+                   "full_context", "paired standard error"):
         assert needle in text
     for png in ("reward_em_vs_step.png", "context_tokens_per_turn.png", "peak_context_vs_objectives.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"({png})" in text
