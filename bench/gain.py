@@ -37,7 +37,7 @@ def run_gain(summary: dict) -> dict:
 def pooled(rows: list[dict]) -> dict:
     """Mean gain over runs, the between-run s.d. of the gain, and the mean's s.e. The runs of a set are evaluated
     on the same held-out tasks, and SFT does not depend on the seed (one warm start), so their held-out errors do
-    not average out over runs: the s.e. keeps one run's (the mean combined s.e.: fully correlated errors) and adds
+    not average out over runs: the s.e. keeps one run's (the runs' mean s.e.: fully correlated errors) and adds
     the seed-to-seed spread of the mean, s.d. / sqrt(runs). Conservative: the s.d. holds some held-out noise too."""
     k = len(rows)
     mean = sum(r["gain"] for r in rows) / k
