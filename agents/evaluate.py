@@ -36,8 +36,9 @@ def bootstrap_ci(xs: Sequence[float], level: float = 0.95, resamples: int = 2000
 def summarize(trajs: Sequence[Trajectory]) -> dict:
     """EM, F1, reward (mean and stderr), format-error rate, turns and token accounting over episodes."""
     out: dict = {"episodes": len(trajs), "failed": sum(t.failed for t in trajs)}
+    em = [float(t.info.get("em", 0.0) or 0.0) for t in trajs]
     for key, values in (
-        ("em", [float(t.info.get("em", 0.0) or 0.0) for t in trajs]),
+        ("em", em),
         ("f1", [float(t.info.get("f1", 0.0) or 0.0) for t in trajs]),
         ("reward", [t.reward for t in trajs]),
     ):
@@ -45,7 +46,7 @@ def summarize(trajs: Sequence[Trajectory]) -> dict:
         out[f"{key}_ci95"] = bootstrap_ci(values)
     out["em_sum"] = out["em"] * _mean_objectives(trajs)  # MEM1 reports EM summed over the N objectives
     # per episode, in input (task seed) order: two evals on the same tasks pair up (rl.report.sft_gain)
-    out["em_per_episode"] = [float(t.info.get("em", 0.0) or 0.0) for t in trajs]
+    out["em_per_episode"] = em
     turns = sum(t.info.get("turns", 0) for t in trajs)
     out["format_error_rate"] = sum(t.info.get("format_errors", 0) for t in trajs) / max(1, turns)
     out["answered_rate"] = sum(bool(t.info.get("terminated")) for t in trajs) / max(1, len(trajs))
