@@ -1,4 +1,6 @@
-"""Does GRPO improve the SFT warm start? Held-out EM after SFT vs after GRPO, per run and pooled over runs.
+"""Does GRPO improve the SFT warm start, and by more than more SFT would? Held-out EM after SFT, after GRPO and
+after the RL control (`train.control`: as many SFT optimizer steps as GRPO took, from the same warm start), per
+run and pooled over runs.
 
 Each run directory is a `memrl train` output (summary.json with the `after_sft` and `after_grpo` evals on the
 same held-out tasks, metrics.jsonl with the per-step training reward). Per run: the gain in EM, its
@@ -20,29 +22,40 @@ import math
 from pathlib import Path
 
 from memrl.rl.metrics import read_metrics
+from memrl.rl.report import gain as paired_gain
 from memrl.rl.report import heldout_points, sft_gain
 
 
 def run_gain(summary: dict) -> dict:
     """EM after SFT and after GRPO with their standard errors, the gain, its s.e. (paired over tasks where both
-    evals kept per-episode EM, else combined: rl.report.sft_gain), and the verdict."""
+    evals kept per-episode EM, else combined: rl.report.sft_gain), and the verdict; with the RL control, its EM,
+    its gain over SFT (`control_gain`, `control_se`) and GRPO's over it (`rl_gain`, `rl_se`); the answer prior's
+    EM when the run measured it."""
     ev = summary["evals"]
     sft, grpo = ev["after_sft"], ev["after_grpo"]
     gain, se, paired = sft_gain(ev)
-    return {"sft_em": sft["em"], "sft_se": sft["em_stderr"], "grpo_em": grpo["em"], "grpo_se": grpo["em_stderr"],
-            "tasks": int(grpo.get("episodes", 0)), "gain": gain, "se": se, "paired": paired,
-            "significant": gain > 2 * se, "seconds": sum(summary.get("timings", {}).values())}
+    out = {"sft_em": sft["em"], "sft_se": sft["em_stderr"], "grpo_em": grpo["em"], "grpo_se": grpo["em_stderr"],
+           "tasks": int(grpo.get("episodes", 0)), "gain": gain, "se": se, "paired": paired,
+           "significant": gain > 2 * se, "seconds": sum(summary.get("timings", {}).values())}
+    if ev.get("control"):
+        c = ev["control"]
+        out.update(control_em=c["em"], control_em_se=c["em_stderr"], control_steps=c.get("optimizer_steps"))
+        out["control_gain"], out["control_se"], _ = paired_gain(sft, c)
+        out["rl_gain"], out["rl_se"], _ = paired_gain(c, grpo)
+    if ev.get("answer_prior"):
+        out["prior_em"] = ev["answer_prior"]["em"]
+    return out
 
 
-def pooled(rows: list[dict]) -> dict:
+def pooled(rows: list[dict], key: str = "gain", se_key: str = "se") -> dict:
     """Mean gain over runs, the between-run s.d. of the gain, and the mean's s.e. The runs of a set are evaluated
     on the same held-out tasks, and SFT does not depend on the seed (one warm start), so their held-out errors do
     not average out over runs: the s.e. keeps one run's (the runs' mean s.e.: fully correlated errors) and adds
     the seed-to-seed spread of the mean, s.d. / sqrt(runs). Conservative: the s.d. holds some held-out noise too."""
     k = len(rows)
-    mean = sum(r["gain"] for r in rows) / k
-    sd = math.sqrt(sum((r["gain"] - mean) ** 2 for r in rows) / (k - 1)) if k > 1 else float("nan")
-    run_se = sum(r["se"] for r in rows) / k
+    mean = sum(r[key] for r in rows) / k
+    sd = math.sqrt(sum((r[key] - mean) ** 2 for r in rows) / (k - 1)) if k > 1 else float("nan")
+    run_se = sum(r[se_key] for r in rows) / k
     se = math.sqrt(run_se**2 + sd**2 / k) if k > 1 else run_se
     return {"runs": k, "gain": mean, "se": se, "between_run_sd": sd, "significant": mean > 2 * se,
             "all_significant": all(r["significant"] for r in rows)}
@@ -60,6 +73,31 @@ def table(names: list[str], rows: list[dict]) -> list[str]:
         lines.append(f"| pooled ({p['runs']} runs) | | {sum(r['sft_em'] for r in rows) / len(rows):.3f} | "
                      f"{sum(r['grpo_em'] for r in rows) / len(rows):.3f} | {p['gain']:+.3f} | {p['se']:.3f} "
                      f"(between-run s.d. {p['between_run_sd']:.3f}) | {'yes' if p['significant'] else 'no'} | |")
+    return lines + control_table(names, rows)
+
+
+def _ci(gain: float, se: float) -> str:
+    return f"{gain:+.3f} ± {se:.3f} [{gain - 1.96 * se:+.3f}, {gain + 1.96 * se:+.3f}]"
+
+
+def control_table(names: list[str], rows: list[dict]) -> list[str]:
+    """Is it RL, or just more SFT? Per run with a control: the control's EM, its gain over SFT, GRPO's gain over
+    SFT and GRPO's over the control (paired s.e., 95% interval), and the answer prior; pooled as `pooled`."""
+    have = [(n, r) for n, r in zip(names, rows, strict=True) if "control_gain" in r]
+    if not have:
+        return []
+    lines = ["", "| run | answer prior EM | EM after control (SFT steps) | control - SFT | GRPO - SFT | GRPO - control |",
+             "|---|---|---|---|---|---|"]
+    for name, r in have:
+        prior = f"{r['prior_em']:.3f}" if "prior_em" in r else "-"
+        lines.append(f"| {name} | {prior} | {r['control_em']:.3f} ± {r['control_em_se']:.3f} ({r['control_steps']}) | "
+                     f"{_ci(r['control_gain'], r['control_se'])} | {_ci(r['gain'], r['se'])} | "
+                     f"{_ci(r['rl_gain'], r['rl_se'])} |")
+    if len(have) > 1:
+        rs = [r for _, r in have]
+        cells = [pooled(rs, k, s) for k, s in (("control_gain", "control_se"), ("gain", "se"), ("rl_gain", "rl_se"))]
+        lines.append(f"| pooled ({len(rs)} runs) | | {sum(r['control_em'] for r in rs) / len(rs):.3f} | "
+                     + " | ".join(_ci(p["gain"], p["se"]) for p in cells) + " |")
     return lines
 
 

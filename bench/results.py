@@ -37,13 +37,19 @@ SEEDS = (0, 1, 2)
 RECIPES = {"mem1": "mem1-n2", "memsearcher": "memsearcher-n2", "full_context": "full-context-n2"}
 RUNS = {agent: tuple(f"{recipe}-s{seed}" for seed in SEEDS) for agent, recipe in RECIPES.items()}
 REAL_RUNS = {agent: runs[0] for agent, runs in RUNS.items()}  # the trained agents on real data: seed 0's model
-# experiments/grpo-gain (bench/gain.py): first on 100 held-out tasks, at 14 GRPO steps on seeds 0-2 and at 7 on fresh
-# seeds 3-5 (7 was chosen after seeing seeds 0-2's held-out EM at step 7); then the recipe as shipped, fixed from
-# those (7 steps, 200 held-out tasks), on fresh seeds 6-8
-GAIN_SETS = {"The recipe as shipped (7 GRPO steps, 200 held-out tasks), fresh seeds 6-8":
+# experiments/grpo-gain (bench/gain.py). First, on unseen held-out tasks (a world per episode, names of the eval split
+# only; session 13): seeds 0-2, each its own task stream, with the RL control. Then the superseded sets, measured
+# when held-out questions overlapped the training ones (one fixed world): on 100 held-out tasks, at 14 GRPO steps on
+# seeds 0-2 and at 7 on fresh seeds 3-5; then 7 steps and 200 held-out tasks on seeds 6-8
+UNSEEN = "unseen-gain"
+GAIN_SETS = {"Unseen held-out tasks (a world per episode, eval-split names), 200 tasks, seeds 0-2 (each its own "
+             "task stream), with the RL control": tuple(f"{UNSEEN}-s{seed}" for seed in SEEDS),
+             "SUPERSEDED (held-out questions overlapped training): 7 GRPO steps, 200 held-out tasks, seeds 6-8":
              ("gain200-s6", "gain200-s7", "gain200-s8"),
-             "14 GRPO steps, 100 held-out tasks, seeds 0-2": ("gain-s0", "gain-s1", "gain-s2"),
-             "7 GRPO steps, 100 held-out tasks, fresh seeds 3-5": ("gain7-s3", "gain7-s4", "gain7-s5")}
+             "SUPERSEDED (overlapping tasks): 14 GRPO steps, 100 held-out tasks, seeds 0-2": ("gain-s0", "gain-s1",
+                                                                                            "gain-s2"),
+             "SUPERSEDED (overlapping tasks): 7 GRPO steps, 100 held-out tasks, seeds 3-5": ("gain7-s3", "gain7-s4",
+                                                                                           "gain7-s5")}
 GAIN_RUNS = tuple(run for runs in GAIN_SETS.values() for run in runs)
 DATASETS = ("musique", "hotpotqa")
 REAL_TRAIN = "searchqa"  # experiments/searchqa: trained on the real train split, evaluated on the eval split
@@ -120,10 +126,14 @@ def pooled_row(by_run: dict[str, list[dict]], kv_bytes: int) -> dict:
     return row
 
 
-def slope_ci(runs: list[dict[int, list[float]]], seed: int = 0) -> tuple[float, float, float]:
-    """Least-squares slope of mean EM vs N (the runs' means averaged per N), with a 95% bootstrap interval:
-    runs drawn with replacement, then episodes resampled per N within each drawn run."""
-    ns = sorted(runs[0])
+FIT_MIN_N = 2  # H2's fit over N starts at the trained N: at N = 1 these recipes give one objective 2 turns, and
+# every agent fails there for want of turns (EM ~0.0-0.06), which would tilt a slope fitted through it
+
+
+def slope_ci(runs: list[dict[int, list[float]]], seed: int = 0, min_n: int = FIT_MIN_N) -> tuple[float, float, float]:
+    """Least-squares slope of mean EM vs N over N >= `min_n` (the runs' means averaged per N), with a 95% bootstrap
+    interval: runs drawn with replacement, then episodes resampled per N within each drawn run."""
+    ns = sorted(n for n in runs[0] if n >= min_n)
     x = np.array(ns, dtype=float)
 
     def slope(means):
@@ -180,7 +190,8 @@ def inputs() -> list[str]:
     rel = [f"{run}/{name}" for runs in RUNS.values() for run in runs for name in ("summary.json", "sweep_episodes.jsonl")]
     rel.append("untrained-sweep/episodes.jsonl")
     rel += [f"{REAL_TRAIN}/summary.json", f"{REAL_TRAIN}/metrics.jsonl"]
-    rel += [f"{run}/{name}" for run in GAIN_RUNS for name in ("summary.json", "metrics.jsonl", "step7/summary.json")]
+    rel += [f"{run}/{name}" for run in GAIN_RUNS for name in ("summary.json", "metrics.jsonl", "step7/summary.json",
+                                                               "recipe.yaml")]
     for ds in DATASETS:
         rel += [f"untrained-{ds}/summary.json", *[f"{run}/{ds}/summary.json" for run in REAL_RUNS.values()]]
     return rel
@@ -242,19 +253,14 @@ def separate(a: tuple[float, float, float], b: tuple[float, float, float]) -> bo
 
 def h2_word(slopes: dict[str, tuple[float, float, float]], memory: list[str]) -> str:
     """H2's verdict from EM slopes (point, low, high) per agent: CONFIRMED when every memory agent's interval
-    lies above full context's; NOT SHOWN when some point estimate is less steep but intervals overlap;
-    REFUTED when none is less steep: plain when every memory interval lies below full context's, qualified
-    when one overlaps (then the reverse difference is not significant either)."""
+    lies above full context's, REFUTED when every memory agent's lies below it, otherwise NOT SHOWN (intervals
+    that overlap decide nothing, whichever way the point estimates lean)."""
     f = slopes["full_context"]
-    less = {a: slopes[a][0] > f[0] for a in memory}
-    if all(less[a] and separate(slopes[a], f) for a in memory):
+    if all(slopes[a][0] > f[0] and separate(slopes[a], f) for a in memory):
         return "CONFIRMED"
-    if any(less.values()):
-        return "NOT SHOWN"
-    if all(separate(slopes[a], f) for a in memory):
+    if all(slopes[a][0] < f[0] and separate(slopes[a], f) for a in memory):
         return "REFUTED"
-    return ("REFUTED at this scale (no memory agent loses less EM per objective than full context; the "
-            "intervals overlap, so the reverse difference is not significant either)")
+    return "NOT SHOWN (the intervals overlap)"
 
 
 def h3_word(trained: dict[str, dict[int, dict]], hi_n: int) -> str:
@@ -301,8 +307,8 @@ def verdicts(data: dict) -> list[str]:
                  f"{' (intervals separate)' if separate(slopes[a], f) else ' (intervals overlap)'}" for a in memory]
         verdict = h2_word(slopes, list(memory))
         out.append(f"- **H2, trained memory agents lose less EM per added objective than full context: {verdict}.** "
-                   f"EM slope per added objective (least squares over N, pooled over {runs_word(trained)}, 95% "
-                   "two-level bootstrap): " + "; ".join(lines) + ".")
+                   f"EM slope per added objective (least squares over N >= {FIT_MIN_N}, pooled over "
+                   f"{runs_word(trained)}, 95% two-level bootstrap): " + "; ".join(lines) + ".")
     else:
         out.append("- **H2, trained memory agents lose less EM per added objective than full context: PENDING** "
                    "(the trained full-context run has not finished).")

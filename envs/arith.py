@@ -35,9 +35,14 @@ class ArithEnv(TaskEnv):
     default_max_turns = 3
 
     def sample_task(self, rng) -> Task:
-        a, b, c = (int(x) for x in rng.integers(100, 1000, size=3))
-        expression = f"{a} * {b} + {c}"
-        return Task(f"What is {expression}?", [str(safe_eval(expression))], {"expression": expression})
+        """a * b + c with 3-digit numbers whose answer this split owns (`owns`): held-out answers, and so
+        held-out questions, never occur in training."""
+        while True:
+            a, b, c = (int(x) for x in rng.integers(100, 1000, size=3))
+            expression = f"{a} * {b} + {c}"
+            answer = str(safe_eval(expression))
+            if self.owns(answer):
+                return Task(f"What is {expression}?", [answer], {"expression": expression})
 
     def tool_calc(self, expression: str) -> str:
         """evaluate an integer expression with + - *"""

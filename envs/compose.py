@@ -62,7 +62,7 @@ class ComposedEnv(TurnEnv):
         super().reset(seed=seed)
         base = int(self.np_random.integers(2**31)) if seed is None else int(seed)
         for i, part in enumerate(self.parts):  # distinct, reproducible sub-seeds even for copies of one env
-            part.reset(seed=int(np.random.SeedSequence([base, i]).generate_state(1)[0]))
+            part.reset(seed=int(np.random.SeedSequence([base, i]).generate_state(1)[0]), options={"episode_seed": base})
         self._begin()
         questions = "\n".join(f"{i + 1}. {t.question}" for i, t in enumerate(self.objectives()))
         n = len(self.parts)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import inspect
 import re
+import zlib
 from abc import abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,6 +35,16 @@ from memrl.envs.rewards import exact_match, f1_score
 
 MAX_TEXT = 1_000_000
 _TOOL_PREFIX = "tool_"
+SPLITS = ("train", "eval")
+EVAL_SHARE = 5  # one name (or answer) in EVAL_SHARE belongs to the eval split
+
+
+def split_of(key: str) -> str:
+    """The split that owns a name or an answer, fixed by its text alone: "eval" for one key in `EVAL_SHARE`
+    (by CRC32), "train" for the rest. A generated env draws training tasks only from train-owned names and
+    answers and held-out tasks only from eval-owned ones, so the two splits share no entity, question or
+    answer by construction, whatever the seeds (tests/envs/test_splits.py checks every shipped env)."""
+    return "eval" if zlib.crc32(key.strip().lower().encode("utf-8")) % EVAL_SHARE == 0 else "train"
 
 
 class AnyText(gym.spaces.Text):
@@ -179,15 +190,29 @@ class TurnEnv(TextEnv):
 class TaskEnv(TurnEnv):
     """Base of single-objective tasks: implement `sample_task(rng)` and `tool_<name>(argument)` methods.
 
+    `split` ("train" or "eval") says which tasks the env draws: the trainer builds training envs with
+    split="train" and held-out ones with split="eval", and a task of one split must never be a task of the
+    other (held-out means unseen). A generated env keeps them apart by what it draws, e.g. only names or
+    answers that `self.owns(...)` (`split_of`); a data-backed env by which rows it reads.
+
     Optionally override `oracle(task) -> list[OracleStep]` (gold trajectories for SFT and tests) and
     `score(prediction, task)` (default: normalized EM and F1 over the gold aliases).
     """
 
     default_max_turns: int = 4
+    splits: tuple[str, ...] = SPLITS
 
-    def __init__(self, max_turns: int | None = None) -> None:
+    def __init__(self, max_turns: int | None = None, split: str = "train") -> None:
         super().__init__(max_turns or self.default_max_turns)
+        if split not in self.splits:
+            raise ValueError(f"split must be one of {self.splits}, got {split!r}")
+        self.split = split
         self.task: Task | None = None
+        self.episode_seed: int | None = None
+
+    def owns(self, key: str) -> bool:
+        """Whether a name or an answer belongs to this env's split (`split_of`)."""
+        return split_of(key) == self.split
 
     @abstractmethod
     def sample_task(self, rng: np.random.Generator) -> Task:
@@ -218,8 +243,13 @@ class TaskEnv(TurnEnv):
         return f"Question: {task.question}"
 
     def reset(self, seed: int | None = None, options: dict | None = None):
+        """`options`: `task` (a Task to pose instead of drawing one), `episode_seed` (a seed every part of one
+        composed episode shares, e.g. to draw one world for all its questions; default: this reset's seed)."""
         super().reset(seed=seed)
-        task = (options or {}).get("task")
+        opts = options or {}
+        shared = opts.get("episode_seed", seed)
+        self.episode_seed = int(self.np_random.integers(2**31)) if shared is None else int(shared)
+        task = opts.get("task")
         self.task = task if isinstance(task, Task) else self.sample_task(self.np_random)
         self._begin()
         return self.render_task(self.task), self.reset_info()

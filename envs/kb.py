@@ -2,10 +2,14 @@
 linked by relations, one encyclopedia-style passage per entity, and h-hop questions that chain
 relations ("What is the country of the birthplace of the mentor of Ravo Kelt?").
 
-Every name is invented, so a model cannot answer from pretraining: it must search (BM25 or dense over
-the world's own corpus) once per hop and carry what it found. The world is fixed by `world_seed` (so
-its index is built once and cached); each episode's question is drawn from the reset seed, so tasks
-are unlimited and train/eval splits are disjoint seed ranges. Difficulty knobs: `min_hops`,
+Every name is invented, so a model cannot answer from pretraining, and every episode has a world of its
+own (drawn from the episode's seed; the parts of a composed episode share it), so it cannot answer from
+memory either: a fact learned in one episode is false or absent in the next. It must search (BM25 or
+dense over that world's corpus) once per hop and carry what it found.
+
+Held-out tasks are unseen by construction: the entity names of a world are drawn only from its split's
+share of the name space (`envs.core.split_of`), so no entity, question or answer of an `eval` world can
+occur in a `train` world, whatever the seeds (tests/envs/test_splits.py). Difficulty knobs: `min_hops`,
 `max_hops` (1-4), the world's size, and `topk` passages per search. `oracle()` gives the gold
 trajectory: one search per hop, then the answer, with the facts found so far as the memory note.
 """
@@ -17,7 +21,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from memrl.envs.core import OracleStep, Task, TaskEnv
+from memrl.envs.core import EVAL_SHARE, SPLITS, OracleStep, Task, TaskEnv, split_of
 from memrl.envs.retrieval import render_hits
 
 # relation -> (subject kind, object kind, noun phrase of the object, passage sentence)
@@ -46,42 +50,71 @@ class World:
     corpus: list[dict]  # one passage per entity: {"title", "text"}
 
 
-def _syllables(rng: np.random.Generator, n: int) -> str:
-    return "".join(rng.choice(_CONSONANTS) + rng.choice(_VOWELS) for _ in range(n))
+_SYLLABLES = [c + v for c in _CONSONANTS for v in _VOWELS]
 
 
-def _unique_names(rng: np.random.Generator, kind: str, count: int, taken: set[str]) -> list[str]:
+def _candidates(rng: np.random.Generator, kind: str, count: int) -> list[str]:
+    """`count` random names of `kind` (drawn as index arrays: a world is built per episode, so it must be cheap)."""
+    syl = _SYLLABLES
+    if kind == "person":
+        return [f"{syl[a]}{syl[b]} {syl[c]}{syl[d]}".title()
+                for a, b, c, d in rng.integers(len(syl), size=(count, 4)).tolist()]
+    suffixes = _SUFFIX[kind]
+    rows = rng.integers(len(syl), size=(count, 2)).tolist()
+    long, suffix = rng.integers(2, size=count).tolist(), rng.integers(len(suffixes), size=count).tolist()
+    return [(syl[a] + syl[b] if w else syl[a]).capitalize() + suffixes[k]
+            for (a, b), w, k in zip(rows, long, suffix, strict=True)]
+
+
+def _unique_names(rng: np.random.Generator, kind: str, count: int, taken: set[str], split: str) -> list[str]:
+    """`count` new names of `kind`, each owned by `split` (`split_of`) and not in `taken`."""
     out: list[str] = []
+    share = 1 / EVAL_SHARE if split == "eval" else 1 - 1 / EVAL_SHARE
     while len(out) < count:
-        if kind == "person":
-            name = f"{_syllables(rng, 2).title()} {_syllables(rng, 2).title()}"
-        else:
-            name = _syllables(rng, int(rng.integers(1, 3))).title() + str(rng.choice(_SUFFIX[kind]))
-        if name not in taken:
-            taken.add(name)
-            out.append(name)
+        for name in _candidates(rng, kind, int((count - len(out)) / share * 1.3) + 8):
+            if name not in taken and split_of(name) == split:
+                taken.add(name)
+                out.append(name)
+                if len(out) == count:
+                    break
     return out
 
 
-@lru_cache(maxsize=8)
+def _pick_others(rng: np.random.Generator, subjects: list[str], objects: list[str]) -> list[str]:
+    """For each subject, a uniformly random object other than the subject itself."""
+    pos = {o: i for i, o in enumerate(objects)}
+    out = []
+    for s, r in zip(subjects, rng.integers(len(objects) - 1, size=len(subjects)).tolist(), strict=True):
+        own = pos.get(s)
+        if own is None:  # another kind: any object (the last one too)
+            r = int(rng.integers(len(objects))) if len(objects) > 1 else 0
+        elif r >= own:  # skip the subject itself
+            r += 1
+        out.append(objects[r])
+    return out
+
+
+@lru_cache(maxsize=512)
 def build_world(seed: int = 0, people: int = 120, cities: int = 30, countries: int = 8,
-                companies: int = 24) -> World:
-    """The entities, their relations and the passage corpus; a pure function of its arguments."""
-    rng = np.random.default_rng(seed)
+                companies: int = 24, split: str = "train") -> World:
+    """The entities (names owned by `split` only), their relations and the passage corpus; a pure function of
+    its arguments (cached: a composed episode's parts and a GRPO group's rollouts share one world)."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    rng = np.random.default_rng([seed, SPLITS.index(split)])
     taken: set[str] = set()
     sizes = {"person": people, "city": cities, "country": countries, "company": companies}
-    names = {kind: _unique_names(rng, kind, n, taken) for kind, n in sizes.items()}
+    names = {kind: _unique_names(rng, kind, n, taken, split) for kind, n in sizes.items()}
     facts: dict[tuple[str, str], str] = {}
     for rel, (subj, obj, _, _) in RELATIONS.items():
         if rel == "capital":
             continue
-        for s in names[subj]:
-            choices = [o for o in names[obj] if o != s]
-            facts[(s, rel)] = str(rng.choice(choices))
+        for s, o in zip(names[subj], _pick_others(rng, names[subj], names[obj]), strict=True):
+            facts[(s, rel)] = o
     for country in names["country"]:  # a capital is one of the country's own cities
         own = [c for c in names["city"] if facts[(c, "country")] == country]
         if not own:
-            own = [str(rng.choice(names["city"]))]
+            own = [names["city"][int(rng.integers(len(names["city"])))]]
             facts[(own[0], "country")] = country
         facts[(country, "capital")] = str(rng.choice(own))
     kind_of = {n: k for k, ns in names.items() for n in ns}
@@ -125,42 +158,50 @@ def _cap(text: str) -> str:
     return text[:1].upper() + text[1:]
 
 
-@lru_cache(maxsize=8)
-def _retriever(seed: int, sizes: tuple[int, int, int, int], kind: str):
+@lru_cache(maxsize=512)
+def _retriever(world: tuple, kind: str):
+    """The search index of one world (`world`: build_world's arguments), built at its first search."""
     from memrl.envs.retrieval import make_retriever
 
-    return make_retriever(kind, build_world(seed, *sizes).corpus)
+    return make_retriever(kind, build_world(*world).corpus, persist=False)
 
 
 class KBQAEnv(TaskEnv):
-    """Multi-hop questions over a generated knowledge base, answered with `<search>` then `<answer>`."""
+    """Multi-hop questions over a generated knowledge base, answered with `<search>` then `<answer>`; each
+    episode draws its own world (module docstring), from the names of its `split`."""
 
-    def __init__(self, min_hops: int = 1, max_hops: int = 2, world_seed: int = 0, topk: int = 3,
-                 retriever: str = "bm25", people: int = 120, cities: int = 30, countries: int = 8,
-                 companies: int = 24, max_turns: int | None = None) -> None:
+    def __init__(self, min_hops: int = 1, max_hops: int = 2, topk: int = 3, retriever: str = "bm25",
+                 people: int = 120, cities: int = 30, countries: int = 8, companies: int = 24,
+                 max_turns: int | None = None, split: str = "train") -> None:
         if not 1 <= min_hops <= max_hops <= 4:
             raise ValueError(f"need 1 <= min_hops <= max_hops <= 4, got {min_hops}, {max_hops}")
         if topk < 1:
             raise ValueError(f"topk must be >= 1, got {topk}")
-        super().__init__(max_turns or max_hops + 2)
+        super().__init__(max_turns or max_hops + 2, split=split)
         self.min_hops, self.max_hops, self.topk = min_hops, max_hops, topk
         self.sizes = (people, cities, countries, companies)
-        self.world_seed, self.retriever_kind = world_seed, retriever
-        self.world = build_world(world_seed, *self.sizes)
+        self.retriever_kind = retriever
+
+    def world_key(self) -> tuple:
+        """build_world's arguments for this episode: its shared episode seed, the sizes, the split."""
+        if self.episode_seed is None:
+            raise RuntimeError("no episode yet: call reset() first")
+        return (self.episode_seed, *self.sizes, self.split)
 
     def sample_task(self, rng: np.random.Generator) -> Task:
+        key = self.world_key()
         hops = int(rng.integers(self.min_hops, self.max_hops + 1))
-        entities, rels = sample_chain(self.world, rng, hops)
+        entities, rels = sample_chain(build_world(*key), rng, hops)
         return Task(f"What is {phrase(entities[0], rels)}?", [entities[-1]],
-                    {"entities": entities, "relations": rels, "hops": hops})
+                    {"entities": entities, "relations": rels, "hops": hops, "world": list(key)})
 
     def tool_search(self, query: str) -> str:
         """search the knowledge base; returns the top passages"""
-        hits = _retriever(self.world_seed, self.sizes, self.retriever_kind).search(query, self.topk)
+        hits = _retriever(tuple(self.task.meta["world"]), self.retriever_kind).search(query, self.topk)
         return render_hits(hits)
 
     def backend_of(self, name: str) -> object:
-        return ("kb", self.world_seed, self.sizes, self.retriever_kind, self.topk)
+        return ("kb", tuple(self.task.meta["world"]), self.retriever_kind, self.topk)
 
     def oracle(self, task: Task) -> list[OracleStep]:
         entities, rels = task.meta["entities"], task.meta["relations"]

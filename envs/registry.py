@@ -52,10 +52,18 @@ def build(section) -> gym.Env:
         factory = getattr(importlib.import_module(module), cls)
     else:
         factory = lambda **kw: make(section.id, **kw)  # noqa: E731
-    if section.objectives == 1 and section.max_turns is None:
-        return factory(**section.kwargs)
-    return compose([factory(**section.kwargs) for _ in range(section.objectives)], max_turns=section.max_turns,
-                   aggregate=section.aggregate)
+    try:
+        if section.objectives == 1 and section.max_turns is None:
+            return factory(**section.kwargs)
+        return compose([factory(**section.kwargs) for _ in range(section.objectives)], max_turns=section.max_turns,
+                       aggregate=section.aggregate)
+    except TypeError as exc:
+        if "split" in section.kwargs and "'split'" in str(exc):
+            raise TypeError(f"env {section.id} does not take the keyword `split`: memrl builds training envs with "
+                            "split='train' and held-out ones with split='eval', and a held-out task must never be a "
+                            "training task; accept `split` (TaskEnv does) and draw disjoint tasks for each "
+                            f"(envs.core.split_of) ({exc})") from exc
+        raise
 
 
 def build_key(section) -> str:

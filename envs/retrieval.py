@@ -164,22 +164,29 @@ class _Indexed:
 
 
 class BM25Retriever(_Indexed):
-    """Okapi BM25 over title + text (bm25s, English stopwords)."""
+    """Okapi BM25 over title + text (bm25s, English stopwords). The index is cached on disk by corpus hash, unless
+    `persist` is False (small corpora built per episode, e.g. a KBQA world: indexing is faster than the disk)."""
 
-    def __init__(self, corpus: list[dict], cache_dir: Path | None = None) -> None:
+    def __init__(self, corpus: list[dict], cache_dir: Path | None = None, persist: bool = True) -> None:
         import bm25s
 
+        # bm25s logs every index it builds at INFO; KBQA builds one per episode's world
+        logging.getLogger("bm25s").setLevel(logging.WARNING)
         super().__init__(corpus)
         self._bm25s = bm25s
+
+        def index() -> bm25s.BM25:
+            built = bm25s.BM25()
+            built.index(self._tokens([f"{p['title']} {p['text']}" for p in corpus]), show_progress=False)
+            return built
+
+        if not persist:
+            self.cache_path, self.index = None, index()
+            return
         root = Path(cache_dir) if cache_dir is not None else paths.cache_dir() / "indexes"
         self.cache_path = root / f"bm25-{corpus_hash(corpus)}"
-
-        def build(tmp: Path) -> None:
-            index = bm25s.BM25()
-            index.index(self._tokens([f"{p['title']} {p['text']}" for p in corpus]), show_progress=False)
-            index.save(str(tmp), show_progress=False)
-
-        self.index = bm25s.BM25.load(str(_atomic_build(self.cache_path, build)), show_progress=False)
+        built = lambda tmp: index().save(str(tmp), show_progress=False)  # noqa: E731
+        self.index = bm25s.BM25.load(str(_atomic_build(self.cache_path, built)), show_progress=False)
 
     def _tokens(self, texts: list[str]):
         return self._bm25s.tokenize(texts, stopwords="en", show_progress=False)
@@ -292,10 +299,11 @@ def to_search_r1(p: Passage, with_score: bool) -> dict:
 
 
 def make_retriever(kind: str, corpus: list[dict] | None = None, cache_dir: Path | None = None,
-                   url: str | None = None) -> Retriever:
-    """kind: bm25 | dense (in-process over `corpus`) | http (a `memrl retriever serve` at `url`)."""
+                   url: str | None = None, persist: bool = True) -> Retriever:
+    """kind: bm25 | dense (in-process over `corpus`) | http (a `memrl retriever serve` at `url`); `persist`: cache
+    a BM25 index on disk (dense embeddings are always cached: encoding costs more than reading)."""
     if kind == "bm25":
-        return BM25Retriever(corpus or [], cache_dir)
+        return BM25Retriever(corpus or [], cache_dir, persist=persist)
     if kind == "dense":
         return DenseRetriever(corpus or [], cache_dir)
     if kind == "http":

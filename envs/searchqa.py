@@ -183,11 +183,12 @@ class SearchQAEnv(TaskEnv):
     """Real multi-hop questions answered with `<search>` over a corpus, then `<answer>`."""
 
     default_max_turns = 6
+    splits = SPLITS  # train / eval: disjoint rows of each file; all: every row (a separate test file)
 
     def __init__(self, dataset: str = "all", split: str = "all", data_dir: str | None = None,
                  corpus: list[str] | str | None = None, retriever: str = "bm25", retriever_url: str | None = None,
                  topk: int = 3, max_turns: int | None = None, pick: str = "random") -> None:
-        super().__init__(max_turns)
+        super().__init__(max_turns, split=split)
         if pick not in PICKS:
             raise ValueError(f"pick must be one of {PICKS}; got {pick!r}")
         self.pick, self._seed = pick, None

@@ -96,8 +96,10 @@ def _eval(args: argparse.Namespace) -> int:
     if args.env_kwargs is not None:
         env["kwargs"] = json.loads(args.env_kwargs)
     rollout = {"max_tokens": args.max_tokens} if args.max_tokens is not None else {}
+    train = {"held_out": args.held_out} if args.held_out is not None else {}
     recipe = recipe.model_copy(update={"env": recipe.env.model_copy(update=env),
-                                       "rollout": recipe.rollout.model_copy(update=rollout)})
+                                       "rollout": recipe.rollout.model_copy(update=rollout),
+                                       "train": recipe.train.model_copy(update=train)})
     check_model(args.model, "--model")
     rows = run_eval(args.model, args.agent.split(","), [int(x) for x in args.objectives.split(",")], args.episodes,
                     Path(args.out), recipe)
@@ -199,6 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--episodes", type=int, default=16)
     p.add_argument("--max-tokens", type=int, default=None, help="tokens per turn (default 128 or the recipe's)")
     p.add_argument("--max-turns", type=int, default=None)
+    p.add_argument("--held-out", choices=["confirm", "tune"], default=None,
+                   help="held-out set (split eval): confirm (env.eval_seed_offset, reported results; default) or tune "
+                        "(env.tune_seed_offset, for choosing settings)")
     p.add_argument("--out", default="runs/eval")
     p.set_defaults(func=_eval)
     p = sub.add_parser("bench", help="run a benchmark (prints a table and ratios vs a baseline)")

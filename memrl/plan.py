@@ -102,7 +102,7 @@ def check_files(recipe, probe: bool = True):
         raise PlanError(f"model.name: {_one_line(exc)}") from None
     make_agent(tokenizer, recipe.agent)
     try:
-        for section in (recipe.env, recipe.env.at(held_out=True)):
+        for section in (recipe.env.at(), recipe.env.at(held_out=True)):
             env = build(section)
             if probe:
                 obs, info = env.reset(seed=recipe.env.train_seed_offset)

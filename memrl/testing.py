@@ -18,8 +18,9 @@ from memrl.envs.core import AnyText
 class LettersEnv(gym.Env):
     metadata = {"render_modes": []}
 
-    def __init__(self, turns: int = 2, step_s: float = 0.0) -> None:
-        self.turns, self.step_s = turns, step_s  # step_s: seconds each step takes (a slow tool)
+    def __init__(self, turns: int = 2, step_s: float = 0.0, split: str = "train") -> None:
+        # split: every episode is the same task (write letters): nothing to memorize, train and eval alike
+        self.turns, self.step_s, self.split = turns, step_s, split  # step_s: seconds each step takes (a slow tool)
         self.observation_space = AnyText(10_000)
         self.action_space = AnyText(10_000)
         self._scores: list[float] = []
@@ -45,8 +46,8 @@ class FaultyEnv(LettersEnv):
     """LettersEnv that misbehaves on chosen seeds: raises, hangs, or returns a non-string observation."""
 
     def __init__(self, turns: int = 2, fault: str = "raise", bad_seeds: tuple[int, ...] = (1,),
-                 hang_s: float = 30.0) -> None:
-        super().__init__(turns)
+                 hang_s: float = 30.0, split: str = "train") -> None:
+        super().__init__(turns, split=split)
         self.fault, self.bad_seeds, self.hang_s = fault, tuple(bad_seeds), hang_s
         self._bad = False
 

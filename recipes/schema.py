@@ -38,22 +38,45 @@ class ModelCfg(Section):
 
 class EnvCfg(Section):
     id: str = Field("memrl/KBQA-v0", description="registered env id of ONE objective")
-    kwargs: dict[str, Any] = Field(default_factory=dict, description="constructor kwargs of that env")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="constructor kwargs of that env; memrl adds "
+                                   "split=train for training tasks unless `split` is given here")
     eval_kwargs: dict[str, Any] = Field(default_factory=dict, description="kwargs merged over `kwargs` for "
-                                        "held-out evaluation, e.g. {split: eval} so it never sees training questions")
+                                        "held-out evaluation, after memrl's split=eval (set split here only for a "
+                                        "separate test file, e.g. {dataset: test.jsonl, split: all})")
     objectives: int = Field(1, ge=1, le=64, description="objectives per episode at training (MEM1 composition)")
     max_turns: int | None = Field(None, ge=1, description="turn cap of a composed episode (default: per env)")
     aggregate: Literal["mean", "sum"] = Field("mean", description="how per-objective rewards combine")
-    train_seed_offset: int = Field(0, ge=0, description="training tasks use seeds from here on")
-    eval_seed_offset: int = Field(10_000_000, ge=0, description="held-out tasks use seeds from here on")
+    train_seed_offset: int = Field(0, ge=0, description="entropy of the training task stream, mixed with the run "
+                                   "seed (memrl.rl.streams): the SFT, GRPO and control tasks")
+    tune_seed_offset: int = Field(20_000_000, ge=0, description="the tuning set: held-out (split eval) tasks "
+                                  "from this seed on, to choose settings on (train.held_out: tune)")
+    eval_seed_offset: int = Field(10_000_000, ge=0, description="the confirmation set: held-out (split eval) tasks "
+                                  "from this seed on, the reported results (train.held_out: confirm)")
+
+    @model_validator(mode="after")
+    def _held_out_is_not_training(self) -> EnvCfg:
+        train, held = self.at().kwargs, self.at(held_out=True).kwargs
+        if held == train or (train.get("split") == "all" and {k: v for k, v in held.items() if k != "split"}
+                             == {k: v for k, v in train.items() if k != "split"}):
+            raise ValueError(f"env: held-out tasks would come from the training tasks (training kwargs {train}, "
+                             f"held-out kwargs {held}): leave `split` to memrl (train / eval), or give eval_kwargs "
+                             "another dataset")
+        if self.tune_seed_offset == self.eval_seed_offset:
+            raise ValueError("env.tune_seed_offset equals env.eval_seed_offset: the tuning and confirmation sets "
+                             "must be different tasks")
+        return self
 
     def at(self, objectives: int | None = None, held_out: bool = False) -> EnvCfg:
-        """This section at `objectives` composed objectives when given (sweeps, curricula), with `eval_kwargs`
-        merged over `kwargs` when `held_out` (evaluation)."""
-        update: dict = {} if objectives is None else {"objectives": objectives}
-        if held_out and self.eval_kwargs:
-            update["kwargs"] = {**self.kwargs, **self.eval_kwargs}
-        return self.model_copy(update=update) if update else self
+        """This section at `objectives` composed objectives when given (sweeps, curricula), with the split of
+        its tasks in `kwargs`: "train" (unless `kwargs` names one), or for `held_out` "eval" with `eval_kwargs`
+        merged over."""
+        kwargs = {"split": "train", **self.kwargs}
+        if held_out:
+            kwargs = {**kwargs, "split": "eval", **self.eval_kwargs}
+        update: dict = {"kwargs": kwargs}
+        if objectives is not None:
+            update["objectives"] = objectives
+        return self.model_copy(update=update)
 
 
 class AgentCfg(Section):
@@ -201,6 +224,12 @@ class TrainCfg(Section):
     keep_checkpoints: int = Field(2, ge=1, description="checkpoints kept on disk")
     baseline_agent: AgentName | None = Field(
         "full_context", description="agent evaluated beside ours for the peak-context comparison")
+    held_out: Literal["confirm", "tune"] = Field(
+        "confirm", description="which held-out set the evals and the sweep use: tune while choosing settings "
+        "(env.tune_seed_offset), confirm for results you report (env.eval_seed_offset); both are split eval")
+    control: bool = Field(False, description="the RL control at equal compute: after GRPO, restart from the SFT "
+                          "warm start (fresh optimizer) and take as many SFT optimizer steps, on fresh oracle tasks, "
+                          "as GRPO took; evaluated on the same held-out tasks (evals.control)")
 
 
 class ResourcesCfg(Section):
@@ -222,8 +251,9 @@ class LoggingCfg(Section):
 
 class Recipe(Section):
     name: str = Field("recipe", description="run name")
-    seed: int = Field(0, description="sampling (every GRPO rollout request), engine and learner seeds; the tasks "
-                      "come from env.train_seed_offset / eval_seed_offset, so SFT is the same in every seed")
+    seed: int = Field(0, description="replicates the experiment: the training task stream (SFT, GRPO and control "
+                      "tasks, memrl.rl.streams), sampling (every rollout request), engine and learner seeds; the "
+                      "held-out tasks stay those of env.eval_seed_offset / tune_seed_offset")
     output_dir: str = Field("runs/{name}", description="where metrics, checkpoints and the report go")
     model: ModelCfg = Field(default_factory=ModelCfg)
     env: EnvCfg = Field(default_factory=EnvCfg)
@@ -257,6 +287,12 @@ class Recipe(Section):
     @property
     def out(self) -> Path:
         return Path(self.output_dir.format(name=self.name))
+
+    def held_out_seeds(self, count: int) -> list[int]:
+        """Seeds of the first `count` held-out tasks of the set `train.held_out` (tune or confirm)."""
+        env = self.env
+        start = env.eval_seed_offset if self.train.held_out == "confirm" else env.tune_seed_offset
+        return [start + i for i in range(count)]
 
     @property
     def eval_max_tokens(self) -> int:

@@ -40,7 +40,7 @@ def run_eval(model: str, agents: list[str], objectives: list[int], episodes: int
     worker = RolloutWorker(str(model_dir), r, seed=recipe.seed)
     try:
         rows, records = [], []
-        seeds = [recipe.env.eval_seed_offset + i for i in range(episodes)]
+        seeds = recipe.held_out_seeds(episodes)
         for agent in agents:
             for n in tqdm(objectives, desc=f"eval {agent}"):
                 trajs, stats = worker.rollout(seeds, list(range(episodes)), recipe.env.at(n, held_out=True),

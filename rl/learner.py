@@ -108,6 +108,7 @@ class Batch:
     old_logp: torch.Tensor  # (R,L) sampling-time log-probs
     weights: torch.Tensor  # (R,L) global per-token loss weights (`losses.token_weights`), 0 on padding
     adv: torch.Tensor  # (R,L) the context's (trajectory's) advantage on masked tokens, 0 elsewhere
+    is_w: torch.Tensor  # (R,L) importance weight on the policy-gradient term only (`Part.is_weights`), 0 on padding
 
     @property
     def input_ids(self) -> torch.Tensor:
@@ -115,27 +116,32 @@ class Batch:
 
     def to(self, device: torch.device | str) -> Batch:
         return Batch({k: v.to(device) for k, v in self.inputs.items()}, *(x.to(device) for x in (
-            self.keep, self.mask, self.old_logp, self.weights, self.adv)))
+            self.keep, self.mask, self.old_logp, self.weights, self.adv, self.is_w)))
 
 
 def _loss_tensors(rows: list[list[Context]], weights: list[list[torch.Tensor]], advs: list[list[float]], L: int,
-                  starts: list[list[int]]) -> tuple[torch.Tensor, ...]:
-    """keep, mask, old_logp, weights, adv (R,L) of rows whose contexts start at `starts` (end to end from there)."""
-    keep, mask, old, w, adv = (torch.zeros((len(rows), L)) for _ in range(5))
+                  starts: list[list[int]], is_weights: list[list[torch.Tensor]] | None = None
+                  ) -> tuple[torch.Tensor, ...]:
+    """keep, mask, old_logp, weights, adv, is_w (R,L) of rows whose contexts start at `starts` (end to end from
+    there); `is_weights` like `weights` (None: 1 on every token)."""
+    keep, mask, old, w, adv, is_w = (torch.zeros((len(rows), L)) for _ in range(6))
     for r, row in enumerate(rows):
-        for c, s, wc, a in zip(row, starts[r], weights[r], advs[r], strict=True):
+        row_is = is_weights[r] if is_weights is not None else [1.0] * len(row)
+        for c, s, wc, a, iw in zip(row, starts[r], weights[r], advs[r], row_is, strict=True):
             e = s + len(c)
             keep[r, s + 1:e] = 1.0
             mask[r, s:e] = torch.tensor(c.loss_mask, dtype=torch.float32)
             old[r, s:e] = torch.tensor(c.logprobs)
             w[r, s:e] = wc
             adv[r, s:e] = a
-    return keep, mask, old, w, adv * (mask > 0)
+            is_w[r, s:e] = iw
+    return keep, mask, old, w, adv * (mask > 0), is_w
 
 
 def padded_batch(rows: list[list[Context]], weights: list[list[torch.Tensor]], advs: list[list[float]],
-                 pad_id: int, dtype: torch.dtype) -> Batch:
-    """One context per row, right-padded; a 2D padding mask (the model adds the causal part)."""
+                 pad_id: int, dtype: torch.dtype, is_weights: list[list[torch.Tensor]] | None = None) -> Batch:
+    """One context per row, right-padded; a 2D padding mask (the model adds the causal part). `is_weights`:
+    each context's (T_c,) importance weights on the policy-gradient term, shaped like `weights` (None: all 1)."""
     ctxs = [c for (c,) in rows]
     L = max(len(c) for c in ctxs)
     ids = torch.full((len(ctxs), L), pad_id, dtype=torch.long)
@@ -143,12 +149,14 @@ def padded_batch(rows: list[list[Context]], weights: list[list[torch.Tensor]], a
     for r, c in enumerate(ctxs):
         ids[r, :len(c)] = torch.tensor(c.token_ids)
         attn[r, :len(c)] = 1
-    return Batch({"input_ids": ids, "attention_mask": attn}, *_loss_tensors(rows, weights, advs, L, [[0]] * len(rows)))
+    return Batch({"input_ids": ids, "attention_mask": attn},
+                 *_loss_tensors(rows, weights, advs, L, [[0]] * len(rows), is_weights))
 
 
 def packed_batch(rows: list[list[Context]], weights: list[list[torch.Tensor]], advs: list[list[float]],
-                 pad_id: int, dtype: torch.dtype) -> Batch:
-    """One trajectory per row, its contexts packed end to end (`rl.packing`), right-padded to the longest pack.
+                 pad_id: int, dtype: torch.dtype, is_weights: list[list[torch.Tensor]] | None = None) -> Batch:
+    """One trajectory per row, its contexts packed end to end (`rl.packing`), right-padded to the longest pack;
+    `is_weights` as in `padded_batch`.
 
     Each padding token is packed as its own 1-token context: it attends only to itself (no all-masked
     softmax row, so no NaN) and nothing attends to it; it carries zero loss weight.
@@ -159,7 +167,7 @@ def packed_batch(rows: list[list[Context]], weights: list[list[torch.Tensor]], a
     inputs = {k: torch.cat([p.model_inputs()[k] for p in packs]) for k in ("input_ids", "position_ids",
                                                                           "attention_mask")}
     starts = [[s for s, _ in p.segments[:len(row)]] for p, row in zip(packs, rows, strict=True)]
-    return Batch(inputs, *_loss_tensors(rows, weights, advs, L, starts))
+    return Batch(inputs, *_loss_tensors(rows, weights, advs, L, starts, is_weights))
 
 
 @dataclass(frozen=True)
@@ -191,6 +199,8 @@ class Part:
     adv: list[float]  # (C,) its trajectory's advantage
     weights: list[torch.Tensor]  # C tensors (T_c,): per-token loss weights computed over the WHOLE minibatch
     versions: list[int]  # (C,) the weight version that sampled each context
+    is_weights: list[torch.Tensor]  # C tensors (T_c,): importance weight on each token's policy-gradient term only
+    #   (`losses.objective(is_weight=...)`): 1.0 for fresh contexts, min(pi_prox / pi_behav, is_clip) for stale ones
 
     @property
     def tokens(self) -> int:
@@ -199,7 +209,8 @@ class Part:
     def take(self, trajs: set[int]) -> Part:
         keep = [i for i, t in enumerate(self.traj) if t in trajs]
         return Part([self.contexts[i] for i in keep], [self.traj[i] for i in keep], [self.adv[i] for i in keep],
-                    [self.weights[i] for i in keep], [self.versions[i] for i in keep])
+                    [self.weights[i] for i in keep], [self.versions[i] for i in keep],
+                    [self.is_weights[i] for i in keep])
 
 
 def minibatch(trajectories: list[Trajectory], loss_agg: str, max_tokens: int | None, sft: bool = False) -> Part:
@@ -216,7 +227,7 @@ def minibatch(trajectories: list[Trajectory], loss_agg: str, max_tokens: int | N
                 versions.append(v)
     masks = [torch.tensor(c.loss_mask, dtype=torch.float32) for c in contexts]
     weights = losses.token_weights(masks, torch.tensor(traj), mode, max_tokens=max_tokens) if contexts else []
-    return Part(contexts, traj, adv, weights, versions)
+    return Part(contexts, traj, adv, weights, versions, [torch.ones(len(c)) for c in contexts])
 
 
 def split(part: Part, ranks: int) -> list[Part]:
@@ -264,6 +275,27 @@ def step_metrics(totals: list[dict[str, float]], infos: list[dict], part: Part, 
     metrics.update(infos[0], train_tokens=summed.get("tokens", 0.0), learner_time=seconds,
                    learner_tokens_per_s=part.tokens / seconds, contexts=float(len(part.contexts)))
     return metrics
+
+
+# Metrics of one minibatch's step that count something (tokens, contexts, skipped steps): a GRPO step's value is
+# their sum over its minibatches. `staleness_K` (contexts K versions behind) are matched by prefix.
+COUNT_METRICS = frozenset({"train_tokens", "contexts", "offpolicy_tokens", "skipped", "reason_no_tokens"})
+COUNT_PREFIXES = ("staleness_",)
+
+
+def merge_minibatch_metrics(parts: list[dict]) -> dict:
+    """The metrics of one GRPO step from those of its minibatches' optimizer steps (`run_step`, in order): counts
+    (`COUNT_METRICS`, `staleness_*`) are summed (a minibatch without the key counts 0); every other value is
+    averaged over the minibatches that report it (a minibatch skipped for having no token reports no loss)."""
+    keys = dict.fromkeys(k for p in parts for k in p)
+    out = {}
+    for k in keys:
+        if k in COUNT_METRICS or k.startswith(COUNT_PREFIXES):
+            out[k] = float(sum(p.get(k, 0.0) for p in parts))
+        else:
+            values = [p[k] for p in parts if k in p]
+            out[k] = sum(values) / len(values)
+    return out
 
 
 def _world_size() -> int:
@@ -397,24 +429,25 @@ class Learner:
     def correct_stale(self, part: Part, version: int) -> tuple[Part, dict[str, float]]:
         """Decoupled PPO for the contexts of `part` sampled before `version` (bounded staleness): each stale
         context's tokens get the PPO ratio against the proximal policy (these weights, before the update: a
-        no-grad forward) and their loss weight times min(pi_prox / pi_behav, is_clip), pi_behav being that
-        context's own sampling log-probs. Fresh contexts are left as they are. Every rank must call it (ZeRO-3
-        forwards are collectives); returns the corrected part and summed stats (`losses.truncated_is_weights`)."""
+        no-grad forward) and their policy-gradient term (only: not the KL or entropy terms, as in AReaL) times
+        the importance weight min(pi_prox / pi_behav, is_clip) (`Part.is_weights`), pi_behav being that context's
+        own sampling log-probs. Fresh contexts are left as they are. Every rank must call it (ZeRO-3 forwards are
+        collectives); returns the corrected part and summed stats (`losses.truncated_is_weights`)."""
         stale = [i for i, v in enumerate(part.versions) if v < version]
         prox = self.context_logprobs([part.contexts[i] for i in stale])
-        contexts, weights = list(part.contexts), list(part.weights)
+        contexts, is_weights = list(part.contexts), list(part.is_weights)
         stats: dict[str, float] = {}
         for i, lp in zip(stale, prox, strict=True):
             c = part.contexts[i]
             at = torch.tensor(c.loss_mask, dtype=torch.bool)
             at[0] = False  # a context's first token has no prefix: never a loss token
             w, st = losses.truncated_is_weights(lp[at], torch.tensor(c.logprobs)[at], self.algo.is_clip)
-            scaled = weights[i].clone()
-            scaled[at] = scaled[at] * w
-            contexts[i], weights[i] = Context(c.token_ids, c.loss_mask, lp.tolist(), c.weight_version), scaled
+            iw = is_weights[i].clone()
+            iw[at] = iw[at] * w
+            contexts[i], is_weights[i] = Context(c.token_ids, c.loss_mask, lp.tolist(), c.weight_version), iw
             for k, v in st.items():
                 stats[k] = stats.get(k, 0.0) + v
-        return Part(contexts, part.traj, part.adv, weights, part.versions), stats
+        return Part(contexts, part.traj, part.adv, part.weights, part.versions, is_weights), stats
 
     @torch.no_grad()
     def context_logprobs(self, contexts: list[Context]) -> list[torch.Tensor]:
@@ -467,7 +500,7 @@ class Learner:
                 batch = self.layout.batch([[part.contexts[i] for i in rows[r]] for r in idx],
                                           [[part.weights[i] for i in rows[r]] for r in idx],
                                           [[part.adv[i] for i in rows[r]] for r in idx], self.pad_id,
-                                          self.device.dtype)
+                                          self.device.dtype, [[part.is_weights[i] for i in rows[r]] for r in idx])
             else:
                 batch = self._empty_batch()
             loss, stats = self._micro_loss(batch, sft)
@@ -516,7 +549,8 @@ class Learner:
         entropy = losses.selected_entropy(logits if al.entropy_coef > 0 else logits.detach(), T)
         return losses.objective(logp, losses.at_loss_tokens(b.old_logp, sel), losses.at_loss_tokens(b.adv, sel), w,
                                 clip_low=al.clip_low, clip_high=al.clip_high, dual_clip=al.dual_clip,
-                                ref_logp=ref_logp, kl_coef=al.kl_coef, entropy=entropy, entropy_coef=al.entropy_coef)
+                                ref_logp=ref_logp, kl_coef=al.kl_coef, entropy=entropy, entropy_coef=al.entropy_coef,
+                                is_weight=losses.at_loss_tokens(b.is_w, sel))
 
     def _step(self) -> bool:
         """Apply the accumulated gradients unless they are non-finite; returns whether it stepped.
@@ -536,6 +570,25 @@ class Learner:
             log.warning("non-finite gradient norm at optimizer step %d: update skipped", self.steps)
             return False
         return True
+
+    def reset_optimizer(self) -> None:
+        """Forget the optimizer's state (Adam's moments and step counts) and restart the LR warm-up: the SFT ->
+        GRPO handoff, so that GRPO's first updates are GRPO's and not SFT momentum. The next step initializes
+        the state as a fresh optimizer does (torch's AdamW creates it lazily when it is empty)."""
+        base = getattr(self.engine.optimizer, "optimizer", self.engine.optimizer)  # ZeRO / bf16 wrap torch's AdamW
+        base.state.clear()
+        self.steps = 0
+
+    def reset_reference(self) -> None:
+        """Make the KL reference the current policy (a no-op without KL): the policy GRPO starts from."""
+        if self.ref is not None:
+            self.ref.load_state_dict(self.state_dict())
+
+    def load_reference(self, model_dir: str) -> None:
+        """Load the KL reference from a Hugging Face directory (after a resume: the warm start's weights)."""
+        if self.ref is not None:
+            self.ref = load_model(model_dir, dtype=self.device.dtype).to(self.device.torch_device).eval()
+            self.ref.requires_grad_(False)
 
     def _set_lr(self, lr: float) -> None:
         for group in self.engine.optimizer.param_groups:

@@ -124,6 +124,15 @@ class LearnerRank:
     def get_steps(self) -> int:
         return self.learner.steps
 
+    def reset_optimizer(self) -> None:
+        self.learner.reset_optimizer()
+
+    def reset_reference(self) -> None:
+        self.learner.reset_reference()
+
+    def load_reference(self, model_dir: str) -> None:
+        self.learner.load_reference(model_dir)
+
     def set_steps(self, steps: int) -> None:
         self.learner.steps = steps
 
@@ -208,6 +217,23 @@ class LearnerGroup:
         import ray
 
         ray.get([r.load_state.remote(str(path)) for r in self.ranks])
+
+    def reset_optimizer(self) -> None:
+        """`Learner.reset_optimizer` on every rank (the SFT -> GRPO handoff)."""
+        import ray
+
+        ray.get([r.reset_optimizer.remote() for r in self.ranks])
+
+    def reset_reference(self) -> None:
+        """`Learner.reset_reference` on every rank (ZeRO-3 gathers the weights collectively)."""
+        import ray
+
+        ray.get([r.reset_reference.remote() for r in self.ranks])
+
+    def load_reference(self, model_dir: str) -> None:
+        import ray
+
+        ray.get([r.load_reference.remote(model_dir) for r in self.ranks])
 
     @property
     def steps(self) -> int:

@@ -37,9 +37,11 @@ it any way, and the pieces `sum(per_token * w)` add up to the full-batch loss.
   trajectory weighs by its number of contexts.
 - `traj_mean_token_mean`: each trajectory's token mean over all its contexts, then the mean over
   trajectories: every trajectory weighs the same however many turns or tokens it has.
-- `seq_mean_token_sum_norm` (Dr.GRPO): sum of all per-token losses / (number of contexts *
-  `max_tokens`), where `max_tokens` is a recipe constant (the generation budget, `rollout.max_tokens`)
-  that does not depend on what was sampled, so there is no length bias.
+- `seq_mean_token_sum_norm` (Dr.GRPO): sum of all per-token losses / (B * `max_tokens`), B the number
+  of trajectories in the minibatch and `max_tokens` a recipe constant (the generation budget,
+  `rollout.max_tokens`). Neither depends on what was sampled (not on lengths, nor on how many turns a
+  memory agent chose to take), so every generated token weighs the same constant 1 / (B * max_tokens):
+  a trajectory weighs by all the tokens it generated over its contexts, and there is no length bias.
 
 Contexts with no sampled token carry no loss and are not counted as contexts (nor are trajectories
 with no sampled token) by the `*_mean` modes, so padding rows never dilute the mean.
@@ -226,12 +228,16 @@ def objective(
     kl_coef: float = 0.0,
     entropy: torch.Tensor | None = None,
     entropy_coef: float = 0.0,
+    is_weight: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Multi-context GRPO loss of M loss tokens: sum(w * (pg + kl_coef * kl - entropy_coef * entropy)).
+    """Multi-context GRPO loss of M loss tokens: sum(w * (is_w * pg + kl_coef * kl - entropy_coef * entropy)).
 
     logp (M,) policy log-probs (with grad), old_logp (M,) the sampling-time log-probs, adv (M,) each
     token's trajectory advantage, weights (M,) the global aggregation weights (`token_weights`),
-    ref_logp (M,) frozen-reference log-probs or None (no KL), entropy (M,) or None (no bonus).
+    ref_logp (M,) frozen-reference log-probs or None (no KL), entropy (M,) or None (no bonus),
+    is_weight (M,) a per-token importance weight (no grad) on the policy-gradient term only, or None (all 1):
+    e.g. the truncated pi_prox / pi_behav of a stale token (`truncated_is_weights`, decoupled PPO as in
+    AReaL); the KL and entropy terms are not reweighted.
 
     pg is the PPO clipped surrogate with clip-higher (DAPO) and optional dual clip (verl):
     ratio = exp(logp - old_logp) (log-ratio clamped to [-20, 20]);
@@ -239,9 +245,9 @@ def objective(
     A < 0, pg is further capped at -A * c (bounds the update when ratio >> 1 on a bad token).
 
     Returns the loss (0-d, with grad) and stats as *sums*, so that micro-batches and ranks add up:
-    `loss`, `pg_loss`, `kl_loss` are weighted sums (their totals over a minibatch are the minibatch's
-    aggregated values); `tokens` counts loss tokens and every other stat is a sum over tokens (clip_frac,
-    clip_frac_dual, approx_kl = mean of old_logp - logp, ratio_mean, logp_diff_abs = |logp - old_logp|,
+    `loss`, `pg_loss` (with is_weight), `kl_loss` are weighted sums (their totals over a minibatch are the
+    minibatch's aggregated values); `tokens` counts loss tokens and every other stat is a sum over tokens
+    (clip_frac, clip_frac_dual, approx_kl = mean of old_logp - logp, ratio_mean, logp_diff_abs = |logp - old_logp|,
     entropy, kl): `finish_stats` turns the totals into means.
     """
     if dual_clip is not None and dual_clip <= 1.0:
@@ -257,6 +263,8 @@ def objective(
         loss3 = -adv * dual_clip
         dual = (adv < 0) & (pg > loss3)
         pg = torch.where(adv < 0, torch.minimum(pg, loss3), pg)
+    if is_weight is not None:
+        pg = is_weight.detach() * pg
     per_token = pg
     kl = None
     if ref_logp is not None:
@@ -294,10 +302,11 @@ def truncated_is_weights(prox_logp: torch.Tensor, behav_logp: torch.Tensor, clip
                          ) -> tuple[torch.Tensor, dict[str, float]]:
     """Decoupled PPO for stale samples (Hilton et al. 2021; AReaL): a token sampled by an older policy
     pi_behav is trained with the PPO ratio against the proximal policy pi_prox (the learner's weights before
-    this update: `prox_logp` (M,)) and weighted by the importance weight pi_prox / pi_behav, truncated at
-    `clip` (`behav_logp` (M,): the engine's sampling log-probs). Returns the weights (M,) (no grad) and stats
-    as sums: offpolicy_tokens, offpolicy_clipped (tokens whose weight was truncated), offpolicy_ratio (sum
-    of the untruncated ratios)."""
+    this update: `prox_logp` (M,)) and its policy-gradient term (only: not the KL or entropy terms) weighted
+    by the importance weight pi_prox / pi_behav, truncated at `clip` (`behav_logp` (M,): the engine's sampling
+    log-probs). Returns the weights (M,) (no grad; for `objective(is_weight=...)`) and stats as sums:
+    offpolicy_tokens, offpolicy_clipped (tokens whose weight was truncated), offpolicy_ratio (sum of the
+    untruncated ratios)."""
     ratio = torch.exp((prox_logp - behav_logp).clamp(-20.0, 20.0)).detach()
     stats = {"offpolicy_tokens": float(ratio.numel()), "offpolicy_clipped": float((ratio > clip).sum()),
              "offpolicy_ratio": float(ratio.sum())}
@@ -347,11 +356,14 @@ def traj_mean_token_mean_weights(mask, context_traj_index=None, max_tokens=None)
 
 @register_aggregation("seq_mean_token_sum_norm")
 def seq_mean_token_sum_norm_weights(mask, context_traj_index=None, max_tokens=None) -> torch.Tensor:
-    """Dr.GRPO: w = mask / (C' * max_tokens), C' = contexts with a loss token, max_tokens a recipe constant."""
+    """Dr.GRPO: w = mask / (B * max_tokens), a constant per minibatch: B = trajectories in it (distinct values
+    of context_traj_index (C,); when None, each context counts as its own trajectory), max_tokens a recipe
+    constant. Every generated token weighs the same, so a trajectory weighs by its tokens over all its contexts."""
     if max_tokens is None or max_tokens <= 0:
         raise ValueError("seq_mean_token_sum_norm needs max_tokens > 0: a constant (the generation budget, "
                          f"rollout.max_tokens), got {max_tokens}")
-    return mask / (_nonempty(mask).sum().clamp(min=1) * float(max_tokens))
+    trajectories = mask.shape[0] if context_traj_index is None else torch.unique(context_traj_index).numel()
+    return mask / (max(trajectories, 1) * float(max_tokens))
 
 
 def token_weights(

@@ -30,8 +30,6 @@ from dataclasses import dataclass
 
 import torch
 
-from memrl.rl.losses import token_logprobs
-
 
 @dataclass
 class Packed:
@@ -86,26 +84,3 @@ def pack_contexts(contexts: list[list[int]], dtype: torch.dtype = torch.float32,
     ends = torch.tensor(lengths).cumsum(0).tolist()
     segments = [(e - n, e) for n, e in zip(lengths, ends, strict=True)]
     return Packed(ids, pos, block_causal_mask(lengths, dtype, device), segments)
-
-
-def unpack(per_token: torch.Tensor, packed: Packed) -> list[torch.Tensor]:
-    """Split a per-token tensor (1, L) (or (L,)) of the packed sequence into one (len_i,) view per context."""
-    flat = per_token.reshape(-1)
-    if flat.numel() != packed.input_ids.shape[-1]:
-        raise ValueError(f"per_token has {flat.numel()} entries, packed sequence has {packed.input_ids.shape[-1]}")
-    return [flat[s:e] for s, e in packed.segments]
-
-
-def packed_token_logprobs(logits: torch.Tensor, packed: Packed) -> torch.Tensor:
-    """Per-token log-probs (1, L) of a packed forward, aligned like `rl.losses.token_logprobs` per context.
-
-    logits (1, L, V). The shift in `token_logprobs` runs across the whole pack, so the first token of
-    each context would get a log-prob predicted from the previous context's last position; those
-    entries are set to 0 (the per-context convention: a context's first token has no prefix).
-    `unpack` the result to get one (len_i,) tensor per context.
-    """
-    logp = token_logprobs(logits, packed.input_ids)
-    starts = torch.tensor([s for s, _ in packed.segments], device=logp.device)
-    keep = torch.ones_like(logp)
-    keep[:, starts] = 0.0
-    return logp * keep

@@ -25,17 +25,32 @@ def heldout_points(evals: dict, steps: int) -> list[tuple[int, float, float]]:
             if step is not None and key in evals]
 
 
-def sft_gain(evals: dict) -> tuple[float, float, bool]:
-    """GRPO's held-out EM gain over the SFT warm start and its standard error: paired over tasks (the s.e. of the
+def gain(base: dict, after: dict) -> tuple[float, float, bool]:
+    """Held-out EM gain of eval `after` over eval `base` and its standard error: paired over tasks (the s.e. of the
     per-task differences) when both evals kept their per-episode EM on the same tasks, otherwise the combined
-    sqrt(se_SFT^2 + se_GRPO^2), which ignores that the same tasks are easy or hard for both (conservative).
+    sqrt(se_base^2 + se_after^2), which ignores that the same tasks are easy or hard for both (conservative).
     Returns (gain, s.e., paired)."""
-    sft, grpo = evals["after_sft"], evals["after_grpo"]
-    a, b = sft.get("em_per_episode"), grpo.get("em_per_episode")
+    a, b = base.get("em_per_episode"), after.get("em_per_episode")
     if a and b and len(a) == len(b) > 1:
         diffs = [y - x for x, y in zip(a, b, strict=True)]
-        return grpo["em"] - sft["em"], statistics.stdev(diffs) / math.sqrt(len(diffs)), True
-    return grpo["em"] - sft["em"], math.hypot(sft["em_stderr"], grpo["em_stderr"]), False
+        return after["em"] - base["em"], statistics.stdev(diffs) / math.sqrt(len(diffs)), True
+    return after["em"] - base["em"], math.hypot(base["em_stderr"], after["em_stderr"]), False
+
+
+def sft_gain(evals: dict) -> tuple[float, float, bool]:
+    """GRPO's held-out EM gain over the SFT warm start (`gain`)."""
+    return gain(evals["after_sft"], evals["after_grpo"])
+
+
+def verdict(margin: float, se: float) -> str:
+    """How a gain stands against its standard error, in words."""
+    return "above twice" if margin > 2 * se else "above once but NOT twice" if margin > se else "NOT above"
+
+
+def gain_line(name: str, margin: float, se: float, paired: bool) -> str:
+    kind = "paired standard error over the same held-out tasks" if paired else "combined standard error"
+    return (f"{name}: EM {margin:+.3f} ± {se:.3f} ({kind}; 95% interval [{margin - 1.96 * se:+.3f}, "
+            f"{margin + 1.96 * se:+.3f}]): the gain is {verdict(margin, se)} its standard error.")
 
 
 def write_report(trainer) -> Path:
@@ -49,24 +64,30 @@ def write_report(trainer) -> Path:
     lines = [f"# memrl run: {rc.name}", "",
              f"Model `{rc.model.name}`, agent `{rc.agent.name}`, env `{rc.env.id}` x {rc.env.objectives} objectives, "
              f"{rc.sft.steps} SFT steps, {trainer.step} GRPO steps (G={rc.algorithm.group_size}, "
-             f"{rc.algorithm.tasks_per_step} tasks/step). Held-out: {rc.train.eval_tasks} tasks, greedy.", "",
+             f"{rc.algorithm.tasks_per_step} tasks/step). Held-out: {rc.train.eval_tasks} tasks of split eval, "
+             f"greedy, the {rc.train.held_out} set (seeds from {rc.held_out_seeds(1)[0]:,}); training tasks come "
+             f"from split train (run seed {rc.seed}).", "",
              "## Held-out results", "",
              "| phase | EM | F1 | reward | format errors / turn | mean turns | peak context tokens |",
              "|---|---|---|---|---|---|---|"]
-    for key, label, _ in phases(evals, trainer.step):
+    rows = [*phases(evals, trainer.step), ("control", "control: SFT instead of GRPO, equal optimizer steps", None)]
+    for key, label, _ in rows:
         e = evals.get(key)
         if e:
             lines.append(f"| {label} | {e['em']:.3f} ± {e['em_stderr']:.3f} | {e['f1']:.3f} ± {e['f1_stderr']:.3f} | "
                          f"{e['reward']:.3f} | {e['format_error_rate']:.3f} | {e['mean_turns']:.2f} | "
                          f"{e['peak_context_tokens']:.0f} |")
+    prior = evals.get("answer_prior")
+    if prior:
+        lines.append(f"| answer prior: always \"{prior['guess']}\" (most common of {prior['train_tasks']} training "
+                     f"answers) | {prior['em']:.3f} ± {prior['em_stderr']:.3f} | | | | | |")
     if evals.get("after_sft") and evals.get("after_grpo"):
-        margin, se, paired = sft_gain(evals)
-        kind = "paired standard error over the same held-out tasks" if paired else "combined standard error"
-        verdict = ("above twice" if margin > 2 * se else "above once but NOT twice" if margin > se
-                   else "NOT above")
-        lines += ["", f"GRPO vs SFT: EM {margin:+.3f} ± {se:.3f} ({kind}; 95% interval "
-                      f"[{margin - 1.96 * se:+.3f}, {margin + 1.96 * se:+.3f}]): the gain is {verdict} its standard "
-                      "error."]
+        lines += ["", gain_line("GRPO vs SFT", *sft_gain(evals))]
+        if evals.get("control"):
+            c = evals["control"]
+            lines += ["", gain_line(f"Control vs SFT ({c.get('optimizer_steps', '?')} more SFT optimizer steps, as "
+                                    "many as GRPO took)", *gain(evals["after_sft"], c)),
+                      "", gain_line("GRPO vs control (what RL adds over more SFT)", *gain(c, evals["after_grpo"]))]
     if sweep:
         lines += ["", "## Memory agent vs baseline on the same held-out tasks (trained model)", "",
                   "| agent | objectives | EM | peak context tokens | max context tokens | mean turns |",

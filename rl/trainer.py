@@ -1,4 +1,11 @@
-"""The training loop: zero-shot eval -> SFT warm start -> multi-context GRPO -> eval -> export.
+"""The training loop: zero-shot eval -> SFT warm start -> handoff -> multi-context GRPO -> eval -> export
+[-> the RL control].
+
+The handoff makes GRPO's gain GRPO's own: GRPO starts with a fresh optimizer (SFT's Adam moments do not carry
+into the first updates) and, with `algorithm.kl_coef` > 0, a KL reference equal to the policy GRPO starts
+from (the SFT result, not the base model). `train.control` then answers "is it RL, or just more SFT?": from
+the same warm start, as many SFT optimizer steps on fresh oracle tasks as GRPO took, evaluated on the same
+held-out tasks.
 
 Each GRPO step: sample tasks (a deterministic data cursor) -> G rollouts per task on the vLLM workers
 -> group-relative advantages -> minibatch updates on the DeepSpeed learner -> weight sync (versioned)
@@ -20,6 +27,7 @@ from tqdm.auto import tqdm
 from memrl.agents import SamplingConfig, make_agent, oracle_policy, run_episodes, sampling_seed
 from memrl.agents.evaluate import eval_point, summarize
 from memrl.envs import build as build_env
+from memrl.envs.baselines import answer_prior
 from memrl.envs.rewards import shaped_reward
 from memrl.io import write_jsonl
 from memrl.models import kv_bytes_per_token, load_tokenizer, resolve_model_dir
@@ -28,23 +36,31 @@ from memrl.records import Trajectory
 from memrl.rl import checkpoint, losses
 from memrl.rl.curriculum import Curriculum
 from memrl.rl.export import export
+from memrl.rl.learner import merge_minibatch_metrics
 from memrl.rl.learner_group import LearnerGroup, check_resources
 from memrl.rl.metrics import MetricsWriter
 from memrl.rl.rollout import RolloutManager
+from memrl.rl.streams import stream_seeds
 from memrl.rl.sync import WeightSync
 from memrl.rl.viewer import Viewer
 
 log = logging.getLogger(__name__)
-SFT_SEED_OFFSET = 5_000_000
+PRIOR_DRAWS = 1000  # training tasks the answer-prior baseline learns its constant guess from
 
 
 def task_seeds(recipe: Recipe, step: int) -> tuple[list[int], list[int]]:
-    """Seeds (each repeated G times) and group ids of GRPO step `step`: the data cursor is the step."""
+    """Seeds (each repeated G times) and group ids of GRPO step `step` (the data cursor is the step; the run seed
+    picks the stream: `rl.streams`)."""
     a = recipe.algorithm
-    base = recipe.env.train_seed_offset + step * a.tasks_per_step
-    seeds = [base + i for i in range(a.tasks_per_step) for _ in range(a.group_size)]
+    tasks = stream_seeds(recipe.env.train_seed_offset, recipe.seed, "grpo", step, a.tasks_per_step)
+    seeds = [s for s in tasks for _ in range(a.group_size)]
     groups = [step * a.tasks_per_step + i for i in range(a.tasks_per_step) for _ in range(a.group_size)]
     return seeds, groups
+
+
+def oracle_seeds(recipe: Recipe, stream: str, step: int) -> list[int]:
+    """Task seeds of one SFT step of the warm start (`stream` "sft") or of the RL control ("control")."""
+    return stream_seeds(recipe.env.train_seed_offset, recipe.seed, stream, step, recipe.sft.tasks_per_step)
 
 
 def assign_advantages(trajs: list[Trajectory], algorithm: AlgorithmCfg) -> None:
@@ -97,14 +113,18 @@ class Trainer:
         self.version = 0
         self.step = 0
         self.sft_done = 0
+        self.handoff_done = False
         ckpt = checkpoint.latest(self.out / "checkpoints") if resume else None
         if ckpt is not None:
             state = checkpoint.load(ckpt, self.learner)
             self.step, self.sft_done = state["step"], state.get("sft_done", 0)
+            self.handoff_done = state.get("handoff_done", self.step > 0)
             self.evals, self.timings = state.get("evals", {}), {**state.get("timings", {}), **self.timings}
             self.learner.steps = state.get("optimizer_steps", 0)
             self.version = state.get("version", 0)  # weight versions keep counting up across a resume
             log.info("resumed from %s (step %d)", ckpt, self.step)
+            if self.handoff_done and recipe.algorithm.kl_coef > 0:  # the reference is the policy GRPO started from
+                self.learner.load_reference(str(self._handoff_checkpoint() / "model"))
             self.sync_weights()
         elif resume:
             log.warning("--resume: no intact checkpoint under %s; starting fresh", self.out / "checkpoints")
@@ -133,6 +153,10 @@ class Trainer:
         if rc.sft.steps and "after_sft" not in self.evals:
             self.evals["after_sft"] = self._eval("after_sft")
             self._checkpoint()
+        if "answer_prior" not in self.evals:
+            self.evals["answer_prior"] = self.answer_prior()
+        if not self.handoff_done:
+            self._timed("handoff", self.handoff)
         self._timed("grpo", self.grpo)
         self.evals["after_grpo"] = self._eval("after_grpo")
         self._checkpoint()
@@ -143,6 +167,9 @@ class Trainer:
         (self.out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
         summary["model"] = str(self._timed("export", lambda: export(self.out, self.out / "model")))
         (self.out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+        if rc.train.control and "control" not in self.evals:
+            self.evals["control"] = self._timed("control", self.control)
+            (self.out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
         return summary
 
     def _eval(self, key: str) -> dict:
@@ -159,18 +186,63 @@ class Trainer:
 
     def sft(self) -> None:
         """Warm start on oracle trajectories in the agent's own multi-context format (CE on completions)."""
+        for s in tqdm(range(self.sft_done, self.recipe.sft.steps), desc="SFT", disable=not self.recipe.logging.progress):
+            self.sft_step("sft", s)
+            self.sft_done = s + 1
+        self.sync_weights()
+
+    def sft_step(self, stream: str, s: int) -> dict:
+        """One SFT optimizer step on oracle trajectories of the tasks of `stream` (sft or control) at step `s`."""
         rc = self.recipe
         agent = make_agent(self.tokenizer, rc.agent)
-        envs = [build_env(rc.env) for _ in range(rc.sft.tasks_per_step)]
-        bar = tqdm(range(self.sft_done, rc.sft.steps), desc="SFT", disable=not rc.logging.progress)
-        for s in bar:
-            seeds = [rc.env.train_seed_offset + SFT_SEED_OFFSET + s * len(envs) + i for i in range(len(envs))]
-            trajs = run_episodes(agent, envs, seeds, oracle_policy(agent, envs), SamplingConfig(max_tokens=10**6, temperature=0.0))
-            m = self.learner.train_step([t for t in trajs if not t.failed], sft=True, lr=rc.sft.lr)
-            self.sft_done = s + 1
-            self.metrics.write({"phase": "sft", "step": s, **m, "oracle_em": summarize(trajs)["em"]})
-            bar.set_postfix(loss=f"{m.get('sft_loss', float('nan')):.3f}")
+        envs = [build_env(rc.env.at()) for _ in range(rc.sft.tasks_per_step)]
+        trajs = run_episodes(agent, envs, oracle_seeds(rc, stream, s), oracle_policy(agent, envs),
+                             SamplingConfig(max_tokens=10**6, temperature=0.0))
+        m = self.learner.train_step([t for t in trajs if not t.failed], sft=True, lr=rc.sft.lr)
+        self.metrics.write({"phase": stream, "step": s, **m, "oracle_em": summarize(trajs)["em"]})
+        return m
+
+    def handoff(self) -> None:
+        """SFT -> GRPO: a fresh optimizer (Adam's moments and the LR warm-up start over), the KL reference set to
+        the current policy; with a KL or a control, the warm start is kept under handoff/ (a checkpoint outside
+        checkpoints/, which export never picks)."""
+        rc = self.recipe
+        self.learner.reset_optimizer()
+        self.learner.reset_reference()
+        self.handoff_done = True
+        if rc.train.control or rc.algorithm.kl_coef > 0:
+            checkpoint.save(self.out / "handoff", 0, self.learner, self._state(), self.tokenizer, keep=1)
+        self._checkpoint()
+
+    def _handoff_checkpoint(self):
+        ckpt = checkpoint.latest(self.out / "handoff")
+        if ckpt is None:
+            raise FileNotFoundError(f"no intact warm-start checkpoint under {self.out / 'handoff'} (written at the "
+                                    "SFT -> GRPO handoff when algorithm.kl_coef > 0 or train.control)")
+        return ckpt
+
+    def control(self) -> dict:
+        """The RL control at equal compute: from the warm start (handoff/), a fresh optimizer and as many SFT
+        optimizer steps on fresh oracle tasks (stream "control") as GRPO took; then the held-out eval."""
+        rc = self.recipe
+        steps = self.learner.steps  # GRPO's optimizer steps: the handoff reset the count
+        checkpoint.load(self._handoff_checkpoint(), self.learner)
+        self.learner.reset_optimizer()
+        for s in tqdm(range(steps), desc="control (SFT)", disable=not rc.logging.progress):
+            self.sft_step("control", s)
         self.sync_weights()
+        result = {**self._eval("control"), "optimizer_steps": steps}
+        checkpoint.load(checkpoint.latest(self.out / "checkpoints"), self.learner)  # back to the trained policy
+        self.sync_weights()
+        return result
+
+    def answer_prior(self) -> dict:
+        """The answer-prior baseline beside every EM: the most frequent gold answer of PRIOR_DRAWS training tasks,
+        given as the answer to every held-out objective (what memorizing the answer distribution scores)."""
+        rc = self.recipe
+        train = stream_seeds(rc.env.train_seed_offset, rc.seed, "prior", 0, PRIOR_DRAWS)
+        return answer_prior(build_env(rc.env.at()), train, build_env(rc.env.at(held_out=True)),
+                            rc.held_out_seeds(rc.train.eval_tasks))
 
     def grpo(self) -> None:
         rc = self.recipe
@@ -207,7 +279,7 @@ class Trainer:
         t1 = time.perf_counter()
         size = max(1, -(-len(live) // al.minibatches))
         parts = [self.learner.train_step(live[i:i + size], version=self.version) for i in range(0, len(live), size)]
-        lm = {k: sum(p.get(k, 0.0) for p in parts) / len(parts) for k in dict.fromkeys(k for p in parts for k in p)}
+        lm = merge_minibatch_metrics(parts)
         t_learn = time.perf_counter() - t1
         if self._ahead is not None and not al.partial_rollouts:  # the engines take new weights once it is done
             wait([self._ahead[1]])
@@ -270,7 +342,7 @@ class Trainer:
         """Greedy episodes on held-out task seeds (disjoint from training seeds); with `view`, the first few
         episodes go to the run's memory viewer (viewer.html) under that name."""
         rc = self.recipe
-        seeds = [rc.env.eval_seed_offset + i for i in range(tasks or rc.train.eval_tasks)]
+        seeds = rc.held_out_seeds(tasks or rc.train.eval_tasks)
         sampling = SamplingConfig(rc.eval_max_tokens, temperature=0.0)
         trajs, stats = self.rollouts.rollout(seeds, list(range(len(seeds))), rc.env.at(objectives, held_out=True),
                                              rc.agent.named(agent_name), sampling, env_timeout=rc.rollout.env_timeout)
@@ -301,12 +373,14 @@ class Trainer:
         self.version += 1
         return self.weights.sync(self.version)
 
+    def _state(self) -> dict:
+        return {"sft_done": self.sft_done, "evals": self.evals, "timings": self.timings,
+                "optimizer_steps": self.learner.steps, "recipe": self.recipe.model_dump(mode="json"),
+                "version": self.version, "handoff_done": self.handoff_done,
+                "curriculum": self.curriculum.state_dict() if self.curriculum is not None else None}
+
     def _checkpoint(self) -> None:
-        state = {"sft_done": self.sft_done, "evals": self.evals, "timings": self.timings,
-                 "optimizer_steps": self.learner.steps, "recipe": self.recipe.model_dump(mode="json"),
-                 "version": self.version,
-                 "curriculum": self.curriculum.state_dict() if self.curriculum is not None else None}
-        checkpoint.save(self.out / "checkpoints", self.step, self.learner, state, self.tokenizer,
+        checkpoint.save(self.out / "checkpoints", self.step, self.learner, self._state(), self.tokenizer,
                         keep=self.recipe.train.keep_checkpoints)
 
     def close(self) -> None:

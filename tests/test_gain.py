@@ -87,3 +87,23 @@ def test_heldout_points_in_step_order_with_the_runs_own_mid_grpo_evals(tmp_path)
     (run / "step7" / "summary.json").write_text(json.dumps([{"em": 0.22, "em_stderr": 0.03}]))
     curve = gain.heldout_curve(run, {"evals": evals, "steps": 12})
     assert [p[0] for p in curve] == [0, 4, 7, 10, 12] and curve[2] == (7, 0.22, 0.03)
+
+
+def test_the_rl_control_is_paired_with_sft_and_with_grpo_on_a_hand_example():
+    summary = _summary(0.25, 0.25, 0.75, 0.25)
+    ev = summary["evals"]
+    ev["after_sft"]["em_per_episode"] = [0.0, 1.0, 0.0, 0.0]
+    ev["after_grpo"]["em_per_episode"] = [1.0, 1.0, 0.0, 1.0]
+    ev["control"] = {"em": 0.5, "em_stderr": 0.29, "episodes": 4, "optimizer_steps": 14,
+                     "em_per_episode": [1.0, 1.0, 0.0, 0.0]}
+    ev["answer_prior"] = {"em": 0.0, "em_stderr": 0.0, "guess": "Paris", "train_tasks": 1000}
+    r = gain.run_gain(summary)
+    # control - SFT: diffs 1, 0, 0, 0 -> mean 0.25, s.e. 0.25; GRPO - control: diffs 0, 0, 0, 1 -> 0.25, 0.25
+    assert r["control_gain"] == pytest.approx(0.25) and r["control_se"] == pytest.approx(0.25)
+    assert r["rl_gain"] == pytest.approx(0.25) and r["rl_se"] == pytest.approx(0.25)
+    assert r["gain"] == pytest.approx(0.5) and r["control_steps"] == 14 and r["prior_em"] == 0.0
+    lines = gain.table(["run"], [r])
+    row = next(x for x in lines if x.startswith("| run | 0.000 |"))
+    assert "0.500 ± 0.290 (14)" in row and "+0.250 ± 0.250 [-0.240, +0.740]" in row
+    two = gain.table(["a", "b"], [r, r])
+    assert any(x.startswith("| pooled (2 runs) | | 0.500 | +0.250 ± 0.250") for x in two)  # same runs: no spread

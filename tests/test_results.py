@@ -21,16 +21,19 @@ def test_bootstrap_ci_brackets_the_mean_and_collapses_for_constant_data():
 
 def test_slope_of_mean_em_vs_n_matches_least_squares():
     by_n = {1: [0.8, 0.8], 2: [0.6, 0.6], 4: [0.2, 0.2]}  # means 0.8, 0.6, 0.2 at N = 1, 2, 4
-    est, lo, hi = results.slope_ci([by_n])
+    est, lo, hi = results.slope_ci([by_n], min_n=1)
     x, y = np.array([1, 2, 4.0]), np.array([0.8, 0.6, 0.2])
     expected = ((x - x.mean()) * (y - y.mean())).sum() / ((x - x.mean()) ** 2).sum()  # -0.2
     assert est == pytest.approx(expected) == pytest.approx(-0.2)
     assert lo == pytest.approx(est) and hi == pytest.approx(est)  # no spread within N
+    assert results.slope_ci([by_n])[0] == pytest.approx(-0.2)  # by default N = 1 is left out: (0.2 - 0.6) / 2
+    flat = {1: [0.0], 2: [0.5], 4: [0.5]}  # N = 1 impossible (turn budget): no slope from N = 2 on
+    assert results.slope_ci([flat])[0] == pytest.approx(0.0) and results.slope_ci([flat], min_n=1)[0] > 0.1
 
 
 def test_slope_pooled_over_runs_averages_their_means_and_spreads_with_them():
     runs = [{1: [0.8] * 4, 4: [0.2] * 4}, {1: [0.6] * 4, 4: [0.3] * 4}]  # slopes -0.2 and -0.1: mean means -0.15
-    est, lo, hi = results.slope_ci(runs)
+    est, lo, hi = results.slope_ci(runs, min_n=1)
     assert est == pytest.approx(-0.15)
     assert lo == pytest.approx(-0.2) and hi == pytest.approx(-0.1)  # only the runs vary: their range
 
@@ -117,11 +120,13 @@ def test_results_page_pools_three_seeds_per_agent(tmp_path):
 def test_h2_verdict_separates_significant_from_point_estimate_differences():
     fc = (-0.04, -0.05, -0.03)
     assert results.h2_word({"full_context": fc, "mem1": (-0.01, -0.02, -0.00)}, ["mem1"]) == "CONFIRMED"
-    assert results.h2_word({"full_context": fc, "mem1": (-0.03, -0.045, -0.02)}, ["mem1"]) == "NOT SHOWN"
+    assert results.h2_word({"full_context": fc, "mem1": (-0.03, -0.045, -0.02)}, ["mem1"]).startswith("NOT SHOWN")
     assert results.h2_word({"full_context": fc, "mem1": (-0.08, -0.09, -0.07)}, ["mem1"]) == "REFUTED"
     both = results.h2_word({"full_context": fc, "mem1": (-0.04, -0.05, -0.03), "memsearcher": (-0.08, -0.09, -0.07)},
                            ["mem1", "memsearcher"])
-    assert both.startswith("REFUTED at this scale") and "not significant" in both  # mem1 ties full context
+    assert both == "NOT SHOWN (the intervals overlap)"  # mem1 ties full context: overlap decides nothing
+    worse = results.h2_word({"full_context": fc, "mem1": (-0.045, -0.06, -0.035)}, ["mem1"])
+    assert worse.startswith("NOT SHOWN")  # steeper point estimate, overlapping interval: not a refutation
     assert results.separate((-0.08, -0.09, -0.07), fc) and results.separate((-0.01, -0.02, -0.00), fc)
     assert not results.separate((-0.03, -0.045, -0.02), fc)
 
@@ -193,13 +198,32 @@ def test_results_page_has_the_grpo_gain_tables_per_set_of_seeds(tmp_path):
     (runs / "gain-s0" / "step7" / "summary.json").write_text(json.dumps([{"em": 0.2, "em_stderr": 0.02}]))
     assert "gain-s0/step7/summary.json" in results.archive_inputs(runs, tmp_path / "archive")
     text = results.write(results.collect(tmp_path / "archive", 1024), tmp_path / "docs", 1024).read_text()
-    assert "**14 GRPO steps, 100 held-out tasks, seeds 0-2**" in text and "fresh seeds 3-5**" in text
-    assert "fresh seeds 6-8**" not in text  # a set none of whose runs exist is left out
+    assert "**SUPERSEDED (overlapping tasks): 14 GRPO steps, 100 held-out tasks, seeds 0-2**" in text and "seeds 3-5**" in text
+    assert "seeds 6-8**" not in text and "Unseen held-out" not in text  # a set none of whose runs exist is left out
     assert "| gain-s0 | 100 | 0.150 ± 0.020 | 0.250 ± 0.020 | +0.100 | 0.028 | yes |" in text
     assert "| gain-s1 | 100 | 0.150 ± 0.020 | 0.190 ± 0.020 | +0.040 | 0.028 | no |" in text
     assert "| gain-s0 | 0.150 ± 0.020 | 0.200 ± 0.020 | 0.250 ± 0.020 |" in text  # held-out EM at steps 0, 7, 14
     assert "| pooled (2 runs) |" in text and "| gain7-s3 | 100 |" in text
-    assert (tmp_path / "docs" / "results_gain_1.png").stat().st_size > 5000  # its place among the sets
+    assert (tmp_path / "docs" / "results_gain_2.png").stat().st_size > 5000  # its place among the sets
+
+
+def test_results_page_puts_the_unseen_runs_with_their_control_first(tmp_path):
+    runs = tmp_path / "runs"
+    run = runs / "unseen-gain-s0"
+    run.mkdir(parents=True)
+    (run / "summary.json").write_text(json.dumps({
+        "evals": {"after_sft": {"em": 0.1, "em_stderr": 0.02, "episodes": 200},
+                  "after_grpo": {"em": 0.14, "em_stderr": 0.02, "episodes": 200},
+                  "control": {"em": 0.12, "em_stderr": 0.02, "episodes": 200, "optimizer_steps": 14},
+                  "answer_prior": {"em": 0.0, "em_stderr": 0.0, "guess": "Bo Labs", "train_tasks": 1000}},
+        "timings": {"grpo": 600.0}, "steps": 7}))
+    (run / "metrics.jsonl").write_text(json.dumps({"phase": "grpo", "step": 0, "reward_mean": 0.1}) + "\n")
+    (run / "recipe.yaml").write_text("seed: 0\n")
+    assert "unseen-gain-s0/recipe.yaml" in results.archive_inputs(runs, tmp_path / "archive")
+    text = results.write(results.collect(tmp_path / "archive", 1024), tmp_path / "docs", 1024).read_text()
+    assert text.index("**Unseen held-out tasks") < text.index("## Verdicts")
+    assert "| unseen-gain-s0 | 0.000 | 0.120 ± 0.020 (14) | +0.020 ± 0.028" in text
+    assert (tmp_path / "docs" / "results_gain_0.png").stat().st_size > 5000
 
 
 def test_results_page_has_the_real_data_training_run(tmp_path):

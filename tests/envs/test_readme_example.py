@@ -27,3 +27,7 @@ def test_readme_env_example_is_short_runs_and_composes(capsys):
     for step in env.oracle_steps():
         _, reward, terminated, _, info = env.step(step.action)
     assert terminated and reward == 1.0 and info["format_reward"] == 1.0
+    held_out = scope["CapitalsEnv"](split="eval")
+    asked = {held_out.reset(seed=s)[1]["answers"][0][0] for s in range(20)}
+    trained = {env.reset(seed=s)[1]["answers"][0][0] for s in range(20)}
+    assert asked == {"Nairobi", "Santiago"} and not asked & trained

@@ -7,6 +7,8 @@ import json
 import pytest
 
 from memrl.cli import main
+from memrl.envs import build as build_env
+from memrl.recipes.schema import load_recipe
 
 pytestmark = pytest.mark.slow  # starts its own vLLM engine
 
@@ -27,8 +29,16 @@ def test_eval_with_recipe_writes_rows_episode_records_and_plot(tmp_path, tiny_di
     assert {r["objectives"] for r in records} == {1, 2}  # N, not the question list
     assert all(len(r["questions"]) == r["objectives"] for r in records)
     assert all(r["episode_seconds"] > 0 and r["peak_kv_bytes"] == r["peak_context_tokens"] * 2048 for r in records)
-    for r in rows:  # per-episode EM in task order: the same episodes as the records (pairs evals: sft_gain)
-        assert r["em_per_episode"] == [float(x.get("em") or 0.0) for x in records
-                                       if (x["agent"], x["objectives"]) == (r["agent"], r["objectives"])]
+    # em_per_episode[i] is task i's (seed eval_seed_offset + i) in every row, so two evals pair up task by task
+    # (rl.report.sft_gain): the questions of each row's episodes, in order, are those the env draws for these
+    # seeds, derived here without the rollout
+    recipe = load_recipe("quickstart")
+    for r in rows:
+        env = build_env(recipe.env.at(r["objectives"], held_out=True))
+        want = [env.reset(seed=recipe.env.eval_seed_offset + i)[1]["objectives"] for i in range(3)]
+        assert len({tuple(q) for q in want}) == 3  # three different tasks: a mispairing would show
+        mine = [x for x in records if (x["agent"], x["objectives"]) == (r["agent"], r["objectives"])]
+        assert [x["questions"] for x in mine] == want
+        assert r["em_per_episode"] == [float(x.get("em") or 0.0) for x in mine]
     assert (out / "peak_context_vs_objectives.png").stat().st_size > 0
     assert "| mem1 | 2 | 3 |" in capsys.readouterr().out

@@ -73,23 +73,25 @@ def test_packed_batch_lays_out_the_same_per_token_tensors_as_the_padded_batch():
     rows = [[c for c in t.contexts if c.num_generated] for t in trajs]
     weights = [[torch.full((len(c),), 0.1 * (i + 1)) for i, c in enumerate(row)] for row in rows]
     advs = [[t.advantage] * len(row) for t, row in zip(trajs, rows, strict=True)]
-    packed = packed_batch(rows, weights, advs, pad_id=0, dtype=torch.float32)
+    is_ws = [[torch.linspace(0.5, 2.0, len(c)) for c in row] for row in rows]
+    packed = packed_batch(rows, weights, advs, pad_id=0, dtype=torch.float32, is_weights=is_ws)
     flat = [[c] for row in rows for c in row]
     padded = padded_batch(flat, [[w] for ws in weights for w in ws], [[a] for a_s in advs for a in a_s], 0,
-                          torch.float32)
+                          torch.float32, is_weights=[[w] for ws in is_ws for w in ws])
     L = max(sum(len(c) for c in row) for row in rows)  # 46: rows padded to the longest pack
     assert packed.input_ids.shape == (2, L) and packed.inputs["attention_mask"].shape == (2, 1, L, L)
     r = 0
     for p_row, row in enumerate(rows):
         s = 0
-        for c in row:
+        for c, is_w in zip(row, is_ws[p_row], strict=True):
             e = s + len(c)
             assert packed.inputs["position_ids"][p_row, s:e].tolist() == list(range(len(c)))
             assert torch.equal(packed.input_ids[p_row, s:e], padded.input_ids[r, :len(c)])
-            for name in ("keep", "mask", "old_logp", "weights", "adv"):
+            for name in ("keep", "mask", "old_logp", "weights", "adv", "is_w"):
                 assert torch.equal(getattr(packed, name)[p_row, s:e], getattr(padded, name)[r, :len(c)]), name
+            assert torch.equal(packed.is_w[p_row, s:e], is_w)
             r, s = r + 1, e
-        for name in ("keep", "mask", "weights", "adv"):  # padding carries nothing
+        for name in ("keep", "mask", "weights", "adv", "is_w"):  # padding carries nothing
             assert not getattr(packed, name)[p_row, s:].any(), name
         allowed = packed.inputs["attention_mask"][p_row, 0] == 0
         pad = torch.arange(s, L)

@@ -36,6 +36,12 @@ def test_split_keeps_trajectories_whole_balances_tokens_and_keeps_global_weights
     assert sorted(s.tokens for s in shares) == [84, 99]  # longest first to the lighter rank: {46, 38}, {41, 40, 18}
     total = sum(float(w.sum()) for s in shares for w in s.weights)
     assert abs(total - 1.0) < 1e-6  # the shares' weights are the whole minibatch's (each trajectory weighs 1/5)
+    part.is_weights = [torch.full((len(c),), float(i)) for i, c in enumerate(part.contexts)]  # tagged by context
+    index = {id(c): i for i, c in enumerate(part.contexts)}
+    for s in split(part, 2):  # every context keeps its own importance weights, advantage and version
+        for c, iw, a, v in zip(s.contexts, s.is_weights, s.adv, s.versions, strict=True):
+            i = index[id(c)]
+            assert torch.equal(iw, torch.full((len(c),), float(i))) and a == part.adv[i] and v == part.versions[i]
 
 
 @pytest.mark.parametrize("zero_stage", [2, 3])

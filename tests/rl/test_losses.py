@@ -139,6 +139,27 @@ def test_objective_without_dual_clip_keeps_large_negative_losses_and_rejects_a_b
         _objective([1.0], [1.0], [1.0], clip_low=0.2, clip_high=0.2, dual_clip=0.5)
 
 
+def test_is_weight_scales_the_policy_gradient_term_only_by_hand():
+    """is_weight multiplies pg per token (loss, pg_loss and its gradient) but not the KL or entropy terms."""
+    ref = torch.log(torch.tensor([2.0, 1.0]))  # d = ref - logp = ln2, 0 -> k3 = 1 - ln2, 0
+    entropy = torch.tensor([1.0, 3.0])
+    kw = dict(clip_low=0.2, clip_high=0.2, ref_logp=ref, kl_coef=0.1, entropy=entropy, entropy_coef=0.01)
+    logp, loss, st = _objective([1.0, 1.0], [1.0, -2.0], [0.5, 0.5], is_weight=torch.tensor([2.0, 0.5]), **kw)
+    # ratio 1: pg = -A = -1, 2;  is-weighted: 2 * -1 = -2, 0.5 * 2 = 1;  sum with w = .5: -0.5
+    kl_w = 0.5 * (1 - math.log(2.0))  # not scaled by the is_weight 2 of token 0
+    ent_w = 0.5 * 1 + 0.5 * 3  # 2, not 0.5 * (2 * 1 + 0.5 * 3)
+    close(st["pg_loss"], -0.5)
+    close(st["kl_loss"], kl_w)
+    close(loss, -0.5 + 0.1 * kl_w - 0.01 * ent_w)
+    loss.backward()
+    # d/dlogp: pg term -A * ratio * is_w * w = -1 * 2 * .5 = -1 and 2 * .5 * .5 = .5; k3 term kl_coef * w *
+    # (1 - exp(d)) = .1 * .5 * (1 - 2) = -.05 and 0; entropy is a constant tensor here (no gradient)
+    close(logp.grad, [-1.0 - 0.05, 0.5])
+    _, plain, st1 = _objective([1.0, 1.0], [1.0, -2.0], [0.5, 0.5], **kw)
+    close(st1["pg_loss"], 0.5 * -1 + 0.5 * 2)  # is_weight None: all 1
+    close(float(plain.detach()) - st1["pg_loss"], float(loss.detach()) - st["pg_loss"])  # KL + entropy unchanged
+
+
 def test_kl_k3_by_hand_and_clamped():
     logp = torch.tensor([0.0, 0.0, 0.0, -30.0])
     ref = torch.tensor([0.0, math.log(2.0), -math.log(2.0), 0.0])
@@ -194,7 +215,9 @@ EXPECTED = {
     "token_mean": 22 / 6,  # (1+2+3+4+6+6) / 6 loss tokens
     "seq_mean_token_mean": (2 + 4 + 6) / 3,  # context means 2, 4, 6; the empty context does not count
     "traj_mean_token_mean": ((1 + 2 + 3 + 4) / 4 + 6) / 2,  # trajectory means 2.5 and 6, each weighs 1/2
-    "seq_mean_token_sum_norm": 22 / (3 * 8),  # Dr.GRPO: sum / (contexts * max_tokens), max_tokens = 8 (a constant)
+    # Dr.GRPO: sum / (B * max_tokens), B = 3 trajectories (0, 1, 2: traj 2 counts, though it has no loss token),
+    # max_tokens = 8 (a constant)
+    "seq_mean_token_sum_norm": 22 / (3 * 8),
 }
 LENGTHS = [3, 1, 2, 4]  # unpadded lengths of the four contexts
 
@@ -218,6 +241,26 @@ def test_drgrpo_normaliser_is_the_recipe_constant_not_the_longest_context():
     mode = "seq_mean_token_sum_norm"
     close(_weighted(mode, padded, wide), _weighted(mode, masks, PER_TOKEN), 1e-7)
     close(_weighted(mode, masks, PER_TOKEN, max_tokens=16), EXPECTED[mode] / 2, 1e-7)
+
+
+def test_drgrpo_weight_is_one_constant_per_token_over_trajectories_not_contexts_by_hand():
+    """2 trajectories, the first with 2 contexts (2 + 3 loss tokens), the second with 1 (1 loss token);
+    max_tokens 4: every loss token weighs 1 / (B * max_tokens) = 1 / (2 * 4), whatever the number of contexts."""
+    masks = [torch.tensor([0.0, 1.0, 1.0]), torch.tensor([0.0, 1.0, 1.0, 1.0]), torch.tensor([0.0, 1.0])]
+    w = L.token_weights(masks, torch.tensor([0, 0, 1]), "seq_mean_token_sum_norm", max_tokens=4)
+    for got, want in zip(w, [[0.0, 0.125, 0.125], [0.0, 0.125, 0.125, 0.125], [0.0, 0.125]], strict=True):
+        close(got, want)
+    # trajectory 0 weighs by its 5 generated tokens, trajectory 1 by its 1: 0.625 and 0.125
+    close(float(w[0].sum() + w[1].sum()), 0.625)
+    close(float(w[2].sum()), 0.125)
+    # the same 5 tokens of trajectory 0 in one context (fewer turns) weigh exactly the same
+    one = L.token_weights([torch.tensor([0.0, 1, 1, 1, 1, 1]), masks[2]], torch.tensor([0, 1]),
+                          "seq_mean_token_sum_norm", max_tokens=4)
+    close(one[0], [0.0, 0.125, 0.125, 0.125, 0.125, 0.125])
+    close(one[1], [0.0, 0.125])
+    # without context_traj_index each context is its own trajectory: B = 3, 1 / (3 * 4)
+    alone = L.token_weights(masks, None, "seq_mean_token_sum_norm", max_tokens=4)
+    close(alone[1], [0.0, 1 / 12, 1 / 12, 1 / 12])
 
 
 def test_token_mean_weighs_a_many_context_trajectory_by_its_tokens_but_traj_mean_does_not():

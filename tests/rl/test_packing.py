@@ -7,7 +7,7 @@ import torch
 
 from memrl.models import load_model
 from memrl.rl.losses import token_logprobs
-from memrl.rl.packing import block_causal_mask, pack_contexts, packed_token_logprobs, unpack
+from memrl.rl.packing import Packed, block_causal_mask, pack_contexts
 
 LENGTHS = (9, 17, 5)
 
@@ -27,6 +27,12 @@ def contexts(model):
 def separate(model, contexts):
     with torch.no_grad():
         return [token_logprobs(model(input_ids=torch.tensor([c])).logits, torch.tensor([c]))[0] for c in contexts]
+
+
+def per_context(logits: torch.Tensor, p: Packed) -> list[torch.Tensor]:
+    """Log-probs (len_i,) of each context of a packed forward's logits (1, L, V): each segment scored on its
+    own, so a context's first token has no prefix (0), as in a separate forward."""
+    return [token_logprobs(logits[:, s:e], p.input_ids[:, s:e])[0] for s, e in p.segments]
 
 
 def max_diff(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
@@ -49,9 +55,6 @@ def test_pack_layout_positions_restart_and_mask_is_block_causal():
     ]
     assert float(p.attention_mask.min()) == torch.finfo(torch.float32).min
     assert torch.equal(block_causal_mask([2, 3], torch.bool)[0, 0].int(), torch.tensor(allowed))
-    assert [t.tolist() for t in unpack(torch.arange(5.0)[None], p)] == [[0.0, 1.0], [2.0, 3.0, 4.0]]
-    with pytest.raises(ValueError, match="entries"):
-        unpack(torch.zeros(1, 4), p)
     with pytest.raises(ValueError, match="empty context"):
         pack_contexts([[1], []])
 
@@ -63,7 +66,7 @@ def test_packed_logprobs_equal_separate_per_context_forwards(model, contexts, se
         p = pack_contexts(contexts)
         assert p.position_ids[0].tolist() == [i for n in LENGTHS for i in range(n)]
         with torch.no_grad():
-            packed = unpack(packed_token_logprobs(model(**p.model_inputs()).logits, p), p)
+            packed = per_context(model(**p.model_inputs()).logits, p)
     finally:
         model.set_attn_implementation("sdpa")
     assert [len(x) for x in packed] == list(LENGTHS)
@@ -73,7 +76,7 @@ def test_packed_logprobs_equal_separate_per_context_forwards(model, contexts, se
 def test_boolean_block_mask_works_with_sdpa(model, contexts, separate):
     p = pack_contexts(contexts, dtype=torch.bool)
     with torch.no_grad():
-        packed = unpack(packed_token_logprobs(model(**p.model_inputs()).logits, p), p)
+        packed = per_context(model(**p.model_inputs()).logits, p)
     assert max_diff(packed, separate) < 1e-5
 
 
@@ -84,7 +87,7 @@ def test_packed_gradients_equal_summed_per_context_gradients(model, contexts):
         return torch.cat([q.grad.flatten() for q in model.parameters()])
 
     p = pack_contexts(contexts)
-    g_packed = grads(lambda: packed_token_logprobs(model(**p.model_inputs()).logits, p).sum())
+    g_packed = grads(lambda: sum(lp.sum() for lp in per_context(model(**p.model_inputs()).logits, p)))
     g_sep = grads(lambda: sum(token_logprobs(model(input_ids=torch.tensor([c])).logits, torch.tensor([c])).sum()
                               for c in contexts))
     model.zero_grad()
@@ -97,10 +100,8 @@ def test_naive_packing_without_the_block_mask_gives_different_logprobs(model, co
     ones = torch.ones_like(p.input_ids)  # 2D padding mask -> plain causal over the whole pack
     global_pos = torch.arange(p.input_ids.shape[1])[None]  # positions running over the pack (MEM1)
     with torch.no_grad():
-        restart = unpack(packed_token_logprobs(
-            model(input_ids=p.input_ids, position_ids=p.position_ids, attention_mask=ones).logits, p), p)
-        mem1 = unpack(packed_token_logprobs(
-            model(input_ids=p.input_ids, position_ids=global_pos, attention_mask=ones).logits, p), p)
+        restart = per_context(model(input_ids=p.input_ids, position_ids=p.position_ids, attention_mask=ones).logits, p)
+        mem1 = per_context(model(input_ids=p.input_ids, position_ids=global_pos, attention_mask=ones).logits, p)
     for naive in (restart, mem1):
         assert float((naive[0] - separate[0]).abs().max()) < 1e-5  # the first context sees nothing extra
         assert max_diff(naive[1:], separate[1:]) > 1e-3  # later ones see earlier contexts

@@ -21,6 +21,7 @@ TINY = [
     "resources.num_cpus=2", "logging.progress=false",
     "train.zero_shot_eval=true", "train.eval_every=1",  # the quickstart's evals, and zero-shot, at every point
     "curriculum.objectives=[1,2]", "curriculum.mode=mix",  # each task at N=1 or N=2, per-N rewards logged
+    "train.control=true",  # the RL control at equal compute, after the run
 ]
 
 
@@ -47,7 +48,15 @@ def test_quickstart_tiny_writes_every_artifact_and_an_exported_model_that_matche
         ns = [n for n in (1, 2) if f"reward_n{n}" in r]
         assert ns and sum(r[f"tasks_n{n}"] for n in ns) == 2 and r["curriculum_max_n"] == 2
         assert r["episodes"] == 4 and all(0.0 <= r[f"reward_n{n}"] <= 1.0 for n in ns)
-    assert set(summary["evals"]) >= {"zero_shot", "after_sft", "step_1", "after_grpo", "sweep"}
+    assert set(summary["evals"]) >= {"zero_shot", "after_sft", "step_1", "after_grpo", "sweep", "control",
+                                     "answer_prior"}
+    grpo_updates = recipe.train.steps * recipe.algorithm.minibatches
+    control = [r for r in recs if r["phase"] == "control"]  # as many SFT optimizer steps as GRPO took
+    assert summary["evals"]["control"]["optimizer_steps"] == len(control) == grpo_updates
+    assert all(r["skipped"] == 0.0 and r["sft_loss"] > 0 for r in control)
+    assert summary["evals"]["answer_prior"]["em"] == 0.0  # generated tasks: no training answer is a held-out one
+    assert len(summary["evals"]["control"]["em_per_episode"]) == recipe.train.eval_tasks
+    assert [p.name for p in (out / "handoff").glob("step_*")] == ["step_000000"]  # the warm start, kept
     assert grpo[0]["eval_em"] == summary["evals"]["step_1"]["em"]  # the mid-GRPO eval, also in the metrics
     for key in ("after_sft", "after_grpo"):  # per-episode EM on the same tasks: the gain's s.e. is paired
         assert len(summary["evals"][key]["em_per_episode"]) == summary["evals"][key]["episodes"]
@@ -55,7 +64,8 @@ def test_quickstart_tiny_writes_every_artifact_and_an_exported_model_that_matche
         ("memsearcher", 1), ("memsearcher", 2), ("full_context", 1), ("full_context", 2)}
     text = report.read_text()
     for needle in ("zero-shot", "after SFT", "after GRPO step 1", "after GRPO", "±", "GRPO vs SFT", "Time per phase",
-                   "full_context", "paired standard error"):
+                   "full_context", "paired standard error", "Control vs SFT", "GRPO vs control", "answer prior",
+                   "the confirm set"):
         assert needle in text
     for png in ("reward_em_vs_step.png", "context_tokens_per_turn.png", "peak_context_vs_objectives.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"({png})" in text
@@ -93,6 +103,6 @@ def test_quickstart_tiny_writes_every_artifact_and_an_exported_model_that_matche
     assert "(viewer.html)" in text
     dom = chromium_dom(out / "viewer.html")  # the memory viewer, rendered by a real headless browser
     points = ["zero_shot", "after_sft", "step_1", "after_grpo", "sweep: memsearcher, N=1", "sweep: memsearcher, N=2",
-              "sweep: full_context, N=1", "sweep: full_context, N=2"]
-    assert all(f">{p}</h2>" in dom for p in points) and dom.count('class="ep"') == 4 * 3 + 4 * 2
+              "sweep: full_context, N=1", "sweep: full_context, N=2", "control"]
+    assert all(f">{p}</h2>" in dom for p in points) and dom.count('class="ep"') == 5 * 3 + 4 * 2
     assert dom.count('class="turn"') > dom.count('class="ep"')
