@@ -75,7 +75,7 @@ LETTERS_RECIPE = [
     "learner.lr=3e-3", "learner.zero_stage=2", "algorithm.format_penalty=false", "train.eval_tasks=16",
     "train.checkpoint_every=4", "train.baseline_agent=null", "sft.steps=0", "resources.num_cpus=2",
     "logging.progress=false", "algorithm.minibatches=1", "rollout.temperature=0.8",  # not the quickstart's tuning
-    "algorithm.reward=em", "train.zero_shot_eval=true", "train.eval_every=0",
+    "algorithm.reward=em", "train.zero_shot_eval=true", "train.eval_every=0", "train.control=false",
 ]
 
 

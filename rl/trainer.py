@@ -233,15 +233,20 @@ class Trainer:
         self.sync_weights()
         result = {**self._eval("control"), "optimizer_steps": steps}
         checkpoint.load(checkpoint.latest(self.out / "checkpoints"), self.learner)  # back to the trained policy
+        self.learner.steps = steps
         self.sync_weights()
         return result
 
-    def answer_prior(self) -> dict:
+    def answer_prior(self) -> dict | None:
         """The answer-prior baseline beside every EM: the most frequent gold answer of PRIOR_DRAWS training tasks,
-        given as the answer to every held-out objective (what memorizing the answer distribution scores)."""
+        given as the answer to every held-out objective (what memorizing the answer distribution scores); None for
+        an env without gold answers (not a TaskEnv / ComposedEnv)."""
         rc = self.recipe
+        train_env = build_env(rc.env.at())
+        if not hasattr(train_env.unwrapped, "objectives"):
+            return None
         train = stream_seeds(rc.env.train_seed_offset, rc.seed, "prior", 0, PRIOR_DRAWS)
-        return answer_prior(build_env(rc.env.at()), train, build_env(rc.env.at(held_out=True)),
+        return answer_prior(train_env, train, build_env(rc.env.at(held_out=True)),
                             rc.held_out_seeds(rc.train.eval_tasks))
 
     def grpo(self) -> None:

@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from memrl.agents import (
     HFBackend,
     SamplingConfig,
@@ -64,7 +66,10 @@ def test_seeded_vllm_episodes_repeat_alone_or_in_a_bigger_batch(vllm_tiny, tiny_
     crowded = _play(agent, policy, [7, 8, 9, 0, 1, 0], [201, 202, 203, 101, 102, 103])
     assert _tokens(crowded[3:]) == _tokens(alone)
     for a, b in zip(alone, crowded[3:], strict=True):
-        assert [c.logprobs for c in a.contexts] == [c.logprobs for c in b.contexts]
+        # the same samples; their log-probs agree to float error (vLLM CPU's kernels depend on how many requests a
+        # decode step batches, which timing decides: exact equality held on an idle machine, not under load)
+        for ca, cb in zip(a.contexts, b.contexts, strict=True):
+            assert ca.logprobs == pytest.approx(cb.logprobs, abs=1e-4)
     assert _tokens(alone[:1]) != _tokens(alone[2:])  # same task, another sample seed: another sample
 
 

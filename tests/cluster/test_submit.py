@@ -123,7 +123,7 @@ def test_submitted_recipe_trains_on_the_cluster_and_its_logs_come_back(ray_head,
     """Two nodes (1 + 2 CPUs): the rollout worker and two gloo learner ranks (a placement group of 2 CPUs, which
     only the second node can hold) train to the end, exported model included."""
     out = tmp_path / "run"
-    job_id = cs.submit("quickstart", [*TINY, f"output_dir={out}", "learner.ranks=2"], ray_head)
+    job_id = cs.submit("quickstart", [*TINY, f"output_dir={out}", "learner.ranks=2", "train.control=false"], ray_head)
     try:
         assert any(j["id"] == job_id and j["recipe"] == "submit" for j in cs.list_jobs(ray_head))
         state = cs.wait_for(job_id, ray_head, timeout=600)

@@ -31,7 +31,7 @@ def test_eval_with_recipe_writes_rows_episode_records_and_plot(tmp_path, tiny_di
     assert all(r["episode_seconds"] > 0 and r["peak_kv_bytes"] == r["peak_context_tokens"] * 2048 for r in records)
     # em_per_episode[i] is task i's (seed eval_seed_offset + i) in every row, so two evals pair up task by task
     # (rl.report.sft_gain): the questions of each row's episodes, in order, are those the env draws for these
-    # seeds, derived here without the rollout
+    # seeds (the default held-out set, confirm: from env.eval_seed_offset), derived here without the rollout
     recipe = load_recipe("quickstart")
     for r in rows:
         env = build_env(recipe.env.at(r["objectives"], held_out=True))

@@ -19,7 +19,7 @@ SETS = [
     "algorithm.tasks_per_step=2", "learner.lr=1e-3", "train.eval_tasks=2", "train.steps=8",
     "train.checkpoint_every=2", "train.keep_checkpoints=3", "train.baseline_agent=null", "train.eval_objectives=[]",
     "sft.steps=0", "resources.num_cpus=2", "logging.progress=false",
-    "train.eval_every=0",
+    "train.eval_every=0", "train.control=false",
 ]
 
 
