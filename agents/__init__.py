@@ -14,17 +14,22 @@ from memrl.agents.full_context import FullContextAgent
 from memrl.agents.mem1 import Mem1Agent
 from memrl.agents.memsearcher import MemSearcherAgent
 from memrl.agents.parsing import Parsed, parse_output
-
-AGENTS = {a.name: a for a in (Mem1Agent, MemSearcherAgent, FullContextAgent)}
+from memrl.registry import AGENTS, accepted_kwargs, unknown_kwargs
 
 
 def make_agent(tokenizer, section) -> Agent:
-    """Build the agent of a recipe's `agent` section (read by keyword: name, max_observation_tokens,
-    memory_tokens); the names are the keys of `AGENTS`, which the recipe schema allows."""
-    if section.name not in AGENTS:
-        raise ValueError(f"unknown agent {section.name!r}; choose one of {sorted(AGENTS)}")
-    return AGENTS[section.name](tokenizer, max_observation_tokens=section.max_observation_tokens,
-                                memory_tokens=section.memory_tokens)
+    """Build the agent of a recipe's `agent` section (read by keyword: name, max_observation_tokens, memory_tokens,
+    and the agent's own settings, `section.settings()`): `name` is resolved in `memrl.registry.AGENTS` (built-in,
+    registered by a plugin, or 'module:Class'); a setting the agent's constructor does not take is an error that
+    names it and the ones it takes."""
+    cls = AGENTS.get(section.name)
+    settings = section.settings() if hasattr(section, "settings") else {}
+    unknown = unknown_kwargs(cls, settings)
+    if unknown:
+        raise ValueError(f"agent {section.name!r} does not take {unknown}; its settings: "
+                         f"{', '.join(accepted_kwargs(cls)) or 'none'}")
+    return cls(tokenizer, max_observation_tokens=section.max_observation_tokens, memory_tokens=section.memory_tokens,
+               **settings)
 
 
 __all__ = [

@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SamplingConfig:
+    """How a backend samples one generation; both backends read it the same way (module docstring)."""
+
     max_tokens: int  # per generation
     temperature: float  # 0 = greedy
     top_p: float = 1.0
@@ -47,6 +49,9 @@ CONTEXT_FULL = "context"  # finish_reason of a prompt that already fills the eng
 
 @dataclass
 class Generation:
+    """One sampled completion: its token ids with the log-prob of each, why it ended, and the weights
+    that sampled it."""
+
     token_ids: list[int]  # (G,) sampled ids, including a final EOS or the token that completed a stop string
     logprobs: list[float]  # (G,) log-prob of each sampled id under the sampling policy
     text: str  # decoded token_ids

@@ -40,6 +40,9 @@ class TokenStats:
 
 @dataclass
 class EpisodeState:
+    """What an agent carries through one episode (from `Agent.start`): the task, the recorded contexts, the
+    memory, the last turn's completion and observation, and counters for turns, parse failures and format errors."""
+
     task: str  # the env's reset observation (one or N numbered questions)
     tools: dict[str, str]  # tool name -> description, from the env's reset info
     prefix: list[int] = field(default_factory=list)  # fixed prompt ids of the episode (task + instructions)

@@ -94,3 +94,22 @@ def eval_point(trajs: Sequence[Trajectory], stats, kv_bytes_per_token: int, **fi
     row = summarize(trajs)
     row.update(timing_row(stats, row, kv_bytes_per_token))
     return row, episode_records(trajs, kv_bytes_per_token=kv_bytes_per_token, **fields)
+
+
+def version_mix(trajs: list[Trajectory]) -> dict:
+    """How many trajectories an update landed in (contexts of two or more weight versions), and the share of
+    contexts sampled by a newer version than their trajectory started with (partial rollouts)."""
+    versions = [t.context_versions() for t in trajs]
+    contexts = sum(len(v) for v in versions)
+    newer = sum(x > t.weight_version for t, vs in zip(trajs, versions, strict=True) for x in vs)
+    return {"mixed_version_trajectories": float(sum(len(set(v)) > 1 for v in versions)),
+            "newer_version_context_share": newer / contexts if contexts else 0.0}
+
+
+def mean_per_turn(trajs: list[Trajectory]) -> list[float]:
+    """Mean context tokens at each turn index over the episodes that reached it (for the plots)."""
+    per: dict[int, list[int]] = {}
+    for t in trajs:
+        for i, n in enumerate(t.info.get("context_tokens", [])):
+            per.setdefault(i, []).append(n)
+    return [sum(v) / len(v) for _, v in sorted(per.items())]

@@ -20,6 +20,9 @@ Example: <think>I need the city where Ana Lim was born.</think><search>Ana Lim</
 
 
 class FullContextAgent(Agent):
+    """The baseline without memory (Search-R1 style): one context per episode that grows with every turn's
+    completion and observation, so its length grows with the number of turns (module docstring)."""
+
     name = "full_context"
     memory_tag = None
 

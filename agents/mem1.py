@@ -21,6 +21,9 @@ state inside <IS> </IS> with every fact you still need. Then write one action:
 
 
 class Mem1Agent(Agent):
+    """MEM1: the model writes an internal state <IS> each turn and everything older than the last completion and
+    observation is dropped; one context per turn (module docstring)."""
+
     name = "mem1"
     memory_tag = "IS"
 

@@ -22,6 +22,9 @@ SYSTEM = """Answer by searching. Only your memory is kept between turns: first r
 
 
 class MemSearcherAgent(Agent):
+    """MemSearcher: a fresh chat per turn holding the question, the memory the model rewrote last turn (cut to
+    `memory_tokens`) and the latest observation; one context per turn (module docstring)."""
+
     name = "memsearcher"
     memory_tag = "memory"
 

@@ -21,6 +21,8 @@ MAX_RAW_ACTION = 2000
 
 @dataclass(frozen=True)
 class Parsed:
+    """The reading of one model output by `parse_output`: the env action, the memory block and a verdict."""
+
     action: str  # what the env receives: a canonical `<name>content</name>` or the raw text on failure
     tool: str | None  # tool name or "answer"; None on failure
     content: str  # the action's argument ("" on failure)

@@ -10,6 +10,8 @@ import torch
 
 
 def machine() -> str:
+    """One line naming the hardware a benchmark ran on: CPU model (/proc/cpuinfo, else `platform`), CPU
+    count, torch's thread count, and GPU 0's name or "no GPU"."""
     cpu = platform.processor() or platform.machine()
     try:
         for line in open("/proc/cpuinfo"):

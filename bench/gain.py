@@ -21,6 +21,7 @@ import json
 import math
 from pathlib import Path
 
+from memrl.plots import figure, label_axes, series
 from memrl.rl.metrics import read_metrics
 from memrl.rl.report import gain as paired_gain
 from memrl.rl.report import heldout_points, sft_gain
@@ -62,6 +63,9 @@ def pooled(rows: list[dict], key: str = "gain", se_key: str = "se") -> dict:
 
 
 def table(names: list[str], rows: list[dict]) -> list[str]:
+    """Markdown rows, one per run (`run_gain` rows, named by `names`): held-out tasks, EM after SFT and after
+    GRPO, the gain, its s.e., whether it is above twice that, and wall minutes; a pooled row (`pooled`) when
+    there are several runs; then `control_table`'s rows for the runs with an RL control."""
     lines = ["| run | held-out tasks | EM after SFT | EM after GRPO | gain | s.e. of the gain | gain > 2 s.e. | "
              "wall min |", "|---|---|---|---|---|---|---|---|"]
     for name, r in zip(names, rows, strict=True):
@@ -119,34 +123,17 @@ def heldout_curve(run: Path, summary: dict) -> list[tuple[int, float, float]]:
 def plot(names: list[str], curves: list[list[float]], path: Path,
          heldout: list[list[tuple[int, float, float]]] | None = None) -> None:
     """Training reward per GRPO step (left) and held-out EM with 95% intervals (1.96 s.e.) per step (right)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2 if heldout else 1, figsize=(10 if heldout else 6.4, 3.6), squeeze=False)
-    ax = axes[0][0]
-    for name, ys in zip(names, curves, strict=True):
-        ax.plot(range(len(ys)), ys, marker="o", ms=3, label=name)
-    ax.set_xlabel("GRPO step")
-    ax.set_ylabel("training reward (mean over rollouts)")
-    ax.set_title("training rollouts (each step: its own 4 tasks)", fontsize=9)
-    if heldout:
-        ax = axes[0][1]
-        for i, (name, pts) in enumerate(zip(names, heldout, strict=True)):
-            xs = [p[0] + 0.15 * (i - 1) for p in pts]  # dodge the seeds apart
-            ax.errorbar(xs, [p[1] for p in pts], yerr=[1.96 * p[2] for p in pts], marker="o", ms=4, capsize=3,
-                        label=name)
-        ax.set_xlabel("GRPO step (0 = after SFT)")
-        ax.set_ylabel("held-out EM, 95% interval")
-        ax.set_title("the same held-out tasks at every point, greedy", fontsize=9)
-    for row in axes:
-        for a in row:
-            a.grid(alpha=0.3)
-            a.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with figure(path, (10 if heldout else 6.4, 3.6), ncols=2 if heldout else 1, dpi=110) as axes:
+        for name, ys in zip(names, curves, strict=True):
+            series(axes[0], range(len(ys)), ys, ms=3, label=name)
+        label_axes(axes[0], "GRPO step", "training reward (mean over rollouts)",
+                   "training rollouts (each step: its own 4 tasks)", title_size=9, legend_size=8)
+        if heldout:
+            for i, (name, pts) in enumerate(zip(names, heldout, strict=True)):
+                xs = [p[0] + 0.15 * (i - 1) for p in pts]  # dodge the seeds apart
+                series(axes[1], xs, [p[1] for p in pts], [1.96 * p[2] for p in pts], ms=4, label=name)
+            label_axes(axes[1], "GRPO step (0 = after SFT)", "held-out EM, 95% interval",
+                       "the same held-out tasks at every point, greedy", title_size=9, legend_size=8)
 
 
 def curve_table(names: list[str], heldout: list[list[tuple[int, float, float]]]) -> list[str]:
@@ -160,6 +147,8 @@ def curve_table(names: list[str], heldout: list[list[tuple[int, float, float]]])
 
 
 def main(argv: list[str] | None = None) -> list[str]:
+    """`memrl bench gain`: print the gain table and the held-out EM per step of the given run directories, and
+    with --plot draw `plot` to that PNG. Returns the printed lines."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("runs", nargs="+", help="run directories (memrl train outputs)")
     ap.add_argument("--plot", default=None, help="write the training-reward curves to this PNG")

@@ -120,6 +120,8 @@ def run_config(name: str, contexts: int, length: int, repeats: int, prompt_share
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
+    """`memrl bench gpu` (options in the module docstring): time each `--configs` model with `run_config`,
+    print a markdown table, and return the rows. Exits with a message on an unknown config."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--configs", default="smollm2-135m,qwen2.5-1.5b", help=f"comma-separated, of {sorted(CONFIGS)}")
     ap.add_argument("--contexts", type=int, default=16)

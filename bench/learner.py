@@ -37,6 +37,9 @@ def batch(n: int, length: int, vocab: int, seed: int = 0, prompt_share: float = 
 
 
 def plain_step(model, opt, trajs: list[Trajectory], clip: float = 0.2) -> None:
+    """The baseline: one GRPO step written plainly on single-context trajectories of equal length. Full
+    logits on the (B, T) batch, PPO-clip objective (`losses.objective`, clip `clip` both ways) over the
+    loss-mask tokens with token-mean weights, backward, gradient norm clipped to 1, `opt` step."""
     ids = torch.tensor([t.contexts[0].token_ids for t in trajs])
     mask = torch.tensor([t.contexts[0].loss_mask for t in trajs], dtype=torch.float32)
     old = torch.tensor([t.contexts[0].logprobs for t in trajs])
@@ -59,6 +62,8 @@ def timed(fn, repeats: int) -> float:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    """`python -m memrl.bench.learner`: time memrl's learner step and `plain_step` on one random batch,
+    print both with the overhead ratio and the share of matmul peak, and return those numbers."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument("--contexts", type=int, default=8)

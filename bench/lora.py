@@ -96,6 +96,9 @@ def _adapter_sync(model: str, rollout, lora_rank: int, mean_time) -> float:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    """`memrl bench lora`: the learner side of LoRA (`--lora-rank`) and of full fine-tuning of the top
+    `--top-blocks` blocks, each in a child process, then the sync side; prints the tables and the LoRA /
+    full ratios and returns every number (`lora_*`, `full_*`, sync seconds, `ratio_*`)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument("--lora-rank", type=int, default=8)

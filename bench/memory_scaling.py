@@ -37,8 +37,11 @@ def kv_bytes_per_token(model_dir) -> int:
 
 def measure(agent_name: str, n: int, tasks: int, tokenizer, policy_kind: str, backend, env_kwargs: dict,
             max_tokens: int) -> dict:
+    """Play `tasks` held-out episodes (split eval, seeds 10_000_000 + i) of `n` composed KB objectives (`env_kwargs`) with agent
+    `agent_name`, following the oracle (`policy_kind` "oracle") or `backend` (greedy, `max_tokens` per turn);
+    returns the row: mean and max peak context tokens, mean EM and mean turns."""
     agent = make_agent(tokenizer, AgentCfg(name=agent_name, max_observation_tokens=256, memory_tokens=256))
-    envs = [build_env(EnvCfg(kwargs=env_kwargs, objectives=n)) for _ in range(tasks)]
+    envs = [build_env(EnvCfg(kwargs=env_kwargs).at(n, held_out=True)) for _ in range(tasks)]  # split eval
     policy = oracle_policy(agent, envs) if policy_kind == "oracle" else backend_policy(backend)
     cfg = SamplingConfig(max_tokens=10**6 if policy_kind == "oracle" else max_tokens, temperature=0.0)
     trajs = run_episodes(agent, envs, [10_000_000 + i for i in range(tasks)], policy, cfg)
@@ -49,6 +52,9 @@ def measure(agent_name: str, n: int, tasks: int, tokenizer, policy_kind: str, ba
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
+    """`python -m bench.memory_scaling`: `measure` every agent at every `--objectives` N, print the table
+    with peak KV-cache MiB (fp32) and the mem1 and memsearcher / full_context ratios at the largest N, and
+    return the rows (each with `peak_kv_mib` added)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m-instruct", help="tokenizer (and model for --policy model)")
     ap.add_argument("--objectives", default="1,2,4,8,16")

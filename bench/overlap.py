@@ -21,6 +21,9 @@ from memrl.bench.common import machine
 
 
 def run(recipe_name: str, overrides: list[str], staleness: int, steps: int, out: str) -> dict:
+    """`steps` GRPO steps of the recipe's Trainer at `algorithm.max_staleness=staleness`, output under
+    `out`; returns the wall seconds, per-step means of the rollout, learn, sync and wait times, the rewards,
+    and the mean off-policy clip fraction of the steps after the first."""
     from memrl.recipes.schema import load_recipe
     from memrl.rl.trainer import Trainer
 
@@ -51,6 +54,8 @@ def estimate(sync_run: dict, steps: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    """`memrl bench async`: `run` at staleness 0 and 1 (no zero-shot eval), print both, the measured wall
+    ratio and the separate-devices `estimate`; returns the rows, `ratio_wall` and the `estimate_*` numbers."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--recipe", default="quickstart")
     ap.add_argument("--steps", type=int, default=4)

@@ -28,6 +28,7 @@ import numpy as np
 from memrl.agents.evaluate import bootstrap_ci
 from memrl.bench import gain as gain_mod
 from memrl.io import write_atomic
+from memrl.plots import figure, label_axes, log2_x, series
 from memrl.rl.metrics import read_metrics
 from memrl.rl.report import phases
 
@@ -153,36 +154,22 @@ DODGE = 1.04  # x factor between neighbouring curves on the log-N axis
 
 
 def plot(rows: dict, key: str, ylabel: str, path: Path, ci_key: str | None = None) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import NullFormatter, ScalarFormatter
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for k, (label, pts) in enumerate(rows.items()):
-        ns = sorted(pts)
-        xs = [n * DODGE ** (k - (len(rows) - 1) / 2) for n in ns]  # side by side: equal curves stay visible
-        ys = [pts[n][key] for n in ns]
-        style = "--" if label.startswith("untrained") else "-"
-        if ci_key:
-            lo = [ys[i] - pts[n][ci_key][0] for i, n in enumerate(ns)]
-            hi = [pts[n][ci_key][1] - ys[i] for i, n in enumerate(ns)]
-            ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=3, linestyle=style, label=label)
-        else:
-            ax.plot(xs, ys, marker="o", linestyle=style, label=label)
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(sorted({n for pts in rows.values() for n in pts}))
-    ax.xaxis.set_major_formatter(ScalarFormatter())
-    ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.set_xlabel("objectives per episode (N); trained at N = 2")
-    ax.set_ylabel(ylabel)
-    ax.grid(alpha=0.3)
-    if rows:  # an empty page (no runs yet) gets empty axes, not a legend warning
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    """`key` of each curve in `rows` (label -> N -> point row, as `collect`'s curves) vs N on a log 2 axis, with
+    the `ci_key` (low, high) intervals as error bars when given; untrained curves dashed, curves nudged apart in x
+    (`DODGE`) so equal ones stay visible."""
+    with figure(path, (6, 4)) as (ax,):
+        for k, (label, pts) in enumerate(rows.items()):
+            ns = sorted(pts)
+            xs = [n * DODGE ** (k - (len(rows) - 1) / 2) for n in ns]  # side by side: equal curves stay visible
+            ys = [pts[n][key] for n in ns]
+            err = None
+            if ci_key:
+                err = [[ys[i] - pts[n][ci_key][0] for i, n in enumerate(ns)],
+                       [pts[n][ci_key][1] - ys[i] for i, n in enumerate(ns)]]
+            series(ax, xs, ys, err, linestyle="--" if label.startswith("untrained") else "-", label=label)
+        log2_x(ax, sorted({n for pts in rows.values() for n in pts}))
+        # an empty page (no runs yet) gets empty axes and no legend
+        label_axes(ax, "objectives per episode (N); trained at N = 2", ylabel, legend_size=8)
 
 
 def inputs() -> list[str]:
@@ -215,6 +202,11 @@ def fmt_ci(v: float, ci: tuple[float, float]) -> str:
 
 
 def collect(runs: Path, kv_bytes: int) -> dict:
+    """Everything the page needs from the run folders under `runs`: `curves` (label -> N -> `pooled_row`, the
+    finished training runs' sweeps and the untrained sweep), `raw` (label -> per run, N -> episode EMs, for the
+    slopes), `summaries` (agent -> run -> summary.json), `real` (dataset -> label -> real-QA row), the GRPO-gain
+    runs' summaries, training rewards and held-out curves (`gain`, `gain_curves`, `gain_heldout`) and
+    `real_train` (the searchqa run's summary, or None). Missing runs are left out."""
     by_point: dict[str, dict[int, dict[str, list[dict]]]] = {}  # label -> N -> run -> episodes
     summaries: dict[str, dict[str, dict]] = {}  # agent -> run -> summary.json
     for agent, names in RUNS.items():
@@ -366,6 +358,9 @@ def real_train_table(summary: dict | None) -> list[str]:
 
 
 def write(data: dict, out: Path, kv_bytes: int) -> Path:
+    """Draw the EM and peak-token plots and one gain plot per set of seeds (results_gain_<i>.png) into `out`, and
+    fill results_template.md with the verdicts and tables from `collect`'s `data` (plus results_notes.md from
+    `out`, if any) into `out`/RESULTS.md; returns its path."""
     curves = data["curves"]
     out.mkdir(parents=True, exist_ok=True)
     plot(curves, "em", "EM (mean over objectives), 95% bootstrap", out / "results_em_vs_n.png", "em_ci")
@@ -413,6 +408,8 @@ def write(data: dict, out: Path, kv_bytes: int) -> Path:
 
 
 def main(argv: list[str] | None = None) -> Path:
+    """`memrl bench results`: archive the inputs from --runs into --archive, then (unless --archive-only) build
+    the page from the archive into --out. Returns the page's path (the archive's with --archive-only)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", default="runs")
     ap.add_argument("--archive", default="docs/results_data", help="committed copy of the inputs the page is built from")

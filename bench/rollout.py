@@ -38,6 +38,8 @@ def raw_generate(backend: VLLMBackend, prompts: list[list[int]], lengths: list[i
 
 
 def logprob_gap(model_dir, trajs, limit: int = 16) -> float:
+    """Mean |engine log-prob - HF log-prob| over the sampled tokens of the first context of the first
+    `limit` trajectories, the HF ones recomputed with one forward pass of the model at `model_dir`."""
     model = load_model(model_dir)
     diffs = []
     for t in trajs[:limit]:
@@ -80,6 +82,9 @@ class RecordingBatch:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    """`python -m memrl.bench.rollout`: LettersEnv episodes through memrl (streaming, then turn-synchronous),
+    each replayed as one raw generate call of the same lengths; prints the table and returns the streaming
+    tokens/s of both, their ratio, the turn-synchronous ratio and the log-prob gap (`logprob_gap`)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument("--episodes", type=int, default=64)

@@ -52,6 +52,8 @@ def measure(recipe_name: str, overrides: list[str], mode: str, ranks: int, steps
 
 
 def ratios(rows: list[dict]) -> dict:
+    """The comparisons that the measured rows allow: native / blob bare sync time and each path's sync share
+    (native:1 and blob:1), and 2-rank / 1-rank GRPO step and learn times (native:1 and native:2)."""
     by = {(r["mode"], r["ranks"]): r for r in rows}
     out = {}
     if ("native", 1) in by and ("blob", 1) in by:
@@ -66,6 +68,8 @@ def ratios(rows: list[dict]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    """`memrl bench scaling`: `measure` each `--configs` MODE:RANKS in turn (no zero-shot eval, 0.5 CPU per
+    learner rank), print the table and `ratios`, and return the rows with the ratios."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--recipe", default="quickstart")
     ap.add_argument("--configs", type=lambda s: [_config(c) for c in s.split(",")],

@@ -32,6 +32,10 @@ def safe_eval(expression: str) -> int:
 
 
 class ArithEnv(TaskEnv):
+    """`What is a * b + c?` with 3-digit integers, to be solved with the `<calc>` tool, then `<answer>`.
+
+    Task meta: `expression`. The oracle is one calc call, then the answer."""
+
     default_max_turns = 3
 
     def sample_task(self, rng) -> Task:

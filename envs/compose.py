@@ -19,6 +19,10 @@ AGGREGATES = ("mean", "sum")
 
 
 class ComposedEnv(TurnEnv):
+    """MEM1's composition: N single-objective envs (`TaskEnv`s) played as one episode with N numbered questions,
+    the union of their tools, one `;`-separated answer scored part by part, and the reward aggregated by
+    `aggregate` (mean or sum); all parts share the episode's seed, so they live in one world."""
+
     def __init__(self, envs: list[TaskEnv], max_turns: int | None = None, aggregate: str = "mean") -> None:
         if not envs:
             raise ValueError("compose() needs at least one env")
@@ -59,6 +63,8 @@ class ComposedEnv(TurnEnv):
         return [part.task for part in self.parts]
 
     def reset(self, seed: int | None = None, options: dict | None = None):
+        """A new episode: every part reset with its own sub-seed of `seed` and the shared `episode_seed` (one world
+        for all parts); returns the N numbered questions with the answer instructions, and the info (tools...)."""
         super().reset(seed=seed)
         base = int(self.np_random.integers(2**31)) if seed is None else int(seed)
         for i, part in enumerate(self.parts):  # distinct, reproducible sub-seeds even for copies of one env
@@ -89,22 +95,3 @@ class ComposedEnv(TurnEnv):
 def compose(envs: list[TaskEnv], max_turns: int | None = None, aggregate: str = "mean") -> ComposedEnv:
     """N objectives in one episode (see the module docstring)."""
     return ComposedEnv(envs, max_turns=max_turns, aggregate=aggregate)
-
-
-def make_composed(env_ids: list[str] | None = None, base: str | None = None, n: int = 1,
-                  base_kwargs: dict | None = None, kwargs: list[dict] | None = None,
-                  max_turns: int | None = None, aggregate: str = "mean") -> ComposedEnv:
-    """Entry point of `memrl/Composed-v0`: either `env_ids` (one per objective, optional `kwargs` list)
-    or `base` repeated `n` times with `base_kwargs`."""
-    from memrl.envs.registry import make
-
-    if env_ids is None:
-        if base is None:
-            raise ValueError("memrl/Composed-v0 needs env_ids=[...] or base=ID with n=N")
-        if n < 1:
-            raise ValueError(f"n must be >= 1, got {n}")
-        env_ids, kwargs = [base] * n, [dict(base_kwargs or {}) for _ in range(n)]
-    kwargs = kwargs or [{} for _ in env_ids]
-    if len(kwargs) != len(env_ids):
-        raise ValueError(f"{len(env_ids)} env_ids but {len(kwargs)} kwargs entries")
-    return ComposedEnv([make(i, **k) for i, k in zip(env_ids, kwargs, strict=True)], max_turns, aggregate)

@@ -69,6 +69,8 @@ class TextEnv(gym.Env):
 
 @dataclass(frozen=True)
 class Task:
+    """One objective of an episode: the question posed to the model and the answers that score."""
+
     question: str  # what the model is asked
     answers: list[str]  # gold aliases; any one counts as correct
     meta: dict = field(default_factory=dict)  # env-specific facts (e.g. the gold reasoning chain)
@@ -144,6 +146,10 @@ class TurnEnv(TextEnv):
         self._turn, self._invalid, self._done = 0, 0, False
 
     def step(self, action: str):
+        """One turn (the rules in the module docstring): an `<answer>` ends the episode (terminated, reward
+        = aggregated EM); a tool call or an invalid action returns `<information>...</information>` with
+        reward 0, or, on the last allowed turn, ends it truncated with reward 0. Returns Gymnasium's
+        (observation, reward, terminated, truncated, info). Raises RuntimeError after the episode ended."""
         if self._done:
             raise RuntimeError("step() after the episode ended; call reset() first")
         self._turn += 1

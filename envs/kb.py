@@ -44,6 +44,8 @@ _SUFFIX = {"city": ["ton", "mora", "vale", "burg", "port", "ford"], "country": [
 
 @dataclass(frozen=True)
 class World:
+    """One generated knowledge base (`build_world`): its entities by kind, their facts and their passages."""
+
     names: dict[str, list[str]]  # kind -> entity names
     facts: dict[tuple[str, str], str]  # (entity, relation) -> object entity
     kind_of: dict[str, str]  # entity -> kind
@@ -204,6 +206,8 @@ class KBQAEnv(TaskEnv):
         return ("kb", tuple(self.task.meta["world"]), self.retriever_kind, self.topk)
 
     def oracle(self, task: Task) -> list[OracleStep]:
+        """One `<search>` per hop (entity e_0, then e_1 ... e_{h-1}), then `<answer>e_h</answer>`; each
+        step's note holds the facts found so far ("The mentor of X is Y.") and whom to look up next."""
         entities, rels = task.meta["entities"], task.meta["relations"]
         facts: list[str] = []
         steps = [OracleStep(f"<search>{entities[0]}</search>", f"Look up {entities[0]}.")]

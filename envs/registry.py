@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import gymnasium as gym
 
+from memrl.envs.compose import ComposedEnv, compose
+
 # id -> (entry point, one-line description); the README and `memrl envs list` read this table.
 ENVS: dict[str, tuple[str, str]] = {
     "memrl/KBQA-v0": ("memrl.envs.kb:KBQAEnv",
@@ -12,7 +14,7 @@ ENVS: dict[str, tuple[str, str]] = {
     "memrl/SearchQA-v0": ("memrl.envs.searchqa:SearchQAEnv",
                           "real multi-hop QA (MuSiQue, HotpotQA) with search over a passage corpus"),
     "memrl/Arith-v0": ("memrl.envs.arith:ArithEnv", "arithmetic word problems with a <calc> tool"),
-    "memrl/Composed-v0": ("memrl.envs.compose:make_composed",
+    "memrl/Composed-v0": ("memrl.envs.registry:make_composed",
                           "MEM1 composition: N objectives from any envs in one episode"),
 }
 
@@ -43,8 +45,6 @@ def build(section) -> gym.Env:
     """The env of one episode from a recipe's `env` section (read by keyword: id, kwargs, objectives,
     max_turns, aggregate): a registered id ("memrl/KBQA-v0") or an entry point ("mypkg.envs:MyEnv"),
     composed (MEM1) when `objectives` > 1 or `max_turns` is set."""
-    from memrl.envs.compose import compose
-
     if ":" in section.id and not section.id.startswith("memrl/"):  # an importable class, no registration needed
         import importlib
 
@@ -69,3 +69,20 @@ def build(section) -> gym.Env:
 def build_key(section) -> str:
     """Envs built from sections with equal keys are interchangeable (a worker's env pool reuses them)."""
     return repr((section.id, sorted(section.kwargs.items()), section.objectives, section.max_turns, section.aggregate))
+
+
+def make_composed(env_ids: list[str] | None = None, base: str | None = None, n: int = 1,
+                  base_kwargs: dict | None = None, kwargs: list[dict] | None = None,
+                  max_turns: int | None = None, aggregate: str = "mean") -> ComposedEnv:
+    """Entry point of `memrl/Composed-v0`: either `env_ids` (one per objective, optional `kwargs` list)
+    or `base` repeated `n` times with `base_kwargs`."""
+    if env_ids is None:
+        if base is None:
+            raise ValueError("memrl/Composed-v0 needs env_ids=[...] or base=ID with n=N")
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        env_ids, kwargs = [base] * n, [dict(base_kwargs or {}) for _ in range(n)]
+    kwargs = kwargs or [{} for _ in env_ids]
+    if len(kwargs) != len(env_ids):
+        raise ValueError(f"{len(env_ids)} env_ids but {len(kwargs)} kwargs entries")
+    return ComposedEnv([make(i, **k) for i, k in zip(env_ids, kwargs, strict=True)], max_turns, aggregate)

@@ -24,6 +24,8 @@ KINDS = ("bm25", "dense", "http")
 
 @dataclass(frozen=True)
 class Passage:
+    """One search hit: a corpus passage and its retrieval score (higher is closer)."""
+
     id: int  # index in the corpus
     title: str
     text: str
@@ -192,6 +194,8 @@ class BM25Retriever(_Indexed):
         return self._bm25s.tokenize(texts, stopwords="en", show_progress=False)
 
     def batch_search(self, queries: list[str], k: int = 3) -> list[list[Passage]]:
+        """Up to `k` passages per query, best first; passages scoring 0 (no query term in them) are dropped,
+        and a query with no tokens left after stopword removal gets []."""
         k = max(0, min(int(k), len(self.corpus)))
         out: list[list[Passage]] = []
         for q in queries:  # one at a time: an empty query must give [], not a shape error
@@ -240,6 +244,8 @@ class DenseRetriever(_Indexed):
                                  convert_to_numpy=True, show_progress_bar=len(texts) > 1000).astype(np.float32)
 
     def batch_search(self, queries: list[str], k: int = 3) -> list[list[Passage]]:
+        """The `k` passages of highest cosine similarity per query, best first (score in [-1, 1]); the
+        non-blank queries are embedded in one batch, a blank one gets []."""
         k = max(0, min(int(k), len(self.corpus)))
         out: list[list[Passage]] = [[] for _ in queries]
         live = [i for i, q in enumerate(queries) if q.strip()]
@@ -266,6 +272,9 @@ class HttpRetriever:
         return self.batch_search([query], k)[0]
 
     def batch_search(self, queries: list[str], k: int = 3) -> list[list[Passage]]:
+        """All queries in one POST to `{url}/retrieve`, results in query order. A 4xx raises RetrievalError at
+        once; any other failure (5xx, timeout, refused connection) is retried up to `retries` times, after
+        `backoff` x 2^attempt seconds, then raises RetrievalError. Passage ids are the server's (-1 if absent)."""
         if not queries or k <= 0:  # as the local retrievers answer; the server would reject topk <= 0
             return [[] for _ in queries]
         body = {"queries": list(queries), "topk": int(k), "return_scores": True}

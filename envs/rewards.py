@@ -13,6 +13,8 @@ import re
 import string
 from collections import Counter
 
+from memrl.registry import REWARD_SCORES
+
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCT = str.maketrans("", "", string.punctuation)
 
@@ -46,7 +48,6 @@ def split_answers(text: str, n: int) -> list[str]:
     return (parts + [""] * n)[:n]
 
 
-REWARD_SCORES = ("em", "f1")
 
 
 def shaped_reward(em: float, f1: float, malformed: bool, answered_cleanly: bool, *, score: str = "em",

@@ -143,6 +143,8 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `memrl` argument parser: model, train, recipe, envs, retriever, submit / jobs (`memrl.cluster.submit`),
+    eval, bench and export. Each leaf subcommand stores its handler in `args.func` (Namespace -> exit code)."""
     parser = argparse.ArgumentParser(
         prog="memrl", description="Train LLM agents with RL to keep a compact memory (MEM1, MemSearcher)."
     )
@@ -218,6 +220,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command line (`argv`, default `sys.argv[1:]`) and return its exit code.
+
+    Logs at INFO (DEBUG with `-v`). A RecipeError or PlanError (a recipe that is invalid or cannot run)
+    prints one `error:` line to stderr and returns 2 instead of a traceback. On the real command line
+    (`argv` None) SIGTERM exits with 143 through the `finally` blocks, so engines are shut down as on Ctrl-C."""
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(

@@ -30,6 +30,8 @@ class PlanError(ValueError):
 
 @dataclass(frozen=True)
 class ModelShape:
+    """The sizes of a model that the memory estimates need (`model_shape`)."""
+
     params: int  # all parameters (untied: memrl trains with an untied lm_head)
     hidden: int
     layers: int

@@ -16,6 +16,10 @@ from memrl.envs.core import AnyText
 
 
 class LettersEnv(gym.Env):
+    """The learning test's env (module docstring): `turns` turns, each scored by the share of lowercase ASCII
+    letters in the action; the last turn ends the episode with the mean score as reward (and as `em`, `f1`),
+    earlier turns give 0. No tools, no answer to find; `step_s` sleeps in every step to stand in for a slow tool."""
+
     metadata = {"render_modes": []}
 
     def __init__(self, turns: int = 2, step_s: float = 0.0, split: str = "train") -> None:
@@ -56,6 +60,8 @@ class FaultyEnv(LettersEnv):
         return super().reset(seed=seed, options=options)
 
     def step(self, action: str):
+        """On a bad seed: `fault` "raise" raises RuntimeError, "hang" sleeps `hang_s` seconds then steps
+        normally, "non_string" returns a dict observation (reward 0, not done); otherwise LettersEnv's step."""
         if self._bad:
             if self.fault == "raise":
                 raise RuntimeError("tool backend exploded")

@@ -174,6 +174,9 @@ class GlooWeightTransferEngine(WeightTransferEngine[GlooInitInfo, GlooUpdateInfo
         self.receive_weights(self.parse_update_info(update_info))
 
     def receive_weights(self, update_info: GlooUpdateInfo) -> None:
+        """Receive one update: per group of `update_info.group_sizes`, a uint8 buffer of `packed_bytes` is
+        filled by the trainer's broadcast, unpacked into tensors and loaded with `model.load_weights`, so one
+        group is in flight at a time. Raises RuntimeError before `init_transfer_engine`."""
         if self.group is None:
             raise RuntimeError("memrl_gloo weight transfer: init_weight_transfer_engine was not called")
         dtypes = [getattr(torch, d) for d in update_info.dtype_names]
@@ -207,6 +210,9 @@ class GlooTrainerWeightTransferEngine(TrainerWeightTransferEngine[GlooTrainerIni
 
     @classmethod
     def trainer_init(cls, init_info: GlooTrainerInitInfo, *, client, source: WeightSource | None = None):
+        """The trainer engine of this rank. On the sender (rank 0) it also opens the gloo group as its rank 0
+        while the client has every engine join it (their workers from rank 1 up), both at once since the
+        rendezvous blocks until all have joined; other ranks get an engine with no group."""
         if source is None:
             raise ValueError("memrl_gloo weight transfer needs a WeightSource")
         engine = cls(client=client, source=source, is_sender=init_info.is_sender)
@@ -220,6 +226,11 @@ class GlooTrainerWeightTransferEngine(TrainerWeightTransferEngine[GlooTrainerIni
         return engine
 
     def send_weights(self) -> None:
+        """One weight update, called on every trainer rank. Non-senders only iterate the source (its ZeRO-3
+        gathers are collectives). The sender drives start -> update -> finish on the engines: it sends the
+        GlooUpdateInfo through `client.update_weights` (run in a thread, as the engines block receiving),
+        then broadcasts each group `pack`ed, checked against the metadata. Raises ValueError when the
+        source's groups disagree with its metadata, and an engine's error as soon as it is known."""
         source = self.source
         if not self.is_sender:
             for _ in source.iter_groups():  # stay in the gathers of the sending rank

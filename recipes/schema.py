@@ -1,5 +1,10 @@
 """The recipe schema: every key is defined once here, with its description, and read by code.
 
+A recipe is data: this module imports no model, engine or env code (nor torch). Names that code builds (agents,
+advantage estimators, loss aggregations, policy losses) are checked against `memrl.registry` when a recipe is
+validated, with the same did-you-mean errors as unknown keys; a recipe's `plugins` (modules that register
+more names) are imported first.
+
 `load_recipe(name_or_path, overrides)` reads YAML (a shipped recipe by name, or a path), applies
 `--set a.b=c` overrides, and validates. Mistakes raise `RecipeError` naming the key, where it is, and
 the closest valid keys; a wrong type names the expected type.
@@ -10,33 +15,48 @@ from __future__ import annotations
 import difflib
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from memrl.agents import AGENTS
-from memrl.envs.rewards import REWARD_SCORES
-from memrl.rl.losses import ADVANTAGES, AGGREGATIONS
+from memrl import registry
+from memrl.registry import REWARD_SCORES
 
 
-def one_of(registry: dict) -> Any:
-    """A Literal of a registry's names: the schema allows exactly what the code can build."""
-    return Literal.__getitem__(tuple(registry))
+def one_of(reg: registry.Registry) -> Any:
+    """A string the registry `reg` can build, checked when the recipe is validated (so names registered by
+    plugins count): the schema allows exactly what the code can build."""
+    return Annotated[str, AfterValidator(reg.check)]
 
 
-AgentName = one_of(AGENTS)
+AgentName = one_of(registry.AGENTS)
 
 
 class Section(BaseModel):
+    """A recipe section: unknown keys are errors (named, with the valid ones), assignments are validated."""
+
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 class ModelCfg(Section):
+    """The model to train: a packaged name, `tiny:SEED` (tests) or a Hugging Face directory."""
+
     name: str = Field("smollm2-135m-instruct", description="model name (smollm2-135m-instruct, tiny:SEED) or HF dir")
 
 
 class EnvCfg(Section):
+    """The task: one registered env (its kwargs), composed to `objectives` per episode, and where the training,
+    tuning and confirmation tasks come from (split + seed offsets)."""
+
     id: str = Field("memrl/KBQA-v0", description="registered env id of ONE objective")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="constructor kwargs of that env; memrl adds "
                                    "split=train for training tasks unless `split` is given here")
@@ -47,7 +67,7 @@ class EnvCfg(Section):
     max_turns: int | None = Field(None, ge=1, description="turn cap of a composed episode (default: per env)")
     aggregate: Literal["mean", "sum"] = Field("mean", description="how per-objective rewards combine")
     train_seed_offset: int = Field(0, ge=0, description="entropy of the training task stream, mixed with the run "
-                                   "seed (memrl.rl.streams): the SFT, GRPO and control tasks")
+                                   "seed (rl/streams.py): the SFT, GRPO and control tasks")
     tune_seed_offset: int = Field(20_000_000, ge=0, description="the tuning set: held-out (split eval) tasks "
                                   "from this seed on, to choose settings on (train.held_out: tune)")
     eval_seed_offset: int = Field(10_000_000, ge=0, description="the confirmation set: held-out (split eval) tasks "
@@ -80,9 +100,29 @@ class EnvCfg(Section):
 
 
 class AgentCfg(Section):
-    name: AgentName = Field("memsearcher", description="agent type (memrl.agents.AGENTS)")
+    """How an episode becomes per-turn contexts. Keys beyond these are the agent's own settings, passed to its
+    constructor by keyword (a registered agent's; memrl's built-in agents take none)."""
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+    name: AgentName = Field("memsearcher", description="agent type: mem1, memsearcher, full_context, or one "
+                            "registered in memrl.registry.AGENTS (plugins) / given as 'module:Class'")
     max_observation_tokens: int = Field(256, ge=16, description="observation tokens kept per turn")
     memory_tokens: int = Field(256, ge=8, description="memory budget (memsearcher) in tokens")
+
+    @model_validator(mode="after")
+    def _own_settings(self) -> AgentCfg:
+        extra = sorted(self.model_extra or {})
+        if extra and self.name in registry.AGENTS.builtin_names():
+            valid = list(type(self).model_fields)
+            close = [c for k in extra for c in difflib.get_close_matches(k, valid, n=1, cutoff=0.5)]
+            hint = f" (did you mean {_either(close)}?)" if close else ""
+            raise ValueError(f"unknown key(s) {extra} in agent{hint}: valid keys here: {', '.join(valid)} (the "
+                             f"built-in agent {self.name!r} takes no settings of its own)")
+        return self
+
+    def settings(self) -> dict[str, Any]:
+        """The agent's own settings (the section's keys beyond name and the two budgets)."""
+        return dict(self.model_extra or {})
 
     def named(self, name: str | None = None) -> AgentCfg:
         """This section as agent `name` when given (the baseline of a sweep), with the same budgets."""
@@ -90,6 +130,8 @@ class AgentCfg(Section):
 
 
 class RolloutCfg(Section):
+    """The rollout workers and their vLLM engines: sampling, budgets, timeouts and weight sync."""
+
     workers: int = Field(1, ge=1, description="RolloutWorker actors, each with its own vLLM engine")
     max_model_len: int = Field(4096, ge=256, description="engine context window")
     kv_cache_gib: float = Field(1.0, gt=0, description="KV cache per engine on CPU (GiB)")
@@ -114,8 +156,11 @@ class RolloutCfg(Section):
 
 
 class AlgorithmCfg(Section):
-    advantage: one_of(ADVANTAGES) = Field("grpo", description="group-relative advantage estimator "
-                                          "(memrl.rl.losses.ADVANTAGES)")
+    """Multi-context GRPO: advantages, the policy loss and its clip, KL / entropy terms, aggregation, minibatches,
+    bounded staleness and the reward rule."""
+
+    advantage: one_of(registry.ADVANTAGES) = Field("grpo", description="group-relative advantage estimator: grpo, "
+                                                   "drgrpo, rloo, or a registered one (memrl.registry.ADVANTAGES)")
     group_size: int = Field(4, ge=2, description="rollouts per task (G)")
     tasks_per_step: int = Field(8, ge=1, description="distinct tasks per training step")
     clip_low: float = Field(0.2, ge=0, description="PPO ratio clip below 1")
@@ -123,9 +168,13 @@ class AlgorithmCfg(Section):
     dual_clip: float | None = Field(None, gt=1, description="dual-clip constant for negative advantages (e.g. 3)")
     kl_coef: float = Field(0.0, ge=0, description="k3 KL to the frozen reference; 0 = no reference model")
     entropy_coef: float = Field(0.0, ge=0, description="entropy bonus")
-    loss_agg: one_of(AGGREGATIONS) = Field(
-        "token_mean", description="how per-token losses are averaged (memrl.rl.losses.AGGREGATIONS; "
+    loss_agg: one_of(registry.AGGREGATIONS) = Field(
+        "token_mean", description="how per-token losses are averaged (memrl.registry.AGGREGATIONS; "
         "seq_mean_token_sum_norm divides by rollout.max_tokens, the generation budget)")
+    policy_loss: one_of(registry.POLICY_LOSSES) = Field(
+        "ppo", description="the policy-gradient term (memrl.registry.POLICY_LOSSES): ppo = token-level clipped "
+        "ratio; gspo = one ratio per context, the geometric mean of its tokens' (GSPO; its clip ranges are ~1e-3 "
+        "wide: clip_low 3e-4, clip_high 4e-4 in the paper)")
     minibatches: int = Field(1, ge=1, description="optimizer steps per training step")
     max_staleness: int = Field(0, ge=0, description="weight versions a trajectory may lag the learner: 0 = synchronous "
                                "(on-policy, a mismatch is an error); 1 = the rollout of step t+1 overlaps learning "
@@ -151,8 +200,10 @@ class AlgorithmCfg(Section):
 
 
 class CurriculumCfg(Section):
+    """A curriculum over N (objectives per episode): mix draws N per task, grow unlocks larger N as reward rises."""
+
     objectives: list[int] = Field(default_factory=list, description="N values (objectives per episode) to train "
-                                  "on; empty = every task at env.objectives (see memrl.rl.curriculum)")
+                                  "on; empty = every task at env.objectives (see rl/curriculum.py)")
     mode: Literal["mix", "grow"] = Field("grow", description="mix: each task draws N from `objectives` (by "
                                          "`weights`); grow: start at the smallest N, unlock the next as reward rises")
     weights: list[float] | None = Field(None, description="mix: probability of each N (normalized; null = uniform)")
@@ -175,6 +226,8 @@ class CurriculumCfg(Section):
 
 
 class LearnerCfg(Section):
+    """The DeepSpeed learner: ZeRO stage, optimizer, micro-batching, partial fine-tuning or LoRA, data-parallel ranks."""
+
     zero_stage: Literal[0, 1, 2, 3] = Field(2, description="DeepSpeed ZeRO stage")
     lr: float = Field(1e-5, gt=0, description="AdamW learning rate")
     weight_decay: float = Field(0.0, ge=0)
@@ -205,12 +258,16 @@ class LearnerCfg(Section):
 
 
 class SFTCfg(Section):
+    """The warm start: SFT steps on oracle trajectories written in the agent's own format."""
+
     steps: int = Field(0, ge=0, description="warm-start steps on oracle trajectories (0 = skip)")
     tasks_per_step: int = Field(8, ge=1)
     lr: float = Field(5e-5, gt=0)
 
 
 class TrainCfg(Section):
+    """The run's schedule and evaluation: GRPO steps, held-out evals and sweep, checkpoints, the RL control."""
+
     steps: int = Field(10, ge=0, description="GRPO steps")
     zero_shot_eval: bool = Field(True, description="eval the untrained model first (off when a sweep covers it)")
     eval_every: int = Field(0, ge=0, description="eval on held-out tasks every K steps (0 = only at start/end)")
@@ -233,6 +290,8 @@ class TrainCfg(Section):
 
 
 class ResourcesCfg(Section):
+    """What the run asks of the Ray cluster (CPUs, GPUs per worker and learner rank) and where the cluster is."""
+
     num_cpus: int | None = Field(None, ge=1, description="CPUs given to a local Ray (default: all)")
     cpus_per_worker: float = Field(1.0, gt=0)
     gpus_per_worker: float = Field(0.0, ge=0)
@@ -245,14 +304,21 @@ class ResourcesCfg(Section):
 
 
 class LoggingCfg(Section):
+    """Progress bars and TensorBoard (metrics.jsonl is always written)."""
+
     tensorboard: bool = True
     progress: bool = Field(True, description="tqdm progress bars")
 
 
 class Recipe(Section):
+    """A whole run: every section, the run's name, seed and output directory, and the plugin modules it needs."""
+
+    plugins: list[str] = Field(default_factory=list, description="modules imported before the recipe is "
+                               "validated and in every Ray actor of the run: they register agents, losses, "
+                               "advantages or aggregations (memrl.registry) that the recipe names")
     name: str = Field("recipe", description="run name")
     seed: int = Field(0, description="replicates the experiment: the training task stream (SFT, GRPO and control "
-                      "tasks, memrl.rl.streams), sampling (every rollout request), engine and learner seeds; the "
+                      "tasks, rl/streams.py), sampling (every rollout request), engine and learner seeds; the "
                       "held-out tasks stay those of env.eval_seed_offset / tune_seed_offset")
     output_dir: str = Field("runs/{name}", description="where metrics, checkpoints and the report go")
     model: ModelCfg = Field(default_factory=ModelCfg)
@@ -266,6 +332,16 @@ class Recipe(Section):
     train: TrainCfg = Field(default_factory=TrainCfg)
     resources: ResourcesCfg = Field(default_factory=ResourcesCfg)
     logging: LoggingCfg = Field(default_factory=LoggingCfg)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _import_plugins(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("plugins"), list):
+            try:
+                registry.import_plugins(str(m) for m in data["plugins"])
+            except ImportError as exc:
+                raise ValueError(f"plugins: {exc}") from None
+        return data
 
     @model_validator(mode="after")
     def _check_combinations(self) -> Recipe:
@@ -416,6 +492,8 @@ def _either(names: list[str]) -> str:
 
 
 def explain(exc: ValidationError, source: str = "recipe") -> str:
+    """A pydantic ValidationError as lines a person can act on: each problem at its key path, an unknown key with
+    the closest valid keys and all valid keys of its section, a wrong value with what was given."""
     lines = [f"{source}: {exc.error_count()} problem(s)"]
     for err in exc.errors():
         loc = tuple(err["loc"])

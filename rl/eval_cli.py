@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 from memrl.agents.backends import SamplingConfig
 from memrl.agents.evaluate import eval_point
 from memrl.io import write_jsonl
+from memrl.plots import figure, label_axes, log2_x, series
 from memrl.recipes.schema import Recipe
 
 log = logging.getLogger(__name__)
@@ -69,20 +70,11 @@ def table(rows: list[dict]) -> str:
 
 
 def plot_peak_vs_objectives(rows: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    for agent in dict.fromkeys(r["agent"] for r in rows):
-        pts = sorted((r["objectives"], r["peak_context_tokens"]) for r in rows if r["agent"] == agent)
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=agent)
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("objectives per episode (N)")
-    ax.set_ylabel("peak context tokens (mean)")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    """Mean peak context tokens vs objectives per episode (N, log 2 axis), one curve per agent (MEM1's headline
+    figure: whether a memory agent's peak stays flat as N grows while full context's grows with it)."""
+    with figure(path, (5, 3.5)) as (ax,):
+        for agent in dict.fromkeys(r["agent"] for r in rows):
+            pts = sorted((r["objectives"], r["peak_context_tokens"]) for r in rows if r["agent"] == agent)
+            series(ax, [p[0] for p in pts], [p[1] for p in pts], label=agent)
+        log2_x(ax)
+        label_axes(ax, "objectives per episode (N)", "peak context tokens (mean)")

@@ -33,6 +33,10 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 
 def export(checkpoint_path: str | Path, out: str | Path) -> Path:
+    """Write the checkpoint at or under `checkpoint_path` (`resolve_checkpoint`) to `out` as a HF model directory
+    (the checkpoint's `model/` files plus a README.md model card) and return `out`. An existing `out` is
+    replaced; the new one is built beside it and renamed into place. The card's metrics come from the run's
+    summary.json, or from the checkpoint's own evals when the run has none."""
     ckpt = resolve_checkpoint(checkpoint_path)
     out = Path(out)
     state = torch.load(ckpt / "trainer_state.pt", weights_only=False)
@@ -51,6 +55,9 @@ def export(checkpoint_path: str | Path, out: str | Path) -> Path:
 
 
 def model_card(state: dict, summary: dict, ckpt: Path) -> str:
+    """The README.md of an exported model: HF front matter; the agent, env, objectives, base model and GRPO
+    step (from `state`, the checkpoint's trainer state); a table of EM, F1 and peak context tokens per eval
+    phase of `summary["evals"]`; and the recipe as YAML."""
     recipe = state.get("recipe", {})
     evals = summary.get("evals", {})
     rows = [f"| {k} | {v.get('em', 0):.3f} | {v.get('f1', 0):.3f} | {v.get('peak_context_tokens', 0):.0f} |"

@@ -6,20 +6,16 @@ by a padded-token budget; every token's loss is weighted globally *before* micro
 the full-batch loss. DeepSpeed runs in unmanaged-accumulation mode: we call `backward` per
 micro-batch and `step` once. CPU: fp32 + gloo; GPU: bf16 + NCCL (from `memrl.device`).
 
-A `Layout` decides what one batch row is: one context padded to the row length (`PADDED`, the
-default), or one trajectory with all its contexts end to end under a block-causal mask (`PACKED`,
-MEM1 packed mode, `learner.packed`; see `rl.packing`). Both give the same per-token tensors, so the
-loss and its gradients do not depend on the layout (up to float error).
+The learner is split by concern: `rl.batching` (what a row and a micro-batch hold: padded or packed
+layouts), `rl.step` (one step's version checks and metrics, shared with `LearnerGroup`), this module (the
+engine, its forward/backward and optimizer step) and `rl.learner_state` (weights out: sync, export,
+checkpoints). The loss itself is `rl.losses.objective`.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import time
-from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
@@ -29,11 +25,13 @@ from memrl.device import plan
 from memrl.models import load_model
 from memrl.net import free_port
 from memrl.records import Context, Trajectory
+from memrl.rl import losses
+from memrl.rl.batching import PACKED, PADDED, Batch, Part, micro_batches, minibatch
+from memrl.rl.learner_state import LearnerWeights
+from memrl.rl.step import run_step
 
 if TYPE_CHECKING:
     from memrl.recipes.schema import AlgorithmCfg, LearnerCfg, RolloutCfg
-from memrl.rl import losses
-from memrl.rl.packing import pack_contexts
 
 log = logging.getLogger(__name__)
 
@@ -86,218 +84,6 @@ def freeze_below(model: torch.nn.Module, train_layers: int) -> None:
         block.requires_grad_(False)
 
 
-def micro_batches(lengths: list[int], budget: int) -> list[list[int]]:
-    """Group context indices so that (longest length x count) <= budget; longest first, order kept stable."""
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    batches: list[list[int]] = []
-    for i in order:
-        if batches and lengths[batches[-1][0]] * (len(batches[-1]) + 1) <= budget:
-            batches[-1].append(i)
-        else:
-            batches.append([i])
-    return batches
-
-
-@dataclass
-class Batch:
-    """One micro-batch: model inputs and per-token loss tensors, each (R, L) for R rows padded to length L."""
-
-    inputs: dict[str, torch.Tensor]  # forward kwargs: input_ids (R,L), attention_mask (R,L) or (R,1,L,L), [position_ids]
-    keep: torch.Tensor  # (R,L) 0 at each context's first token (no prefix: log-prob 0, no entropy), 1 elsewhere
-    mask: torch.Tensor  # (R,L) loss mask (0 on padding)
-    old_logp: torch.Tensor  # (R,L) sampling-time log-probs
-    weights: torch.Tensor  # (R,L) global per-token loss weights (`losses.token_weights`), 0 on padding
-    adv: torch.Tensor  # (R,L) the context's (trajectory's) advantage on masked tokens, 0 elsewhere
-    is_w: torch.Tensor  # (R,L) importance weight on the policy-gradient term only (`Part.is_weights`), 0 on padding
-
-    @property
-    def input_ids(self) -> torch.Tensor:
-        return self.inputs["input_ids"]
-
-    def to(self, device: torch.device | str) -> Batch:
-        return Batch({k: v.to(device) for k, v in self.inputs.items()}, *(x.to(device) for x in (
-            self.keep, self.mask, self.old_logp, self.weights, self.adv, self.is_w)))
-
-
-def _loss_tensors(rows: list[list[Context]], weights: list[list[torch.Tensor]], advs: list[list[float]], L: int,
-                  starts: list[list[int]], is_weights: list[list[torch.Tensor]] | None = None
-                  ) -> tuple[torch.Tensor, ...]:
-    """keep, mask, old_logp, weights, adv, is_w (R,L) of rows whose contexts start at `starts` (end to end from
-    there); `is_weights` like `weights` (None: 1 on every token)."""
-    keep, mask, old, w, adv, is_w = (torch.zeros((len(rows), L)) for _ in range(6))
-    for r, row in enumerate(rows):
-        row_is = is_weights[r] if is_weights is not None else [1.0] * len(row)
-        for c, s, wc, a, iw in zip(row, starts[r], weights[r], advs[r], row_is, strict=True):
-            e = s + len(c)
-            keep[r, s + 1:e] = 1.0
-            mask[r, s:e] = torch.tensor(c.loss_mask, dtype=torch.float32)
-            old[r, s:e] = torch.tensor(c.logprobs)
-            w[r, s:e] = wc
-            adv[r, s:e] = a
-            is_w[r, s:e] = iw
-    return keep, mask, old, w, adv * (mask > 0), is_w
-
-
-def padded_batch(rows: list[list[Context]], weights: list[list[torch.Tensor]], advs: list[list[float]],
-                 pad_id: int, dtype: torch.dtype, is_weights: list[list[torch.Tensor]] | None = None) -> Batch:
-    """One context per row, right-padded; a 2D padding mask (the model adds the causal part). `is_weights`:
-    each context's (T_c,) importance weights on the policy-gradient term, shaped like `weights` (None: all 1)."""
-    ctxs = [c for (c,) in rows]
-    L = max(len(c) for c in ctxs)
-    ids = torch.full((len(ctxs), L), pad_id, dtype=torch.long)
-    attn = torch.zeros((len(ctxs), L), dtype=torch.long)
-    for r, c in enumerate(ctxs):
-        ids[r, :len(c)] = torch.tensor(c.token_ids)
-        attn[r, :len(c)] = 1
-    return Batch({"input_ids": ids, "attention_mask": attn},
-                 *_loss_tensors(rows, weights, advs, L, [[0]] * len(rows), is_weights))
-
-
-def packed_batch(rows: list[list[Context]], weights: list[list[torch.Tensor]], advs: list[list[float]],
-                 pad_id: int, dtype: torch.dtype, is_weights: list[list[torch.Tensor]] | None = None) -> Batch:
-    """One trajectory per row, its contexts packed end to end (`rl.packing`), right-padded to the longest pack;
-    `is_weights` as in `padded_batch`.
-
-    Each padding token is packed as its own 1-token context: it attends only to itself (no all-masked
-    softmax row, so no NaN) and nothing attends to it; it carries zero loss weight.
-    """
-    L = max(sum(len(c) for c in row) for row in rows)
-    packs = [pack_contexts([c.token_ids for c in row] + [[pad_id]] * (L - sum(len(c) for c in row)), dtype)
-             for row in rows]
-    inputs = {k: torch.cat([p.model_inputs()[k] for p in packs]) for k in ("input_ids", "position_ids",
-                                                                          "attention_mask")}
-    starts = [[s for s, _ in p.segments[:len(row)]] for p, row in zip(packs, rows, strict=True)]
-    return Batch(inputs, *_loss_tensors(rows, weights, advs, L, starts, is_weights))
-
-
-@dataclass(frozen=True)
-class Layout:
-    """What one batch row holds: `rows` groups context indices (given each context's trajectory) into rows,
-    `batch` builds a micro-batch of such rows."""
-
-    rows: Callable[[list[int]], list[list[int]]]
-    batch: Callable[..., Batch]
-
-
-def _one_per_trajectory(ctx_traj: list[int]) -> list[list[int]]:
-    rows: dict[int, list[int]] = {}
-    for i, t in enumerate(ctx_traj):
-        rows.setdefault(t, []).append(i)
-    return list(rows.values())
-
-
-PADDED = Layout(rows=lambda ctx_traj: [[i] for i in range(len(ctx_traj))], batch=padded_batch)
-PACKED = Layout(rows=_one_per_trajectory, batch=packed_batch)
-
-
-@dataclass
-class Part:
-    """Contexts of a minibatch (or of one rank's share of it) with everything their loss needs."""
-
-    contexts: list[Context]  # (C,) contexts with at least one sampled token
-    traj: list[int]  # (C,) index of each context's trajectory in the minibatch (contexts of one stay together)
-    adv: list[float]  # (C,) its trajectory's advantage
-    weights: list[torch.Tensor]  # C tensors (T_c,): per-token loss weights computed over the WHOLE minibatch
-    versions: list[int]  # (C,) the weight version that sampled each context
-    is_weights: list[torch.Tensor]  # C tensors (T_c,): importance weight on each token's policy-gradient term only
-    #   (`losses.objective(is_weight=...)`): 1.0 for fresh contexts, min(pi_prox / pi_behav, is_clip) for stale ones
-
-    @property
-    def tokens(self) -> int:
-        return sum(len(c) for c in self.contexts)
-
-    def take(self, trajs: set[int]) -> Part:
-        keep = [i for i, t in enumerate(self.traj) if t in trajs]
-        return Part([self.contexts[i] for i in keep], [self.traj[i] for i in keep], [self.adv[i] for i in keep],
-                    [self.weights[i] for i in keep], [self.versions[i] for i in keep],
-                    [self.is_weights[i] for i in keep])
-
-
-def minibatch(trajectories: list[Trajectory], loss_agg: str, max_tokens: int | None, sft: bool = False) -> Part:
-    """Every context with a sampled token, with its trajectory's advantage and its global loss weights (by
-    `loss_agg`; the SFT warm start always takes the token mean)."""
-    mode = "token_mean" if sft else loss_agg
-    contexts, traj, adv, versions = [], [], [], []
-    for ti, t in enumerate(trajectories):
-        for ctx, v in zip(t.contexts, t.context_versions(), strict=True):
-            if ctx.num_generated:
-                contexts.append(ctx)
-                traj.append(ti)
-                adv.append(t.advantage)
-                versions.append(v)
-    masks = [torch.tensor(c.loss_mask, dtype=torch.float32) for c in contexts]
-    weights = losses.token_weights(masks, torch.tensor(traj), mode, max_tokens=max_tokens) if contexts else []
-    return Part(contexts, traj, adv, weights, versions, [torch.ones(len(c)) for c in contexts])
-
-
-def split(part: Part, ranks: int) -> list[Part]:
-    """`ranks` shares of a minibatch, whole trajectories each, balanced by tokens (longest trajectory first to
-    the least-loaded rank). The weights stay those of the whole minibatch, so the shares' losses add up to it."""
-    tokens: dict[int, int] = {}
-    for c, t in zip(part.contexts, part.traj, strict=True):
-        tokens[t] = tokens.get(t, 0) + len(c)
-    load, owned = [0] * ranks, [set() for _ in range(ranks)]
-    for t in sorted(tokens, key=lambda t: (-tokens[t], t)):
-        r = min(range(ranks), key=lambda r: (load[r], r))
-        load[r] += tokens[t]
-        owned[r].add(t)
-    return [part.take(o) for o in owned]
-
-
-def run_step(trajectories: list[Trajectory], sft: bool, version: int | None, loss_agg: str, max_tokens: int,
-             train_shares: Callable[[Part], list[tuple[dict[str, float], dict]]], max_staleness: int = 0) -> dict:
-    """One optimizer step, whoever runs it (one Learner, or the ranks of a LearnerGroup): the versions checked
-    (at most `max_staleness` behind `version`), the loss weights computed over the whole minibatch,
-    `train_shares(part)` -> each rank's (summed stats, step info), then the step's metrics (with the staleness
-    histogram of the contexts: `staleness_K` = contexts K versions behind)."""
-    t0 = time.perf_counter()
-    if version is not None:
-        check_versions(trajectories, version, max_staleness)
-    part = minibatch(trajectories, loss_agg, max_tokens, sft)
-    if not part.contexts:
-        return {"skipped": 1.0, "reason_no_tokens": 1.0}
-    results = train_shares(part)
-    metrics = step_metrics([t for t, _ in results], [i for _, i in results], part, time.perf_counter() - t0)
-    if version is not None and max_staleness:
-        for lag in range(max_staleness + 1):
-            metrics[f"staleness_{lag}"] = float(sum(version - v == lag for v in part.versions))
-    return metrics
-
-
-def step_metrics(totals: list[dict[str, float]], infos: list[dict], part: Part, seconds: float) -> dict:
-    """One step's metrics from every rank's summed stats and step info (the step is global: rank 0's info)."""
-    summed: dict[str, float] = {}
-    for t in totals:
-        for k, v in t.items():
-            summed[k] = summed.get(k, 0.0) + v
-    metrics = losses.finish_stats(summed)
-    metrics.pop("tokens", None)
-    metrics.update(infos[0], train_tokens=summed.get("tokens", 0.0), learner_time=seconds,
-                   learner_tokens_per_s=part.tokens / seconds, contexts=float(len(part.contexts)))
-    return metrics
-
-
-# Metrics of one minibatch's step that count something (tokens, contexts, skipped steps): a GRPO step's value is
-# their sum over its minibatches. `staleness_K` (contexts K versions behind) are matched by prefix.
-COUNT_METRICS = frozenset({"train_tokens", "contexts", "offpolicy_tokens", "skipped", "reason_no_tokens"})
-COUNT_PREFIXES = ("staleness_",)
-
-
-def merge_minibatch_metrics(parts: list[dict]) -> dict:
-    """The metrics of one GRPO step from those of its minibatches' optimizer steps (`run_step`, in order): counts
-    (`COUNT_METRICS`, `staleness_*`) are summed (a minibatch without the key counts 0); every other value is
-    averaged over the minibatches that report it (a minibatch skipped for having no token reports no loss)."""
-    keys = dict.fromkeys(k for p in parts for k in p)
-    out = {}
-    for k in keys:
-        if k in COUNT_METRICS or k.startswith(COUNT_PREFIXES):
-            out[k] = float(sum(p.get(k, 0.0) for p in parts))
-        else:
-            values = [p[k] for p in parts if k in p]
-            out[k] = sum(values) / len(values)
-    return out
-
-
 def _world_size() -> int:
     dist = torch.distributed
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
@@ -320,23 +106,7 @@ def _max_over_ranks(n: int) -> int:
     return int(t.item())
 
 
-class VersionMismatch(RuntimeError):
-    """A trajectory sampled by other weights than the learner's, in synchronous mode."""
-
-
-def check_versions(trajectories: list[Trajectory], version: int, max_staleness: int = 0) -> None:
-    """Every context must have been sampled by weight `version` (synchronous training is on-policy), or by one
-    at most `max_staleness` versions older (bounded staleness: `algorithm.max_staleness`)."""
-    bad = sorted({v for t in trajectories for v in t.context_versions() if not 0 <= version - v <= max_staleness})
-    if bad:
-        rule = ("in synchronous mode every rollout must use the latest weights (a worker missed a weight sync)"
-                if max_staleness == 0 else f"algorithm.max_staleness allows versions {version - max_staleness}.."
-                                           f"{version}")
-        raise VersionMismatch(f"contexts sampled by weight version(s) {bad}, the learner is at version {version}: "
-                              f"{rule}")
-
-
-class Learner:
+class Learner(LearnerWeights):
     """Owns the trainable model (a DeepSpeed engine), its optimizer and, when KL is on, a frozen reference.
 
     Built from recipe sections by keyword: `learner` (engine, optimizer, micro-batching), `algorithm`
@@ -550,7 +320,8 @@ class Learner:
         return losses.objective(logp, losses.at_loss_tokens(b.old_logp, sel), losses.at_loss_tokens(b.adv, sel), w,
                                 clip_low=al.clip_low, clip_high=al.clip_high, dual_clip=al.dual_clip,
                                 ref_logp=ref_logp, kl_coef=al.kl_coef, entropy=entropy, entropy_coef=al.entropy_coef,
-                                is_weight=losses.at_loss_tokens(b.is_w, sel))
+                                is_weight=losses.at_loss_tokens(b.is_w, sel), seq=losses.at_loss_tokens(b.seq, sel),
+                                policy_loss=al.policy_loss)
 
     def _step(self) -> bool:
         """Apply the accumulated gradients unless they are non-finite; returns whether it stepped.
@@ -596,66 +367,3 @@ class Learner:
 
     def _get_lr(self) -> float:
         return float(self.engine.optimizer.param_groups[0]["lr"])
-
-    # ------------------------------------------------------------------ weights out
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        """Full (gathered) weights on CPU, in HF names, for weight sync and export; every tensor owns its
-        storage. (ZeRO 1-2 keep parameters as views into one flat buffer: pickling such a view, as Ray does
-        to return it, writes the whole buffer, once per tensor; SmolLM2's 273 tensors took 17 GB.)"""
-        import contextlib
-
-        import deepspeed
-
-        module = self.engine.module
-        if lora.is_lora(module):  # base + adapter merged, in the base model's names (ZeRO 0-2: nothing to gather)
-            return lora.merged_state_dict(module)
-        gathered = (deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None)
-                    if self.cfg.zero_stage == 3 else contextlib.nullcontext())
-        with gathered:
-            return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
-
-    def weights_blob(self) -> bytes:
-        """The weights as the engines load them, as one safetensors byte string (memrl.weight_sync); with LoRA
-        only the adapter (memrl.lora)."""
-        from memrl.weight_sync import state_dict_blob
-
-        if lora.is_lora(self.engine.module):
-            return lora.adapter_blob(self.engine.module)
-
-        return state_dict_blob(self.state_dict())
-
-    def weight_transfer(self, client, address: str, port: int):
-        """This rank's end of vLLM's weight-transfer protocol (memrl.weight_transfer): rank 0 opens the group at
-        address:port with the engines behind `client` and sends; the others take part in the ZeRO-3 gathers.
-        Every rank must call it, then `send_weights()` on the returned engine for each sync."""
-        from vllm.distributed.weight_transfer.factory import WeightTransferTrainerFactory
-
-        from memrl.weight_transfer import LearnerSource, trainer_init_info
-
-        info = trainer_init_info(self.device.weight_transfer_backend, address, port, client.world_size, self.rank)
-        source = LearnerSource(self.engine.module, zero3=self.cfg.zero_stage == 3)
-        return WeightTransferTrainerFactory.trainer_init(info, client=client, source=source)
-
-    @property
-    def module(self) -> torch.nn.Module:
-        return self.engine.module
-
-    @property
-    def rank(self) -> int:
-        return torch.distributed.get_rank() if _world_size() > 1 else 0
-
-    def save_state(self, out: Path) -> None:
-        """Engine state (model, optimizer; each rank writes its shard) under out/engine, and rank 0 writes the
-        full weights as a Hugging Face directory under out/model. Every rank must call it (ZeRO-3 gathers)."""
-        self.engine.save_checkpoint(str(out / "engine"), tag="state", save_latest=False)
-        if lora.is_lora(self.module):  # base + adapter merged once (LoRA runs ZeRO 0-2: nothing to gather)
-            if self.rank == 0:
-                lora.merged_model(self.module).save_pretrained(out / "model", safe_serialization=True)
-            return
-        weights = self.state_dict()
-        if self.rank == 0:
-            self.module.save_pretrained(out / "model", state_dict=weights, safe_serialization=True)
-
-    def load_state(self, path: Path) -> None:
-        """Restore what `save_state` wrote (every rank its own shard)."""
-        self.engine.load_checkpoint(str(path / "engine"), tag="state")

@@ -7,8 +7,8 @@ torch.distributed group (gloo on CPU, NCCL on GPU: `memrl.device`) and each buil
 `Learner` over it, so ZeRO 1/2/3 shard over the ranks.
 
 One optimizer step: the driver computes every context's loss weights over the whole minibatch
-(`rl.learner.minibatch`), cuts it into per-rank shares of whole trajectories balanced by tokens
-(`rl.learner.split`) and sends each rank its share; the ranks backward their shares (loss scaled by the
+(`rl.batching.minibatch`), cuts it into per-rank shares of whole trajectories balanced by tokens
+(`rl.batching.split`) and sends each rank its share; the ranks backward their shares (loss scaled by the
 world size, since DeepSpeed averages gradients) and step together. The update is therefore the same
 for any number of ranks (tested: 1 vs 2 ranks, ZeRO-2 and ZeRO-3).
 """
@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING
 
 from memrl.net import free_port
 from memrl.records import Trajectory
-from memrl.rl.learner import run_step, split
+from memrl.rl.batching import split
+from memrl.rl.step import run_step
 
 if TYPE_CHECKING:
     from memrl.recipes.schema import AlgorithmCfg, LearnerCfg, ResourcesCfg, RolloutCfg
@@ -60,9 +61,12 @@ def check_resources(recipe, available: dict[str, float]) -> None:
 class LearnerRank:
     """One data-parallel rank (a Ray actor): joins the ranks' process group and owns a `Learner`."""
 
-    def __init__(self, ranks_per_node: int) -> None:
+    def __init__(self, ranks_per_node: int, plugins: tuple[str, ...] = ()) -> None:
         import torch
 
+        from memrl.registry import import_plugins
+
+        import_plugins(plugins)  # the names this run registered (a recipe's `plugins`, or registrations)
         # Ray limits an actor to as many threads as CPUs it reserved; training and rollouts alternate
         # (synchronous mode), so a rank may use its node's cores while it learns.
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // ranks_per_node))
@@ -142,7 +146,9 @@ class LearnerGroup:
     save_state, load_state); the driver process holds no model."""
 
     def __init__(self, model_dir: str, *, learner: LearnerCfg, algorithm: AlgorithmCfg, rollout: RolloutCfg,
-                 resources: ResourcesCfg, seed: int = 0) -> None:
+                 resources: ResourcesCfg, seed: int = 0, plugins: tuple[str, ...] = ()) -> None:
+        """`learner.ranks` actors placed together (one bundle of `resources.cpus/gpus_per_learner_rank` each), each
+        importing `plugins` (`memrl.registry.plugin_modules`) and then building its `Learner`."""
         import ray
         from ray.util.placement_group import placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -162,7 +168,7 @@ class LearnerGroup:
         self.ranks = [cls.options(num_cpus=resources.cpus_per_learner_rank,
                                   num_gpus=resources.gpus_per_learner_rank,
                                   scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=i))
-                      .remote(n) for i in range(n)]
+                      .remote(n, tuple(plugins)) for i in range(n)]
         addr, port = ray.get(self.ranks[0].address.remote(), timeout=timeout)
         sections = {"learner": learner, "algorithm": algorithm, "rollout": rollout}
         ray.get([r.start.remote(str(model_dir), sections, seed, i, n, addr, port) for i, r in enumerate(self.ranks)],

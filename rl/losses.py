@@ -9,11 +9,15 @@ The learner (`rl/learner.py`) does a forward pass and calls `objective` (GRPO) o
 (the warm start); both take per-token tensors at the M loss tokens only. Everything the loss depends on
 is here, so these are the functions the hand-computed tests check.
 
-Variants live in registries so that a new one is a new function; the recipe schema takes its allowed
-names from them (`recipes/schema.py`):
+Variants live in registries (`memrl.registry`, where the recipe schema checks names) so that a new one is a
+new function in any module:
 
     @register_advantage("grpo")         (rewards (B,), group_ids (B,)) -> advantages (B,)
     @register_aggregation("token_mean") mask (C,T) [+ context_traj_index, max_tokens] -> weights (C,T)
+    @register_policy_loss("ppo")        logp, old_logp, adv, seq (M,) -> policy-gradient term (M,) + stats
+
+A policy loss sees `seq` (M,): which context (sequence) of the micro-batch each loss token belongs to (every
+context lies whole in one micro-batch), so a sequence-level loss such as GSPO needs nothing else.
 
 Multi-context GRPO (MemSearcher, MEM1): advantages are computed per trajectory from the group's
 rewards; every sampled token of every context of a trajectory receives its trajectory's advantage.
@@ -53,48 +57,46 @@ from collections.abc import Callable
 
 import torch
 
+from memrl.registry import ADVANTAGES, AGGREGATIONS, POLICY_LOSSES
+
 # ------------------------------------------------------------------------------------ registries
+# The names live in `memrl.registry` (importable without torch, so a recipe validates without this module); the
+# built-in functions below are listed there by path. Users add their own with these decorators.
 
 AdvantageFn = Callable[..., torch.Tensor]
 WeightFn = Callable[..., torch.Tensor]
-
-ADVANTAGES: dict[str, AdvantageFn] = {}
-AGGREGATIONS: dict[str, WeightFn] = {}
-
-
-def _register(table: dict, kind: str, name: str) -> Callable:
-    def deco(fn):
-        if name in table:
-            raise ValueError(f"{kind} {name!r} is already registered (by {table[name].__name__})")
-        table[name] = fn
-        return fn
-
-    return deco
-
-
-def _get(table: dict, kind: str, name: str):
-    try:
-        return table[name]
-    except KeyError:
-        raise ValueError(f"unknown {kind} {name!r}; valid: {', '.join(sorted(table))}") from None
+PolicyLossFn = Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]]
 
 
 def register_advantage(name: str) -> Callable[[AdvantageFn], AdvantageFn]:
     """Decorator: register `fn(rewards (B,), group_ids (B,)) -> advantages (B,)` under `name`."""
-    return _register(ADVANTAGES, "advantage estimator", name)
+    return ADVANTAGES.register(name)
 
 
 def register_aggregation(name: str) -> Callable[[WeightFn], WeightFn]:
     """Decorator: register `fn(mask (C,T), context_traj_index, max_tokens) -> weights (C,T)`."""
-    return _register(AGGREGATIONS, "loss aggregation", name)
+    return AGGREGATIONS.register(name)
+
+
+def register_policy_loss(name: str) -> Callable[[PolicyLossFn], PolicyLossFn]:
+    """Decorator: register a policy-gradient term `fn(logp, old_logp, adv, seq, *, clip_low, clip_high, dual_clip)
+    -> (pg (M,), per-token stats)` under `name` (the contract: `rl.policy_losses.ppo_policy_loss`)."""
+    return POLICY_LOSSES.register(name)
 
 
 def get_advantage_fn(name: str) -> AdvantageFn:
-    return _get(ADVANTAGES, "advantage estimator", name)
+    """The advantage estimator registered as `name`."""
+    return ADVANTAGES.get(name)
 
 
 def get_aggregation_fn(name: str) -> WeightFn:
-    return _get(AGGREGATIONS, "loss aggregation", name)
+    """The loss aggregation registered as `name`."""
+    return AGGREGATIONS.get(name)
+
+
+def get_policy_loss_fn(name: str) -> PolicyLossFn:
+    """The policy loss registered as `name`."""
+    return POLICY_LOSSES.get(name)
 
 
 # ------------------------------------------------------------------------------------ advantages
@@ -111,7 +113,6 @@ def _group_stats(rewards: torch.Tensor, group_ids: torch.Tensor) -> tuple[torch.
     return n[inv], s[inv], ss[inv]
 
 
-@register_advantage("grpo")
 def grpo_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """GRPO: (r - mean_group) / (std_group + eps).
 
@@ -125,14 +126,12 @@ def grpo_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, eps: float =
     return torch.where(n > 1, adv, torch.zeros_like(adv)).to(rewards.dtype)
 
 
-@register_advantage("drgrpo")
 def drgrpo_advantages(rewards: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
     """Dr.GRPO: r - mean_group (no std normalization). rewards (B,), group_ids (B,) -> (B,); group of 1 -> 0."""
     n, s, _ = _group_stats(rewards, group_ids)
     return (rewards.to(torch.float64) - s / n).to(rewards.dtype)
 
 
-@register_advantage("rloo")
 def rloo_advantages(rewards: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
     """RLOO: r - mean of the *other* members of the group. rewards (B,), group_ids (B,) -> (B,); group of 1 -> 0.
 
@@ -229,6 +228,8 @@ def objective(
     entropy: torch.Tensor | None = None,
     entropy_coef: float = 0.0,
     is_weight: torch.Tensor | None = None,
+    seq: torch.Tensor | None = None,
+    policy_loss: str = "ppo",
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Multi-context GRPO loss of M loss tokens: sum(w * (is_w * pg + kl_coef * kl - entropy_coef * entropy)).
 
@@ -237,12 +238,11 @@ def objective(
     ref_logp (M,) frozen-reference log-probs or None (no KL), entropy (M,) or None (no bonus),
     is_weight (M,) a per-token importance weight (no grad) on the policy-gradient term only, or None (all 1):
     e.g. the truncated pi_prox / pi_behav of a stale token (`truncated_is_weights`, decoupled PPO as in
-    AReaL); the KL and entropy terms are not reweighted.
+    AReaL); the KL and entropy terms are not reweighted. seq (M,) the context of each token in the micro-batch
+    (for sequence-level policy losses).
 
-    pg is the PPO clipped surrogate with clip-higher (DAPO) and optional dual clip (verl):
-    ratio = exp(logp - old_logp) (log-ratio clamped to [-20, 20]);
-    pg = max(-A * ratio, -A * clip(ratio, 1 - clip_low, 1 + clip_high)); with `dual_clip` = c > 1 and
-    A < 0, pg is further capped at -A * c (bounds the update when ratio >> 1 on a bad token).
+    pg is the registered policy loss `policy_loss` (`rl.policy_losses`; default "ppo", the clipped surrogate with
+    clip-higher and optional dual clip; "gspo", one clipped ratio per context).
 
     Returns the loss (0-d, with grad) and stats as *sums*, so that micro-batches and ranks add up:
     `loss`, `pg_loss` (with is_weight), `kl_loss` are weighted sums (their totals over a minibatch are the
@@ -250,19 +250,9 @@ def objective(
     (clip_frac, clip_frac_dual, approx_kl = mean of old_logp - logp, ratio_mean, logp_diff_abs = |logp - old_logp|,
     entropy, kl): `finish_stats` turns the totals into means.
     """
-    if dual_clip is not None and dual_clip <= 1.0:
-        raise ValueError(f"dual_clip must be > 1 (3 is usual), got {dual_clip}")
     log_ratio = (logp - old_logp).clamp(-20.0, 20.0)
-    ratio = torch.exp(log_ratio)
-    loss1 = -adv * ratio
-    loss2 = -adv * ratio.clamp(1.0 - clip_low, 1.0 + clip_high)
-    pg = torch.maximum(loss1, loss2)
-    clipped = loss2 > loss1
-    dual = torch.zeros_like(clipped)
-    if dual_clip is not None:
-        loss3 = -adv * dual_clip
-        dual = (adv < 0) & (pg > loss3)
-        pg = torch.where(adv < 0, torch.minimum(pg, loss3), pg)
+    pg, token_stats = get_policy_loss_fn(policy_loss)(logp, old_logp, adv, seq, clip_low=clip_low,
+                                                     clip_high=clip_high, dual_clip=dual_clip)
     if is_weight is not None:
         pg = is_weight.detach() * pg
     per_token = pg
@@ -276,9 +266,9 @@ def objective(
     with torch.no_grad():
         stats = {
             "loss": float(loss.detach()), "pg_loss": float((pg * weights).sum()), "tokens": float(logp.numel()),
-            "clip_frac": float(clipped.sum()), "clip_frac_dual": float(dual.sum()),
-            "approx_kl": float(-log_ratio.sum()), "ratio_mean": float(ratio.sum()),
+            "approx_kl": float(-log_ratio.sum()), "ratio_mean": float(torch.exp(log_ratio).sum()),
             "logp_diff_abs": float((logp - old_logp).abs().sum()),
+            **{k: float(v.float().sum()) for k, v in token_stats.items()},
         }
         if entropy is not None:
             stats["entropy"] = float(entropy.sum())
@@ -330,20 +320,17 @@ def _nonempty(mask: torch.Tensor) -> torch.Tensor:
     return (mask.sum(-1) > 0).to(mask.dtype)  # (C,) 1 for contexts with at least one masked token
 
 
-@register_aggregation("token_mean")
 def token_mean_weights(mask, context_traj_index=None, max_tokens=None) -> torch.Tensor:
     """w = mask / N, N = loss tokens in the minibatch."""
     return mask / mask.sum().clamp(min=1)
 
 
-@register_aggregation("seq_mean_token_mean")
 def seq_mean_token_mean_weights(mask, context_traj_index=None, max_tokens=None) -> torch.Tensor:
     """w[c,t] = mask / (n_c * C'), n_c = loss tokens of context c, C' = contexts with n_c > 0."""
     n_c = mask.sum(-1, keepdim=True).clamp(min=1)
     return mask / n_c / _nonempty(mask).sum().clamp(min=1)
 
 
-@register_aggregation("traj_mean_token_mean")
 def traj_mean_token_mean_weights(mask, context_traj_index=None, max_tokens=None) -> torch.Tensor:
     """w[c,t] = mask / (n_traj(c) * B'), n_traj = loss tokens over all contexts of a trajectory, B' = such trajectories."""
     if context_traj_index is None:
@@ -354,7 +341,6 @@ def traj_mean_token_mean_weights(mask, context_traj_index=None, max_tokens=None)
     return mask / per_traj[inv].clamp(min=1)[:, None] / n_traj
 
 
-@register_aggregation("seq_mean_token_sum_norm")
 def seq_mean_token_sum_norm_weights(mask, context_traj_index=None, max_tokens=None) -> torch.Tensor:
     """Dr.GRPO: w = mask / (B * max_tokens), a constant per minibatch: B = trajectories in it (distinct values
     of context_traj_index (C,); when None, each context counts as its own trajectory), max_tokens a recipe

@@ -11,6 +11,10 @@ from memrl.io import write_jsonl
 
 
 class MetricsWriter:
+    """Appends one record per call to `out_dir/metrics.jsonl` (synced to disk at once) and, optionally, its
+    numbers to TensorBoard under `out_dir/tensorboard`. With `resume_step`, the GRPO lines of steps >=
+    `resume_step` (written after the checkpoint a run resumes from) are dropped first, so no step repeats."""
+
     def __init__(self, out_dir: Path, tensorboard: bool = True, resume_step: int | None = None) -> None:
         self.path = Path(out_dir) / "metrics.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -37,6 +41,9 @@ class MetricsWriter:
         write_jsonl(self.path, kept)
 
     def write(self, record: dict) -> None:
+        """Append `record` as one JSON line (NaN and inf become null), flushed and fsynced. To TensorBoard
+        go its finite int and float values (not bools, not `step`), as `{phase}/{key}` at `record["step"]`
+        (phase default "train", step default 0)."""
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
         with self.path.open("a") as f:
             f.write(json.dumps(clean) + "\n")

@@ -6,6 +6,7 @@ import math
 import statistics
 from pathlib import Path
 
+from memrl.plots import figure, label_axes, series
 from memrl.rl.metrics import read_metrics
 
 MID = "step_"  # evals during GRPO (train.eval_every): evals["step_<K>"], after K GRPO steps
@@ -54,6 +55,10 @@ def gain_line(name: str, margin: float, se: float, paired: bool) -> str:
 
 
 def write_report(trainer) -> Path:
+    """Write `<trainer.out>/report.md` from a finished run: the held-out results per phase (and the control and
+    answer prior, when run), the gains with their standard errors, the agent sweep, seconds per phase, links to
+    the plots (drawn here: reward_em_vs_step.png, and with a sweep context_tokens_per_turn.png and
+    peak_context_vs_objectives.png) and to viewer.html when present. Returns the report's path."""
     out = Path(trainer.out)
     evals, timings, rc = trainer.evals, trainer.timings, trainer.recipe
     plots = plot_training(out / "metrics.jsonl", out / "reward_em_vs_step.png", heldout_points(evals, trainer.step))
@@ -108,15 +113,6 @@ def write_report(trainer) -> Path:
     return path
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_training(metrics_path: Path, path: Path, heldout: list[tuple[int, float, float]] | None = None) -> list[Path]:
     """Training rollouts' reward and EM per GRPO step (left); with `heldout` (`heldout_points`), the held-out EM
     with its 95% interval at each eval point (right): the same tasks every time, so that curve is comparable
@@ -126,56 +122,40 @@ def plot_training(metrics_path: Path, path: Path, heldout: list[tuple[int, float
     recs = [r for r in read_metrics(metrics_path) if r.get("phase") == "grpo"]
     if not recs:
         return []
-    plt = _plt()
-    fig, axes = plt.subplots(1, 2 if heldout else 1, figsize=(10.5 if heldout else 6, 3.6), squeeze=False)
-    ax = axes[0][0]
-    steps = [r["step"] for r in recs]
-    mean = [r["reward_mean"] for r in recs]
-    ax.plot(steps, mean, marker="o", label="reward (train rollouts)")
-    if all("episodes" in r for r in recs):  # 95% interval of each step's mean reward
-        half = [1.96 * r["reward_std"] / max(1, r["episodes"]) ** 0.5 for r in recs]
-        ax.fill_between(steps, [m - h for m, h in zip(mean, half, strict=True)],
-                        [m + h for m, h in zip(mean, half, strict=True)], alpha=0.2, label="95% interval")
-    ax.plot(steps, [r["em"] for r in recs], marker="s", label="EM (train rollouts)")
-    per_n = sorted({int(k[len("reward_n"):]) for r in recs for k in r if k.startswith("reward_n")})
-    for n in per_n:  # a curriculum over N: each N's reward curve (steps where it was trained)
-        pts = [(r["step"], r[f"reward_n{n}"]) for r in recs if f"reward_n{n}" in r]
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], linestyle="--", marker=".", label=f"reward at N={n}")
-    ax.set_xlabel("GRPO step")
-    ax.set_ylabel("mean over rollouts")
-    ax.set_title("training rollouts (each step its own tasks)", fontsize=9)
-    if heldout:
-        ax = axes[0][1]
-        ax.errorbar([p[0] for p in heldout], [p[1] for p in heldout], yerr=[1.96 * p[2] for p in heldout],
-                    marker="o", capsize=4, color="C2", label="held-out EM, 95% interval")
-        ax.set_xlabel("GRPO step (0 = after SFT)")
-        ax.set_ylabel("held-out EM (greedy)")
-        ax.set_title("the same held-out tasks at every point", fontsize=9)
-    for a in axes[0]:
-        a.grid(alpha=0.3)
-        a.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    with figure(path, (10.5 if heldout else 6, 3.6), ncols=2 if heldout else 1) as axes:
+        ax = axes[0]
+        steps = [r["step"] for r in recs]
+        mean = [r["reward_mean"] for r in recs]
+        series(ax, steps, mean, label="reward (train rollouts)")
+        if all("episodes" in r for r in recs):  # 95% interval of each step's mean reward
+            half = [1.96 * r["reward_std"] / max(1, r["episodes"]) ** 0.5 for r in recs]
+            ax.fill_between(steps, [m - h for m, h in zip(mean, half, strict=True)],
+                            [m + h for m, h in zip(mean, half, strict=True)], alpha=0.2, label="95% interval")
+        series(ax, steps, [r["em"] for r in recs], marker="s", label="EM (train rollouts)")
+        per_n = sorted({int(k[len("reward_n"):]) for r in recs for k in r if k.startswith("reward_n")})
+        for n in per_n:  # a curriculum over N: each N's reward curve (steps where it was trained)
+            pts = [(r["step"], r[f"reward_n{n}"]) for r in recs if f"reward_n{n}" in r]
+            series(ax, [p[0] for p in pts], [p[1] for p in pts], linestyle="--", marker=".", label=f"reward at N={n}")
+        label_axes(ax, "GRPO step", "mean over rollouts", "training rollouts (each step its own tasks)",
+                   title_size=9, legend_size=8)
+        if heldout:
+            series(axes[1], [p[0] for p in heldout], [p[1] for p in heldout], [1.96 * p[2] for p in heldout],
+                   capsize=4, color="C2", label="held-out EM, 95% interval")
+            label_axes(axes[1], "GRPO step (0 = after SFT)", "held-out EM (greedy)",
+                       "the same held-out tasks at every point", title_size=9, legend_size=8)
     return [path]
 
 
 def plot_context_per_turn(sweep: list[dict], path: Path) -> None:
-    plt = _plt()
+    """Mean context tokens at each turn of an episode, one curve per agent, at the sweep's largest N: whether a
+    memory agent's context stays bounded while full context's grows turn by turn."""
     n_max = max(r["objectives"] for r in sweep)
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    for r in sweep:
-        if r["objectives"] == n_max:
-            ys = r.get("context_tokens_per_turn") or []
-            ax.plot(range(1, len(ys) + 1), ys, marker="o", label=r["agent"])
-    ax.set_xlabel("turn")
-    ax.set_ylabel("context tokens (mean)")
-    ax.set_title(f"context size per turn, {n_max} objectives")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    with figure(path, (6, 3.5)) as (ax,):
+        for r in sweep:
+            if r["objectives"] == n_max:
+                ys = r.get("context_tokens_per_turn") or []
+                series(ax, range(1, len(ys) + 1), ys, label=r["agent"])
+        label_axes(ax, "turn", "context tokens (mean)", f"context size per turn, {n_max} objectives")
 
 
 def plot_peak_vs_objectives(sweep: list[dict], path: Path) -> None:

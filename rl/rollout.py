@@ -43,6 +43,9 @@ class StaleWeights(RuntimeError):
 
 @dataclass
 class RolloutStats:
+    """Counters of one rollout call (a worker's chunk, or the manager's merge of them): episodes, turns
+    (generations), generated tokens, wall seconds, each episode's seconds, and worker restarts."""
+
     episodes: int = 0
     turns: int = 0
     generated_tokens: int = 0
@@ -65,7 +68,10 @@ class RolloutWorker:
     """One vLLM engine and a pool of env instances. Used as a Ray actor, or in-process for eval."""
 
     def __init__(self, model_dir: str, rollout: RolloutCfg, seed: int = 0, fault: dict | None = None,
-                 lora_rank: int = 0) -> None:
+                 lora_rank: int = 0, plugins: tuple[str, ...] = ()) -> None:
+        from memrl.registry import import_plugins
+
+        import_plugins(plugins)  # agents registered by this run (a recipe's `plugins`, or registrations)
         self.backend = VLLMBackend(model_dir, rollout=rollout, seed=seed, lora_rank=lora_rank)
         self.envs: dict[str, list] = {}
         self.fault = fault or {}  # test hook: {"die_after_turns": n, "once_file": path} exits mid-rollout
@@ -119,6 +125,12 @@ class RolloutWorker:
     def rollout(self, seeds: list[int], group_ids: list[int], env: EnvCfg, agent: AgentCfg,
                 sampling: SamplingConfig, version: int = 0, weights: list | None = None,
                 env_timeout: float = 60.0, sample_seeds: list[int] | None = None) -> tuple[list[Trajectory], RolloutStats]:
+        """Play one episode per seed on this engine (streaming, `run_episodes`) with envs from this worker's
+        pool; returns the trajectories in seed order and their stats.
+
+        `version` is the weight version the caller wants: a worker behind it loads `weights[0]` (a Ray ref
+        of the weights blob) or, given none, raises StaleWeights; a worker ahead of it just runs. The `fault`
+        test hook kills the process (`os._exit(1)`) at the `die_after_turns`-th round of finished generations."""
         if self.backend.version < version:  # newer is fine: an update may land between dispatch and start
             if not weights:
                 raise StaleWeights(f"worker at weight version {self.backend.version}, asked for {version}")
@@ -154,11 +166,13 @@ class RolloutManager:
     """Spreads tasks x G over N RolloutWorker actors, load-balanced, with restart-and-rerun on failure."""
 
     def __init__(self, model_dir: str, *, rollout: RolloutCfg, resources: ResourcesCfg, seed: int = 0,
-                 faults: list[dict] | None = None, blob_source=None, lora_rank: int = 0) -> None:
+                 faults: list[dict] | None = None, blob_source=None, lora_rank: int = 0,
+                 plugins: tuple[str, ...] = ()) -> None:
         """`rollout.workers` actors, each with `resources.cpus_per_worker` / `gpus_per_worker` and an engine
         configured by the `rollout` section; `blob_source()` gives the current weights as a blob for a worker
         that comes back from a restart behind; `lora_rank` > 0: the engines take LoRA adapters
-        (`learner.lora_rank`); `faults` (one dict per worker) are test hooks."""
+        (`learner.lora_rank`); `plugins`: modules each worker imports first (`memrl.registry.plugin_modules`);
+        `faults` (one dict per worker) are test hooks."""
         import ray
 
         self.timeout = rollout.rollout_timeout
@@ -166,7 +180,7 @@ class RolloutManager:
             num_cpus=resources.cpus_per_worker, num_gpus=resources.gpus_per_worker, max_restarts=-1,
             max_task_retries=0, max_concurrency=CONCURRENCY)
         faults = faults or [{}] * rollout.workers
-        self.workers = [actor_cls.remote(str(model_dir), rollout, seed, faults[i], lora_rank)
+        self.workers = [actor_cls.remote(str(model_dir), rollout, seed, faults[i], lora_rank, tuple(plugins))
                         for i in range(rollout.workers)]
         ray.get([w.ready.remote() for w in self.workers], timeout=self.timeout)
         self.workers_per_engine = rollout.tensor_parallel_size  # vLLM workers per engine (ranks in a transfer group)

@@ -9,7 +9,12 @@ task with its train split by construction (`memrl.envs.core.split_of`), whatever
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
+
+if TYPE_CHECKING:
+    from memrl.recipes.schema import Recipe
 
 STREAMS = ("grpo", "sft", "control", "prior")
 
@@ -25,3 +30,18 @@ def stream_seed(offset: int, run_seed: int, stream: str, step: int, index: int) 
 def stream_seeds(offset: int, run_seed: int, stream: str, step: int, count: int) -> list[int]:
     """Seeds of the `count` tasks of one step of a stream."""
     return [stream_seed(offset, run_seed, stream, step, i) for i in range(count)]
+
+
+def task_seeds(recipe: Recipe, step: int) -> tuple[list[int], list[int]]:
+    """Seeds (each repeated G times) and group ids of GRPO step `step` (the data cursor is the step; the run seed
+    picks the stream: `rl.streams`)."""
+    a = recipe.algorithm
+    tasks = stream_seeds(recipe.env.train_seed_offset, recipe.seed, "grpo", step, a.tasks_per_step)
+    seeds = [s for s in tasks for _ in range(a.group_size)]
+    groups = [step * a.tasks_per_step + i for i in range(a.tasks_per_step) for _ in range(a.group_size)]
+    return seeds, groups
+
+
+def oracle_seeds(recipe: Recipe, stream: str, step: int) -> list[int]:
+    """Task seeds of one SFT step of the warm start (`stream` "sft") or of the RL control ("control")."""
+    return stream_seeds(recipe.env.train_seed_offset, recipe.seed, stream, step, recipe.sft.tasks_per_step)

@@ -25,7 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from memrl.agents import SamplingConfig, make_agent, oracle_policy, run_episodes, sampling_seed
-from memrl.agents.evaluate import eval_point, summarize
+from memrl.agents.evaluate import eval_point, mean_per_turn, summarize, version_mix
 from memrl.envs import build as build_env
 from memrl.envs.baselines import answer_prior
 from memrl.envs.rewards import shaped_reward
@@ -33,34 +33,20 @@ from memrl.io import write_jsonl
 from memrl.models import kv_bytes_per_token, load_tokenizer, resolve_model_dir
 from memrl.recipes.schema import AlgorithmCfg, Recipe, dump
 from memrl.records import Trajectory
+from memrl.registry import plugin_modules
 from memrl.rl import checkpoint, losses
 from memrl.rl.curriculum import Curriculum
 from memrl.rl.export import export
-from memrl.rl.learner import merge_minibatch_metrics
 from memrl.rl.learner_group import LearnerGroup, check_resources
 from memrl.rl.metrics import MetricsWriter
 from memrl.rl.rollout import RolloutManager
-from memrl.rl.streams import stream_seeds
+from memrl.rl.step import merge_minibatch_metrics
+from memrl.rl.streams import oracle_seeds, stream_seeds, task_seeds
 from memrl.rl.sync import WeightSync
 from memrl.rl.viewer import Viewer
 
 log = logging.getLogger(__name__)
 PRIOR_DRAWS = 1000  # training tasks the answer-prior baseline learns its constant guess from
-
-
-def task_seeds(recipe: Recipe, step: int) -> tuple[list[int], list[int]]:
-    """Seeds (each repeated G times) and group ids of GRPO step `step` (the data cursor is the step; the run seed
-    picks the stream: `rl.streams`)."""
-    a = recipe.algorithm
-    tasks = stream_seeds(recipe.env.train_seed_offset, recipe.seed, "grpo", step, a.tasks_per_step)
-    seeds = [s for s in tasks for _ in range(a.group_size)]
-    groups = [step * a.tasks_per_step + i for i in range(a.tasks_per_step) for _ in range(a.group_size)]
-    return seeds, groups
-
-
-def oracle_seeds(recipe: Recipe, stream: str, step: int) -> list[int]:
-    """Task seeds of one SFT step of the warm start (`stream` "sft") or of the RL control ("control")."""
-    return stream_seeds(recipe.env.train_seed_offset, recipe.seed, stream, step, recipe.sft.tasks_per_step)
 
 
 def assign_advantages(trajs: list[Trajectory], algorithm: AlgorithmCfg) -> None:
@@ -83,6 +69,10 @@ def assign_advantages(trajs: list[Trajectory], algorithm: AlgorithmCfg) -> None:
 
 
 class Trainer:
+    """One training run from a recipe: starts Ray, the learner ranks and the rollout workers, and runs the
+    phases of `run` (module docstring), checkpointing after each so that `resume=True` picks up where a
+    killed run stopped. `close()` shuts the actors down."""
+
     def __init__(self, recipe: Recipe, resume: bool = False) -> None:
         self.recipe = recipe
         self.out = recipe.out
@@ -99,11 +89,13 @@ class Trainer:
         import ray
 
         check_resources(recipe, ray.cluster_resources())  # before any model loads
+        plugins = tuple(plugin_modules(recipe.plugins))  # every actor knows the names this run registered
         self.learner = LearnerGroup(str(self.model_dir), learner=recipe.learner, algorithm=recipe.algorithm,
-                                    rollout=recipe.rollout, resources=recipe.resources, seed=recipe.seed)
+                                    rollout=recipe.rollout, resources=recipe.resources, seed=recipe.seed,
+                                    plugins=plugins)
         self.rollouts = RolloutManager(str(self.model_dir), rollout=recipe.rollout, resources=recipe.resources,
                                        seed=recipe.seed, blob_source=self.learner.weights_blob,
-                                       lora_rank=recipe.learner.lora_rank)
+                                       lora_rank=recipe.learner.lora_rank, plugins=plugins)
         # LoRA: only the adapter travels, as one small blob (the weight-transfer protocol moves full weights)
         mode = "blob" if recipe.learner.lora_rank else recipe.rollout.weight_sync
         self.weights = WeightSync(self.learner, self.rollouts, mode, recipe.rollout.rollout_timeout)
@@ -144,6 +136,9 @@ class Trainer:
 
     # ------------------------------------------------------------------ phases
     def run(self) -> dict:
+        """Every phase not done yet (a resumed run skips what its checkpoint holds): zero-shot eval, SFT, eval
+        after SFT, the answer prior, the handoff, GRPO, eval after GRPO, the sweep, export, the control. Writes
+        summary.json and returns it (evals, timings, steps, the exported model's path)."""
         rc = self.recipe
         if "zero_shot" not in self.evals and rc.train.zero_shot_eval:
             self.evals["zero_shot"] = self._eval("zero_shot")
@@ -250,6 +245,8 @@ class Trainer:
                             rc.held_out_seeds(rc.train.eval_tasks))
 
     def grpo(self) -> None:
+        """GRPO steps from the current step to `train.steps`: metrics each step, held-out evals every
+        `train.eval_every`, checkpoints every `train.checkpoint_every`."""
         rc = self.recipe
         bar = tqdm(range(self.step, rc.train.steps), desc="GRPO", disable=not rc.logging.progress,
                    initial=self.step, total=rc.train.steps)
@@ -353,7 +350,7 @@ class Trainer:
                                              rc.agent.named(agent_name), sampling, env_timeout=rc.rollout.env_timeout)
         out, records = eval_point(trajs, stats, self.kv_bytes, agent=agent_name,
                                   objectives=objectives or rc.env.objectives)
-        out["context_tokens_per_turn"] = _mean_per_turn(trajs)
+        out["context_tokens_per_turn"] = mean_per_turn(trajs)
         if view is not None:
             self.viewer.add(view, trajs, self.tokenizer)
         if record is not None:
@@ -395,23 +392,4 @@ class Trainer:
         self.learner.close()
 
 
-def version_mix(trajs: list[Trajectory]) -> dict:
-    """How many trajectories an update landed in (contexts of two or more weight versions), and the share of
-    contexts sampled by a newer version than their trajectory started with (partial rollouts)."""
-    versions = [t.context_versions() for t in trajs]
-    contexts = sum(len(v) for v in versions)
-    newer = sum(x > t.weight_version for t, vs in zip(trajs, versions, strict=True) for x in vs)
-    return {"mixed_version_trajectories": float(sum(len(set(v)) > 1 for v in versions)),
-            "newer_version_context_share": newer / contexts if contexts else 0.0}
-
-
-def _mean_per_turn(trajs: list[Trajectory]) -> list[float]:
-    """Mean context tokens at each turn index over the episodes that reached it (for the plots)."""
-    per: dict[int, list[int]] = {}
-    for t in trajs:
-        for i, n in enumerate(t.info.get("context_tokens", [])):
-            per.setdefault(i, []).append(n)
-    return [sum(v) / len(v) for _, v in sorted(per.items())]
-
-
-__all__ = ["Trainer", "assign_advantages", "task_seeds", "version_mix", "asdict"]
+__all__ = ["Trainer", "assign_advantages", "asdict"]

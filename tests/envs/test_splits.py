@@ -9,8 +9,7 @@ from memrl.envs.baselines import answer_prior, most_common_answer
 from memrl.envs.core import EVAL_SHARE, Task, TaskEnv, split_of
 from memrl.envs.kb import KBQAEnv, build_world
 from memrl.recipes.schema import EnvCfg, RecipeError, load_recipe, shipped_recipes
-from memrl.rl.streams import STREAMS, stream_seed, stream_seeds
-from memrl.rl.trainer import oracle_seeds, task_seeds
+from memrl.rl.streams import STREAMS, oracle_seeds, stream_seed, stream_seeds, task_seeds
 
 GENERATED = ("memrl/KBQA-v0", "memrl/Arith-v0")
 TRAIN_DRAWS, HELD_OUT = 3000, 200

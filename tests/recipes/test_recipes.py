@@ -112,9 +112,9 @@ BAD_RECIPES = [
      ["unknown key 'algorithm.grop_size'", "did you mean group_size?", "valid keys here: advantage, group_size"]),
     ("wrong-type", "train: {steps: ten}", [], ["train.steps", "valid integer", "'ten'"]),
     ("out-of-range", "algorithm: {group_size: 1}", [], ["algorithm.group_size", "greater than or equal to 2"]),
-    ("bad-literal", "agent: {name: mem2}", [], ["agent.name", "'mem1', 'memsearcher' or 'full_context'", "'mem2'"]),
+    ("bad-literal", "agent: {name: mem2}", [], ["agent.name", "did you mean 'mem1'", "registered: full_context, mem1, memsearcher", "'mem2'"]),
     ("bad-literal-advantage", "algorithm: {advantage: ppo}", [],
-     ["algorithm.advantage", "'grpo', 'drgrpo' or 'rloo'"]),
+     ["algorithm.advantage", "registered: drgrpo, grpo, rloo"]),
     ("section-not-mapping", "algorithm: 3", [], ["algorithm:", "valid dictionary"]),
     ("non-string-key", "train: {1: 2}", [], ["train.1", "Keys should be strings"]),
     ("dual-clip-not-above-1", "algorithm: {dual_clip: 1.0}", [], ["algorithm.dual_clip", "greater than 1"]),
@@ -247,26 +247,53 @@ def test_mutated_recipe_validates_or_raises_recipe_error_naming_a_key(data):
 
 
 def test_the_schemas_variant_names_are_the_registries():
-    """A variant is added by registering it; the schema allows exactly the registered names."""
-    import typing
+    """A variant is added by registering it; the schema allows exactly the registered names, with did-you-mean."""
+    from memrl import registry
 
-    from memrl.agents import AGENTS
-    from memrl.recipes.schema import AgentCfg, AlgorithmCfg, TrainCfg
-    from memrl.rl.losses import ADVANTAGES, AGGREGATIONS
-
-    def allowed(section, key) -> set:
-        args = typing.get_args(section.model_fields[key].annotation)
-        names = set()
-        for a in args:  # Literal[...] or Literal[...] | None
-            names |= set(typing.get_args(a)) if typing.get_args(a) else ({a} if isinstance(a, str) else set())
-        return names
-
-    assert allowed(AgentCfg, "name") == set(AGENTS) == {"mem1", "memsearcher", "full_context"}
-    assert allowed(TrainCfg, "baseline_agent") == set(AGENTS)
-    assert allowed(AlgorithmCfg, "advantage") == set(ADVANTAGES)
-    assert allowed(AlgorithmCfg, "loss_agg") == set(AGGREGATIONS)
-    with pytest.raises(RecipeError, match="algorithm.loss_agg.*token_mean"):
+    assert registry.AGENTS.names() == ["full_context", "mem1", "memsearcher"]
+    assert registry.ADVANTAGES.names() == ["drgrpo", "grpo", "rloo"]
+    assert registry.POLICY_LOSSES.names() == ["gspo", "ppo"]
+    for reg in registry.REGISTRIES:  # every built-in name resolves to what the code calls
+        assert all(callable(reg.get(n)) for n in reg.builtin_names()), reg.kind
+    with pytest.raises(RecipeError, match="algorithm.loss_agg.*unknown loss aggregation 'mean'.*token_mean"):
         load_recipe("quickstart", ["algorithm.loss_agg=mean"])
+    with pytest.raises(RecipeError, match="agent.name.*did you mean 'mem1'"):
+        load_recipe("quickstart", ["agent.name=mem2"])
+    with pytest.raises(RecipeError, match="train.baseline_agent.*registered: full_context, mem1, memsearcher"):
+        load_recipe("quickstart", ["train.baseline_agent=rag"])
+
+    registry.AGENTS.register("test_notes", registry.AGENTS.get("memsearcher"))
+    try:  # a name registered at run time is allowed (the schema checks at validation, not at import)
+        assert load_recipe("quickstart", ["agent.name=test_notes"]).agent.name == "test_notes"
+    finally:
+        registry.AGENTS.unregister("test_notes")
+
+
+def test_built_in_agents_take_no_settings_of_their_own():
+    with pytest.raises(RecipeError, match=r"unknown key\(s\) \['memory_token'\] in agent \(did you mean memory_tokens\?\)"):
+        load_recipe("quickstart", ["agent.memory_token=8"])
+
+
+def test_validating_a_recipe_imports_no_torch():
+    """Recipes are data: loading and validating every shipped recipe imports neither torch nor memrl's code."""
+    code = ("import sys; from memrl.recipes.schema import load_recipe, shipped_recipes\n"
+            "[load_recipe(r) for r in shipped_recipes()]\n"
+            "heavy = [m for m in ('torch', 'vllm', 'ray', 'deepspeed', 'memrl.rl', 'memrl.agents', 'memrl.envs') "
+            "if m in sys.modules]\n"
+            "print(heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+    cli = subprocess.run([sys.executable, "-X", "importtime", "-m", "memrl.cli", "recipe", "validate", "quickstart"],
+                         capture_output=True, text=True, check=True)
+    assert "quickstart: valid" in cli.stdout
+    assert not [ln for ln in cli.stderr.splitlines() if ln.rstrip().endswith((" torch", " vllm"))], cli.stderr[-2000:]
+
+
+def test_recipes_import_nothing_from_rl_agents_or_envs():
+    here = Path(__file__).resolve().parents[2] / "recipes"
+    offenders = [f"{p.name}:{i}" for p in here.rglob("*.py") for i, line in enumerate(p.read_text().splitlines(), 1)
+                 if re.search(r"memrl.(rl|agents|envs)\b", line)]
+    assert offenders == []
 
 
 def test_defaults_are_declared_once_in_the_schema():

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from memrl.records import Context, Trajectory
-from memrl.rl.learner import Learner, lr_at, micro_batches
+from memrl.rl.batching import micro_batches
+from memrl.rl.learner import Learner, lr_at
 from memrl.testing import float_tolerance, learner_sections, visible_lr
 
 

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from memrl.records import Context, Trajectory
-from memrl.rl.learner import Learner, packed_batch, padded_batch
+from memrl.rl.batching import packed_batch, padded_batch
+from memrl.rl.learner import Learner
 from memrl.testing import float_tolerance, learner_sections
 
 # (advantage, context lengths); every trajectory has 2-3 contexts of different lengths

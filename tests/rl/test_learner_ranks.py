@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from memrl.records import Context, Trajectory
-from memrl.rl.learner import minibatch, split
+from memrl.rl.batching import minibatch, split
 
 pytestmark = pytest.mark.slow
 

@@ -41,9 +41,11 @@ def test_rloo_subtracts_the_mean_of_the_other_members():
 def test_advantage_registry_lookup_and_clear_error():
     assert L.get_advantage_fn("grpo") is L.grpo_advantages
     close(L.compute_advantages("drgrpo", torch.tensor([2.0, 0.0]), torch.tensor([0, 0])), [1.0, -1.0])
-    with pytest.raises(ValueError, match="valid: drgrpo, grpo, rloo"):
+    with pytest.raises(ValueError, match="registered: drgrpo, grpo, rloo"):
         L.get_advantage_fn("ppo")
-    with pytest.raises(ValueError, match="valid: .*traj_mean_token_mean"):
+    with pytest.raises(ValueError, match="did you mean 'rloo'"):
+        L.get_advantage_fn("rlo")
+    with pytest.raises(ValueError, match="registered: .*traj_mean_token_mean"):
         L.get_aggregation_fn("nope")
 
 
@@ -54,10 +56,13 @@ def test_a_new_variant_is_a_new_registered_function():
 
     try:
         close(L.compute_advantages("test_sign", torch.tensor([-2.0, 3.0]), torch.tensor([0, 0])), [-1.0, 1.0])
+        L.register_advantage("test_sign")(sign)  # the same function again (a module imported twice): fine
         with pytest.raises(ValueError, match="already registered"):
-            L.register_advantage("test_sign")(sign)
+            L.register_advantage("test_sign")(lambda rewards, group_ids: rewards)
+        with pytest.raises(ValueError, match="already registered"):
+            L.register_advantage("grpo")(sign)
     finally:
-        del L.ADVANTAGES["test_sign"]
+        L.ADVANTAGES.unregister("test_sign")
 
 
 # ------------------------------------------------------------------------------------ log-probs, entropy
@@ -279,5 +284,5 @@ def test_aggregation_argument_errors_are_clear():
         L.token_weights(masks, None, "traj_mean_token_mean")
     with pytest.raises(ValueError, match="max_tokens > 0"):
         L.token_weights(masks, TRAJ, "seq_mean_token_sum_norm")
-    with pytest.raises(ValueError, match="valid: seq_mean_token_mean"):
+    with pytest.raises(ValueError, match="registered: seq_mean_token_mean"):
         L.token_weights(masks, TRAJ, "mean")

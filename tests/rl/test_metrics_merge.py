@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from memrl.rl.learner import merge_minibatch_metrics
+from memrl.rl.step import merge_minibatch_metrics
 
 
 def test_counts_are_summed_and_other_metrics_averaged_over_minibatches_by_hand():

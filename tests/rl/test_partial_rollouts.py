@@ -12,11 +12,11 @@ import torch
 
 from memrl.agents import SamplingConfig, make_agent, run_episodes, streaming_policy
 from memrl.agents.backends import Generation
+from memrl.agents.evaluate import version_mix
 from memrl.models import load_model
 from memrl.recipes.schema import AgentCfg, RecipeError, load_recipe
 from memrl.records import Context, Trajectory
 from memrl.rl.losses import token_logprobs
-from memrl.rl.trainer import version_mix
 from memrl.testing import LettersEnv
 
 TURNS = 4

@@ -14,7 +14,8 @@ import pytest
 from memrl.agents import SamplingConfig, make_agent, run_episodes, streaming_policy
 from memrl.envs import build as build_env
 from memrl.recipes.schema import AgentCfg, EnvCfg
-from memrl.rl.learner import PACKED, PADDED, VersionMismatch, check_versions
+from memrl.rl.batching import PACKED, PADDED
+from memrl.rl.step import VersionMismatch, check_versions
 
 pytestmark = pytest.mark.slow
 

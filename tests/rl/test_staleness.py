@@ -11,7 +11,8 @@ import torch
 
 from memrl.records import Context, Trajectory
 from memrl.rl import losses
-from memrl.rl.learner import Learner, VersionMismatch, check_versions
+from memrl.rl.learner import Learner
+from memrl.rl.step import VersionMismatch, check_versions
 from memrl.testing import float_tolerance, learner_sections
 
 
