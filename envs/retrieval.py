@@ -19,7 +19,7 @@ from memrl import paths
 from memrl.io import atomic_dir
 
 log = logging.getLogger(__name__)
-KINDS = ("bm25", "dense", "http")
+KINDS = ("bm25", "dense", "faiss", "http")
 
 
 @dataclass(frozen=True)
@@ -95,9 +95,48 @@ def _load_json(path: Path) -> object:
         raise ValueError(f"{path}: not JSON ({exc.msg} at line {exc.lineno})") from exc
 
 
+def hf_dataset_path(spec: str | Path) -> tuple[Path, str | None] | None:
+    """(folder, split) when `spec` names a Hugging Face dataset folder, optionally `folder@split`; else None."""
+    text = str(spec)
+    folder, at, split = text.rpartition("@") if "@" in text and not Path(text).exists() else (text, "", "")
+    return (Path(folder), split or None) if Path(folder).is_dir() else None
+
+
+def _hf_rows(folder: Path, split: str | None) -> Iterator[tuple[str, object]]:
+    """Rows of a Hugging Face dataset folder: what `datasets.save_to_disk` wrote (a Dataset or a DatasetDict), or a
+    local dataset directory of data files (`datasets.load_dataset(folder)`, e.g. a clone of a hub dataset). Of a
+    DatasetDict, `split`, else its "train" split, else its only one."""
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    import datasets
+
+    saved = (folder / "dataset_dict.json").is_file() or (folder / "state.json").is_file()
+    try:
+        ds = (datasets.load_from_disk(str(folder)) if saved
+              else datasets.load_dataset(str(folder), cache_dir=str(paths.cache_dir() / "datasets")))
+    except (FileNotFoundError, ValueError) as exc:
+        raise ValueError(f"{folder}: not a Hugging Face dataset folder (a `save_to_disk` folder or a directory of "
+                         f"data files `datasets.load_dataset` reads): {exc}") from exc
+    if isinstance(ds, datasets.DatasetDict):
+        names = list(ds)
+        pick = split or ("train" if "train" in names else names[0] if len(names) == 1 else None)
+        if pick not in names:
+            raise ValueError(f"{folder}: the dataset has splits {names}; name one as {folder}@SPLIT")
+        ds, where = ds[pick], f"{folder}@{pick}"
+    elif split is not None:
+        raise ValueError(f"{folder}: a single dataset (no splits), so @{split} does not apply")
+    else:
+        where = str(folder)
+    for n, row in enumerate(ds, 1):
+        yield f"{where} row {n}", row
+
+
 def read_rows(path: str | Path) -> Iterator[tuple[str, object]]:
-    """(where, row) for each row of a .jsonl (streamed line by line), .parquet (in batches) or .json list file;
-    `where` ("file line 7", "file row 7", "file item 7", 1-based) is for error messages."""
+    """(where, row) for each row of a .jsonl (streamed line by line), .parquet (in batches) or .json list file, or
+    of a Hugging Face dataset folder (`folder` or `folder@split`: `_hf_rows`); `where` ("file line 7", "file row
+    7", "file item 7", 1-based) is for error messages."""
+    hf = hf_dataset_path(path)
+    if hf is not None:
+        return _hf_rows(*hf)
     path = Path(path)
     if path.suffix == ".jsonl":
         return _json_lines(path)
@@ -308,13 +347,23 @@ def to_search_r1(p: Passage, with_score: bool) -> dict:
 
 
 def make_retriever(kind: str, corpus: list[dict] | None = None, cache_dir: Path | None = None,
-                   url: str | None = None, persist: bool = True) -> Retriever:
-    """kind: bm25 | dense (in-process over `corpus`) | http (a `memrl retriever serve` at `url`); `persist`: cache
-    a BM25 index on disk (dense embeddings are always cached: encoding costs more than reading)."""
+                   url: str | None = None, persist: bool = True, faiss: dict | None = None) -> Retriever:
+    """kind: bm25 | dense (in-process over `corpus`) | faiss (a prebuilt index: `faiss` = the keyword arguments of
+    `envs.faiss_index.FaissRetriever`: index, corpus, encoder[, query_prefix, pooling, nprobe]) | http (a `memrl
+    retriever serve` at `url`); `persist`: cache a BM25 index on disk (dense embeddings are always cached:
+    encoding costs more than reading)."""
     if kind == "bm25":
         return BM25Retriever(corpus or [], cache_dir, persist=persist)
     if kind == "dense":
         return DenseRetriever(corpus or [], cache_dir)
+    if kind == "faiss":
+        from memrl.envs.faiss_index import FaissRetriever
+
+        missing = {"index", "corpus", "encoder"} - set(faiss or {})
+        if missing:
+            raise ValueError(f"retriever faiss needs {sorted(missing)} (the prebuilt index, its corpus .jsonl and the "
+                             "encoder directory)")
+        return FaissRetriever(**faiss)
     if kind == "http":
         return HttpRetriever(url or "http://127.0.0.1:8000")
     raise ValueError(f"unknown retriever {kind!r}; choose one of {KINDS}")

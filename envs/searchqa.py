@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from memrl.envs.core import OracleStep, Task, TaskEnv
-from memrl.envs.retrieval import read_rows, render_hits
+from memrl.envs.retrieval import hf_dataset_path, read_rows, render_hits
 from memrl.paths import data_dir
 
 DATASETS = ("musique", "hotpotqa")
@@ -154,14 +154,20 @@ def load_qa_file(path: Path) -> list[Task]:
     return _load_rows(Path(path))
 
 
+def _own_file(dataset: str) -> bool:
+    """A user's question file or Hugging Face dataset folder (not a dataset of the data folder)."""
+    return dataset.endswith((".json", ".jsonl", ".parquet")) or hf_dataset_path(dataset) is not None
+
+
 @lru_cache(maxsize=4)
 def load_questions(folder: str, dataset: str, split: str) -> tuple[Task, ...]:
-    """`dataset`: musique | hotpotqa | all (files in the data folder), or a path to a Search-R1 .jsonl /
-    .parquet file or a MuSiQue/HotpotQA-format .json file."""
-    is_file = dataset.endswith((".json", ".jsonl", ".parquet"))
+    """`dataset`: musique | hotpotqa | all (files in the data folder), a path to a Search-R1 .jsonl / .parquet
+    file or a MuSiQue/HotpotQA-format .json file, or a Hugging Face dataset folder (`datasets.save_to_disk`, or a
+    local dataset directory; `folder@split` picks a split of a DatasetDict) with rows in one of those layouts."""
+    is_file = _own_file(dataset)
     if (not is_file and dataset not in (*DATASETS, "all")) or split not in SPLITS:
-        raise ValueError(f"dataset must be one of {(*DATASETS, 'all')} or a .json/.jsonl/.parquet path, "
-                         f"and split one of {SPLITS}; got {dataset!r}, {split!r}")
+        raise ValueError(f"dataset must be one of {(*DATASETS, 'all')}, a .json/.jsonl/.parquet path or a Hugging "
+                         f"Face dataset folder, and split one of {SPLITS}; got {dataset!r}, {split!r}")
     names = [dataset] if is_file else DATASETS if dataset == "all" else (dataset,)
     tasks: list[Task] = []
     for name in names:
@@ -172,9 +178,11 @@ def load_questions(folder: str, dataset: str, split: str) -> tuple[Task, ...]:
 
 
 @lru_cache(maxsize=4)
-def _retriever(kind: str, corpus: tuple[str, ...], url: str | None):
+def _retriever(kind: str, corpus: tuple[str, ...], url: str | None, faiss: tuple = ()):
     from memrl.envs.retrieval import load_corpus, make_retriever
 
+    if kind == "faiss":  # a prebuilt index over one corpus file, read as it is (memory-mapped)
+        return make_retriever(kind, faiss={"corpus": corpus[0], **dict(faiss)})
     passages = None if kind == "http" else [p for path in corpus for p in load_corpus(path)]
     return make_retriever(kind, passages, url=url)
 
@@ -187,12 +195,16 @@ class SearchQAEnv(TaskEnv):
 
     def __init__(self, dataset: str = "all", split: str = "all", data_dir: str | None = None,
                  corpus: list[str] | str | None = None, retriever: str = "bm25", retriever_url: str | None = None,
-                 topk: int = 3, max_turns: int | None = None, pick: str = "random") -> None:
+                 topk: int = 3, max_turns: int | None = None, pick: str = "random", index: str | None = None,
+                 encoder: str | None = None, query_prefix: str = "query: ") -> None:
+        """`retriever`: bm25 / dense over `corpus` (built in-process), faiss (a prebuilt `index` over the one
+        `corpus` .jsonl, queries encoded by the `encoder` directory with `query_prefix`: Search-R1's e5_Flat.index,
+        wiki-18.jsonl and e5-base-v2), or http (`retriever_url`)."""
         super().__init__(max_turns, split=split)
         if pick not in PICKS:
             raise ValueError(f"pick must be one of {PICKS}; got {pick!r}")
         self.pick, self._seed = pick, None
-        own_files = dataset.endswith((".json", ".jsonl", ".parquet")) and corpus is not None
+        own_files = _own_file(dataset) and corpus is not None
         folder = None if own_files else _folder(data_dir)  # user files need no data folder
         self.questions = load_questions(str(folder or ""), dataset, split)
         paths = [corpus] if isinstance(corpus, str) else corpus or [str(folder / name) for name in UNION]
@@ -201,6 +213,15 @@ class SearchQAEnv(TaskEnv):
             raise FileNotFoundError(f"corpus file(s) not found: {', '.join(missing)} (env.kwargs.corpus)")
         self.corpus = tuple(str(p) for p in paths)
         self.retriever_kind, self.retriever_url, self.topk = retriever, retriever_url, topk
+        self.faiss: tuple = ()
+        if retriever == "faiss":
+            if index is None or encoder is None or len(self.corpus) != 1:
+                raise ValueError("retriever faiss needs index= (the FAISS index), encoder= (its encoder directory) "
+                                 "and one corpus file (the index's passages in order)")
+            gone = [f"{key} {p}" for key, p in (("index", index), ("encoder", encoder)) if not Path(p).exists()]
+            if gone:
+                raise FileNotFoundError(f"retriever faiss: not found: {', '.join(gone)} (env.kwargs)")
+            self.faiss = (("index", index), ("encoder", encoder), ("query_prefix", query_prefix))
 
     def reset(self, seed: int | None = None, options: dict | None = None):
         self._seed = seed
@@ -216,11 +237,11 @@ class SearchQAEnv(TaskEnv):
 
     def tool_search(self, query: str) -> str:
         """search Wikipedia passages; returns the top passages"""
-        hits = _retriever(self.retriever_kind, self.corpus, self.retriever_url).search(query, self.topk)
+        hits = _retriever(self.retriever_kind, self.corpus, self.retriever_url, self.faiss).search(query, self.topk)
         return render_hits(hits)
 
     def backend_of(self, name: str) -> object:
-        return ("searchqa", self.retriever_kind, self.corpus, self.retriever_url, self.topk)
+        return ("searchqa", self.retriever_kind, self.corpus, self.retriever_url, self.faiss, self.topk)
 
     def oracle(self, task: Task) -> list[OracleStep]:
         """MuSiQue: search each decomposed sub-question (earlier answers filled in); HotpotQA: search each

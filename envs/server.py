@@ -120,7 +120,26 @@ def run_cli(args: argparse.Namespace) -> int:
     """`memrl retriever serve` (its parser lives in memrl.cli so `memrl --help` needs no server deps)."""
     from memrl.envs.retrieval import load_corpus, make_retriever
 
-    corpus = [p for path in args.corpus for p in load_corpus(path)]
-    print(f"indexing {len(corpus)} passages ({args.kind}); serving on http://{args.host}:{args.port}")
-    serve(make_retriever(args.kind, corpus), host=args.host, port=args.port)
+    if args.kind == "faiss":
+        if len(args.corpus) != 1 or not args.index or not args.encoder:
+            raise SystemExit("--kind faiss needs --index, --encoder and one --corpus (the index's passages in order)")
+        print(f"opening {args.index} over {args.corpus[0]}; serving on http://{args.host}:{args.port}")
+        retriever = make_retriever("faiss", faiss={"index": args.index, "corpus": args.corpus[0],
+                                                   "encoder": args.encoder, "query_prefix": args.query_prefix,
+                                                   "pooling": args.pooling})
+    else:
+        corpus = [p for path in args.corpus for p in load_corpus(path)]
+        print(f"indexing {len(corpus)} passages ({args.kind}); serving on http://{args.host}:{args.port}")
+        retriever = make_retriever(args.kind, corpus)
+    serve(retriever, host=args.host, port=args.port)
+    return 0
+
+
+def build_cli(args: argparse.Namespace) -> int:
+    """`memrl retriever build`: a FAISS index in Search-R1's layout from any corpus file."""
+    from memrl.envs.faiss_index import build_index
+
+    out = build_index(args.corpus, args.encoder, args.out, passage_prefix=args.passage_prefix, pooling=args.pooling)
+    print(f"wrote {out}/flat.index and {out}/corpus.jsonl; serve with: memrl retriever serve --kind faiss "
+          f"--index {out}/flat.index --corpus {out}/corpus.jsonl --encoder {args.encoder}")
     return 0

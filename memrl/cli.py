@@ -121,6 +121,12 @@ def _retriever_serve(args: argparse.Namespace) -> int:
     return run_cli(args)
 
 
+def _retriever_build(args: argparse.Namespace) -> int:
+    from memrl.envs.server import build_cli
+
+    return build_cli(args)
+
+
 def _envs_list(args: argparse.Namespace) -> int:
     from memrl.envs import list_envs
 
@@ -181,14 +187,25 @@ def build_parser() -> argparse.ArgumentParser:
     envs = sub.add_parser("envs", help="environments").add_subparsers(dest="action", required=True)
     envs.add_parser("list", help="list the registered memrl/ environments").set_defaults(func=_envs_list)
     retriever = sub.add_parser("retriever", help="retrieval server (Search-R1 /retrieve, FlashRAG /search and /batch_search)")
-    p = retriever.add_subparsers(dest="action", required=True).add_parser(
-        "serve", help="serve a BM25 or dense index over a corpus file")
+    actions = retriever.add_subparsers(dest="action", required=True)
+    p = actions.add_parser("serve", help="serve a BM25 or dense index over a corpus file, or a prebuilt FAISS index")
     p.add_argument("--corpus", required=True, nargs="+",
                    help="corpus file(s): JSON list of {title, text}, a dict title -> sentences, or Search-R1 .jsonl {id, contents}")
-    p.add_argument("--kind", choices=("bm25", "dense"), default="bm25", help="retrieval backend")
+    p.add_argument("--kind", choices=("bm25", "dense", "faiss"), default="bm25", help="retrieval backend")
+    p.add_argument("--index", help="faiss: the prebuilt index (e.g. Search-R1's e5_Flat.index)")
+    p.add_argument("--encoder", help="faiss: the encoder's directory (e.g. a downloaded intfloat/e5-base-v2)")
+    p.add_argument("--query-prefix", default="query: ", help="faiss: prefix of every query (E5: 'query: ')")
+    p.add_argument("--pooling", choices=("mean", "cls"), default="mean", help="faiss: the encoder's pooling")
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (0.0.0.0 for all)")
     p.add_argument("--port", type=int, default=8000, help="TCP port")
     p.set_defaults(func=_retriever_serve)
+    p = actions.add_parser("build", help="write a FAISS index (flat, inner product) and its corpus from any corpus file")
+    p.add_argument("--corpus", required=True, help="corpus file (any layout `serve` reads)")
+    p.add_argument("--encoder", required=True, help="the encoder's directory (Hugging Face model)")
+    p.add_argument("--out", required=True, help="directory to write flat.index and corpus.jsonl into (must not exist)")
+    p.add_argument("--passage-prefix", default="passage: ", help="prefix of every passage (E5: 'passage: ')")
+    p.add_argument("--pooling", choices=("mean", "cls"), default="mean", help="the encoder's pooling")
+    p.set_defaults(func=_retriever_build)
     from memrl.cluster.submit import add_cli as add_cluster_cli
 
     add_cluster_cli(sub)

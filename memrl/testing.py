@@ -125,3 +125,113 @@ def visible_lr(dtype=None) -> float:
     from memrl.device import plan
 
     return {torch.float32: 1e-3, torch.bfloat16: 3e-2}[dtype or plan().dtype]
+
+
+def read_wandb_offline(run_dir) -> dict:
+    """What an offline W&B run holds, read back from its `run-*.wandb` file (a LevelDB-style log of protobuf
+    `Record`s: a 7-byte header, 32 KiB blocks, each record chunk with a 7-byte header): {"config": the run's config
+    as a dict, "history": one dict per `log` call (values JSON-decoded), "artifacts": {name: [file paths]},
+    "files": [saved file paths]}. wandb 0.31 no longer ships a reader for its own files."""
+    import json
+    import struct
+    from pathlib import Path
+
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data = next(Path(run_dir).glob("run-*.wandb")).read_bytes()
+    block, pos, chunk, records = 32768, 7, b"", []
+    while pos + 7 <= len(data):
+        left = block - pos % block
+        if left < 7:  # a block's tail too short for a header is padding
+            pos += left
+            continue
+        _, n, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        pos += 7
+        if n == 0 and kind == 0:
+            pos += left - 7
+            continue
+        chunk += data[pos:pos + n]
+        pos += n
+        if kind in (1, 4):  # FULL or LAST: the record is complete
+            records.append(chunk)
+            chunk = b""
+    out: dict = {"config": {}, "history": [], "artifacts": {}, "files": []}
+    for raw in records:
+        rec = pb.Record()
+        rec.ParseFromString(raw)
+        kind = rec.WhichOneof("record_type")
+        if kind == "run":
+            out["config"].update({i.key: json.loads(i.value_json) for i in rec.run.config.update
+                                  if not i.key.startswith("_")})
+        elif kind == "history":
+            out["history"].append({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in rec.history.item})
+        elif kind == "artifact":
+            out["artifacts"][rec.artifact.name] = [m.path for m in rec.artifact.manifest.contents]
+        elif kind == "files":
+            out["files"] += [f.path for f in rec.files.files]
+    return out
+
+
+def check_wandb_run(out, recipe, metrics) -> dict:
+    """The offline W&B run under `out`: config = the recipe, each metrics record's numbers logged once at its
+    phase's step, and the artifacts. Returns what it read."""
+    from memrl.rl.trackers import numbers
+
+    (run_dir,) = list((out / "wandb").glob("offline-run-*"))
+    wb = read_wandb_offline(run_dir)
+    assert wb["config"]["name"] == recipe["name"] and wb["config"]["algorithm"] == recipe["algorithm"]
+    for rec in metrics:
+        phase, step = rec.get("phase", "train"), rec["step"]
+        rows = [h for h in wb["history"] if h.get(f"{phase}/step") == step]
+        assert len(rows) == 1, (phase, step)
+        assert {k: rows[0][f"{phase}/{k}"] for k in numbers(rec)} == numbers(rec)
+    return wb
+
+
+def check_mlflow_run(out, recipe, metrics) -> list[str]:
+    """The MLflow file store under `out/mlruns`: the recipe (artifact and params), every metric at its step, and
+    the artifact names (returned)."""
+    import json
+    import os
+
+    from mlflow.tracking import MlflowClient
+
+    from memrl.rl.trackers import numbers
+
+    os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+    client = MlflowClient(tracking_uri=(out / "mlruns").resolve().as_uri())
+    (run,) = client.search_runs([client.get_experiment_by_name("memrl").experiment_id])
+    assert run.data.params["name"] == recipe["name"] and run.data.params["learner.lr"] == json.dumps(recipe["learner"]["lr"])
+    for rec in metrics:
+        phase = rec.get("phase", "train")
+        for k, v in numbers(rec).items():
+            assert (rec["step"], v) in [(m.step, m.value) for m in client.get_metric_history(run.info.run_id,
+                                                                                            f"{phase}/{k}")]
+    local = client.download_artifacts(run.info.run_id, "recipe.json", str(out / "mlflow_download"))
+    assert json.loads(open(local).read()) == recipe
+    return [a.path for a in client.list_artifacts(run.info.run_id)]
+
+
+class LiveServer:
+    """uvicorn serving `app` in a daemon thread; `stop()` shuts it down and waits."""
+
+    def __init__(self, app, port: int) -> None:
+        import threading
+        import time
+
+        import uvicorn
+
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            assert self.thread.is_alive() and time.monotonic() < deadline, f"uvicorn did not start on {port}"
+            time.sleep(0.01)
+        self.url = f"http://127.0.0.1:{port}"
+
+    def stop(self) -> None:
+        """Shut the server down and wait for its thread."""
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+        assert not self.thread.is_alive()

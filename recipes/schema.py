@@ -304,9 +304,18 @@ class ResourcesCfg(Section):
 
 
 class LoggingCfg(Section):
-    """Progress bars and TensorBoard (metrics.jsonl is always written)."""
+    """Progress bars and experiment trackers (metrics.jsonl is always written; rl/trackers.py)."""
 
-    tensorboard: bool = True
+    loggers: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
+        ["tensorboard"], description="where metrics go besides metrics.jsonl, any subset: tensorboard "
+        "(<output_dir>/tensorboard), wandb, mlflow; each gets the recipe as config, every metric, and the report, "
+        "plots and viewer as artifacts")
+    project: str = Field("memrl", description="W&B project / MLflow experiment name (the run is `name`)")
+    wandb_mode: Literal["online", "offline"] | None = Field(
+        None, description="W&B mode; offline writes the run under <output_dir>/wandb for `wandb sync` later; "
+        "null = W&B's default (WANDB_MODE, else online)")
+    mlflow_uri: str | None = Field(None, description="MLflow tracking URI (a server or database); null = a local "
+                                   "file store under <output_dir>/mlruns")
     progress: bool = Field(True, description="tqdm progress bars")
 
 

@@ -43,6 +43,7 @@ from memrl.rl.rollout import RolloutManager
 from memrl.rl.step import merge_minibatch_metrics
 from memrl.rl.streams import oracle_seeds, stream_seeds, task_seeds
 from memrl.rl.sync import WeightSync
+from memrl.rl.trackers import make_trackers
 from memrl.rl.viewer import Viewer
 
 log = logging.getLogger(__name__)
@@ -124,7 +125,9 @@ class Trainer:
         self.curriculum = Curriculum(recipe.curriculum, seed=recipe.seed) if recipe.curriculum.objectives else None
         if ckpt is not None and self.curriculum is not None and state.get("curriculum"):
             self.curriculum.load_state_dict(state["curriculum"])
-        self.metrics = MetricsWriter(self.out, recipe.logging.tensorboard, resume_step=self.step if ckpt else None)
+        trackers = make_trackers(recipe.logging, self.out, recipe.model_dump(mode="json"), recipe.name,
+                                 resume=ckpt is not None)
+        self.metrics = MetricsWriter(self.out, trackers, resume_step=self.step if ckpt else None)
 
     def _start_ray(self) -> None:
         import ray
@@ -157,7 +160,6 @@ class Trainer:
         self._checkpoint()
         if "sweep" not in self.evals:
             self.evals["sweep"] = self._timed("eval_sweep", self.sweep)
-        self.metrics.close()
         summary = {"evals": self.evals, "timings": self.timings, "steps": self.step, "out": str(self.out)}
         (self.out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
         summary["model"] = str(self._timed("export", lambda: export(self.out, self.out / "model")))
@@ -386,6 +388,10 @@ class Trainer:
                         keep=self.recipe.train.keep_checkpoints)
 
     def close(self) -> None:
+        """Stop the actors, then close the trackers with the run's files as artifacts (the report is written by
+        then: `memrl train` writes it between `run` and `close`)."""
+        self.metrics.close([self.out / f for f in ("report.md", "summary.json", "recipe.yaml", "viewer.html")]
+                           + sorted(self.out.glob("*.png")))
         self._pool.shutdown(wait=True)
         self.learner.leave_transfer()
         self.rollouts.shutdown()

@@ -43,7 +43,11 @@ def world(tmp_path_factory, tiny_tokenizer):
         lines = [{"id": f"{split}{i}", "question": f"Where is passage {i}?", "golden_answers": [f"Velmora{i}"]}
                  for i in range(20)]
         (qa / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
-    return {"models": models, "corpus": corpus, "qa": qa}
+    from memrl.envs.faiss_index import build_index
+    from memrl.envs.retrieval import minilm_path
+
+    index = build_index(corpus, minilm_path(), root / "e5")  # the paper recipes read a prebuilt FAISS index
+    return {"models": models, "corpus": corpus, "qa": qa, "index": index}
 
 
 def _paper(name: str, world, *extra: str):
@@ -52,6 +56,11 @@ def _paper(name: str, world, *extra: str):
     kw = recipe.env.kwargs
     sets = [f"model.name={model}", f"env.kwargs.corpus={world['corpus']}",
             f"env.kwargs.dataset={world['qa'] / 'train.jsonl'}", f"env.eval_kwargs.dataset={world['qa'] / 'test.jsonl'}"]
+    if kw.get("retriever") == "faiss":  # stand-ins for e5_Flat.index, wiki-18.jsonl and e5-base-v2
+        from memrl.envs.retrieval import minilm_path
+
+        sets += [f"env.kwargs.index={world['index'] / 'flat.index'}", f"env.kwargs.encoder={minilm_path()}",
+                 f"env.kwargs.corpus={world['index'] / 'corpus.jsonl'}"]
     assert kw["split"] == "train" and recipe.env.eval_kwargs["split"] == "eval"  # disjoint by default
     return load_recipe(name, sets + list(extra))
 
@@ -90,7 +99,7 @@ def test_a_full_fine_tune_of_7b_on_one_rank_is_refused_with_numbers(world):
 
 
 def test_a_missing_corpus_or_model_is_one_line_before_any_model_loads(world, tmp_path, capsys):
-    recipe = _paper("memsearcher", world, f"env.kwargs.corpus={tmp_path / 'nope.jsonl'}")
+    recipe = _paper("memsearcher", world, f"env.kwargs.corpus={tmp_path / 'nope.jsonl'}", "env.kwargs.retriever=bm25")
     with pytest.raises(PlanError, match="nope.jsonl"):
         plan(recipe)
     assert main(["recipe", "plan", "memsearcher", "--set", f"model.name={tmp_path / 'no-model'}"]) == 2

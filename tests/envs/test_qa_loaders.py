@@ -160,3 +160,58 @@ def test_env_runs_hugging_face_hotpotqa_over_a_search_r1_corpus(tmp_path, monkey
     assert "Doc 1 (Title: Alpha (band)) Alpha formed in 1970. They split. Reunited." in obs
     *_, reward, terminated, _, _ = env.step(steps[-1].action)
     assert terminated and reward == 1.0
+
+
+# ------------------------------------------------------------------------------------ Hugging Face dataset folders
+
+def test_a_save_to_disk_folder_gives_the_same_tasks_as_the_file(tmp_path, monkeypatch):
+    """Real MuSiQue questions saved with `datasets.save_to_disk` (a Dataset, and a DatasetDict whose split is
+    picked with folder@split) load as the .json file does; the shared data must be present (CI has it)."""
+    import datasets
+
+    from memrl.envs.searchqa import load_musique, load_questions
+    from memrl.paths import data_dir
+
+    monkeypatch.setenv("MEMRL_CACHE", str(tmp_path / "cache"))
+    if data_dir() is None:
+        pytest.skip("real QA data not found: set MEMRL_DATA_DIR to a folder with multihop/musique_train.json")
+    src = data_dir() / "multihop" / "musique_train.json"
+    rows = json.loads(src.read_text())[:40]
+    (tmp_path / "q.json").write_text(json.dumps(rows))
+    want = load_musique(tmp_path / "q.json")
+    datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "saved"))
+    assert load_qa_file(tmp_path / "saved") == want
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(rows[:30]),
+                          "test": datasets.Dataset.from_list(rows[30:])}).save_to_disk(str(tmp_path / "dict"))
+    assert load_qa_file(tmp_path / "dict") == want[:30]  # a DatasetDict: its train split by default
+    assert load_qa_file(f"{tmp_path / 'dict'}@test") == load_musique(tmp_path / "q.json")[30:]
+    eval_split = load_questions("", f"{tmp_path / 'dict'}@test", "eval")  # memrl's split cuts it as a file
+    assert list(eval_split) == want[30:][int(0.8 * 10):]
+    datasets.DatasetDict({"a": datasets.Dataset.from_list(rows[:2]),
+                          "b": datasets.Dataset.from_list(rows[2:4])}).save_to_disk(str(tmp_path / "ab"))
+    with pytest.raises(ValueError, match=r"has splits \['a', 'b'\]; name one as .*@SPLIT"):
+        load_qa_file(tmp_path / "ab")
+    with pytest.raises(ValueError, match="a single dataset .* @test does not apply"):
+        load_qa_file(f"{tmp_path / 'saved'}@test")
+
+
+def test_a_local_dataset_directory_of_data_files_loads_like_a_file(tmp_path, monkeypatch):
+    """A Hugging Face dataset repository as cloned (data/train-*.parquet): `datasets.load_dataset(folder)`,
+    with the file loaders' layout detection and row errors."""
+    import datasets
+
+    monkeypatch.setenv("MEMRL_CACHE", str(tmp_path / "cache"))
+    repo = tmp_path / "hotpot_repo"
+    (repo / "data").mkdir(parents=True)
+    datasets.Dataset.from_list([HOTPOT_HF, {**HOTPOT_HF, "id": "b", "answer": "Beta"}]).to_parquet(
+        str(repo / "data" / "train-00000-of-00001.parquet"))
+    tasks = load_qa_file(repo)
+    assert [t.answers for t in tasks] == [["Alpha"], ["Beta"]]
+    (tmp_path / "one.json").write_text(json.dumps([HOTPOT_HF]))
+    assert tasks[0] == load_hotpotqa(tmp_path / "one.json")[0]
+    bad = tmp_path / "bad_repo"
+    (bad / "data").mkdir(parents=True)
+    broken = {**HOTPOT_HF, "supporting_facts": {"title": ["Alpha (band)", "Beta (band)"], "sent_id": [0]}}
+    datasets.Dataset.from_list([HOTPOT_HF, broken]).to_parquet(str(bad / "data" / "train.parquet"))
+    with pytest.raises(ValueError, match=r"bad_repo@train row 2: not a hotpotqa row .*2 titles but 1 sent_ids"):
+        load_qa_file(bad)

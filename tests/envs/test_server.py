@@ -9,13 +9,13 @@ import time
 
 import httpx
 import pytest
-import uvicorn
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from memrl import net
 from memrl.envs.retrieval import BM25Retriever, HttpRetriever, Passage, RetrievalError
 from memrl.envs.server import create_app
+from memrl.testing import LiveServer
 
 CORPUS = [
     {"title": "Paris", "text": "Paris is the capital and largest city of France."},
@@ -28,25 +28,6 @@ MAX_QUERIES, MAX_TOPK = 8, 10
 
 def free_port() -> int:
     return net.free_port("127.0.0.1")
-
-
-class LiveServer:
-    """uvicorn serving `app` in a daemon thread; `stop()` shuts it down and waits."""
-
-    def __init__(self, app, port: int) -> None:
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            assert self.thread.is_alive() and time.monotonic() < deadline, f"uvicorn did not start on {port}"
-            time.sleep(0.01)
-        self.url = f"http://127.0.0.1:{port}"
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-        assert not self.thread.is_alive()
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ from memrl.agents import HFBackend, SamplingConfig, VLLMBackend
 from memrl.models import load_tokenizer
 from memrl.recipes.schema import RolloutCfg, load_recipe
 from memrl.rl.metrics import read_metrics
+from memrl.testing import check_mlflow_run, check_wandb_run
 
 pytestmark = pytest.mark.slow
 
@@ -22,6 +23,7 @@ TINY = [
     "train.zero_shot_eval=true", "train.eval_every=1",  # the quickstart's evals, and zero-shot, at every point
     "curriculum.objectives=[1,2]", "curriculum.mode=mix",  # each task at N=1 or N=2, per-N rewards logged
     "train.control=true",  # the RL control at equal compute, after the run
+    "logging.loggers=[tensorboard,wandb,mlflow]", "logging.wandb_mode=offline",  # every tracker, offline
 ]
 
 
@@ -70,6 +72,12 @@ def test_quickstart_tiny_writes_every_artifact_and_an_exported_model_that_matche
     for png in ("reward_em_vs_step.png", "context_tokens_per_turn.png", "peak_context_vs_objectives.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"({png})" in text
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    # W&B (offline run files) and MLflow (file store): the recipe, every metric as in metrics.jsonl, the artifacts
+    run_files = ["report.md", "summary.json", "recipe.yaml", "viewer.html", "reward_em_vs_step.png",
+                 "context_tokens_per_turn.png", "peak_context_vs_objectives.png"]
+    wb = check_wandb_run(out, recipe.model_dump(mode="json"), recs)
+    assert set(wb["artifacts"]["quickstart-tiny-results"]) == set(run_files)
+    assert set(run_files) <= set(check_mlflow_run(out, recipe.model_dump(mode="json"), recs))
     assert json.loads((out / "summary.json").read_text())["model"] == str(out / "model")
     from memrl.rl import checkpoint
 
