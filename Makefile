@@ -25,7 +25,7 @@ quickstart: install
 	$(VENV)/bin/memrl train quickstart
 
 test: install
-	$(PY) -m pytest -q -ra
+	$(PY) -m pytest -q -ra --durations=25
 
 lint: install
 	$(VENV)/bin/ruff check .

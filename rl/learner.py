@@ -69,6 +69,23 @@ def init_distributed(backend: str) -> None:
     deepspeed.init_distributed(dist_backend=backend, verbose=False)
 
 
+DEEPSPEED_MIN = "0.19.8"  # the oldest release tested with unmanaged accumulation under ZeRO 0-3 (pyproject pins it)
+
+
+def check_deepspeed() -> None:
+    """Refuse a DeepSpeed that does not know `managed_gradient_accumulation`: an older release ignores the key and,
+    under ZeRO-2, keeps only the last micro-batch's gradient at each step, silently (the learner calls `backward`
+    per micro-batch and `step` once; tests/rl/test_learner.py checks the sum over micro-batches)."""
+    import deepspeed
+    from deepspeed.runtime import constants
+    from deepspeed.runtime.engine import DeepSpeedEngine
+
+    if not (hasattr(constants, "MANAGED_GRADIENT_ACCUMULATION") and hasattr(DeepSpeedEngine,
+                                                                          "managed_gradient_accumulation")):
+        raise RuntimeError(f"DeepSpeed {deepspeed.__version__} does not support managed_gradient_accumulation: "
+                           f"memrl needs deepspeed>={DEEPSPEED_MIN} (pip install -U 'deepspeed>={DEEPSPEED_MIN}')")
+
+
 def freeze_below(model: torch.nn.Module, train_layers: int) -> None:
     """Freeze the embeddings and all but the top `train_layers` decoder blocks (partial fine-tuning).
     The embeddings stay frozen even when K covers every block.
@@ -123,6 +140,7 @@ class Learner(LearnerWeights):
         self.max_tokens = rollout.max_tokens
         self.layout = PACKED if learner.packed else PADDED
         self.device = plan()
+        check_deepspeed()
         init_distributed(self.device.dist_backend)
         torch.manual_seed(seed)
         model = load_model(model_name, dtype=self.device.dtype)

@@ -58,6 +58,19 @@ def check_resources(recipe, available: dict[str, float]) -> None:
             log.warning("%s (waiting for an autoscaler)", problem)
 
 
+def check_storage(recipe, nodes: int) -> None:
+    """Fail before anything starts when a run on `nodes` > 1 Ray nodes has a relative `output_dir`: every node
+    would resolve it in its own working directory, and the ranks' checkpoint shards and weights would land on
+    different disks (a resume or an export then finds only the driver's files). `output_dir` must then be an
+    absolute path on storage every node mounts."""
+    from memrl.plan import PlanError
+
+    if nodes > 1 and not Path(recipe.output_dir).is_absolute():
+        raise PlanError(f"output_dir {recipe.output_dir!r} is relative but the Ray cluster has {nodes} nodes: each node "
+                        "would write its part of the run (checkpoint shards, weights) under its own working "
+                        "directory; set output_dir to an absolute path on storage every node mounts")
+
+
 class LearnerRank:
     """One data-parallel rank (a Ray actor): joins the ranks' process group and owns a `Learner`."""
 

@@ -37,7 +37,7 @@ from memrl.registry import plugin_modules
 from memrl.rl import checkpoint, losses
 from memrl.rl.curriculum import Curriculum
 from memrl.rl.export import export
-from memrl.rl.learner_group import LearnerGroup, check_resources
+from memrl.rl.learner_group import LearnerGroup, check_resources, check_storage
 from memrl.rl.metrics import MetricsWriter
 from memrl.rl.rollout import RolloutManager
 from memrl.rl.step import merge_minibatch_metrics
@@ -90,6 +90,7 @@ class Trainer:
         import ray
 
         check_resources(recipe, ray.cluster_resources())  # before any model loads
+        check_storage(recipe, sum(1 for n in ray.nodes() if n.get("Alive")))
         plugins = tuple(plugin_modules(recipe.plugins))  # every actor knows the names this run registered
         self.learner = LearnerGroup(str(self.model_dir), learner=recipe.learner, algorithm=recipe.algorithm,
                                     rollout=recipe.rollout, resources=recipe.resources, seed=recipe.seed,

@@ -145,3 +145,16 @@ def test_weights_leave_the_learner_as_compact_tensors(make_learner):
     assert all(t.untyped_storage().nbytes() == t.numel() * t.element_size() for t in weights.values())
     blob = load_blob(learner.weights_blob())
     assert set(blob) == set(weights) and all(torch.equal(blob[k], weights[k]) for k in weights)
+
+
+def test_a_deepspeed_without_unmanaged_accumulation_is_refused(monkeypatch):
+    """The installed DeepSpeed passes; one that lacks the key (an older release, which would keep only the last
+    micro-batch's gradient under ZeRO-2) is refused at startup with the version to install."""
+    from deepspeed.runtime import constants
+
+    from memrl.rl.learner import DEEPSPEED_MIN, check_deepspeed
+
+    check_deepspeed()
+    monkeypatch.delattr(constants, "MANAGED_GRADIENT_ACCUMULATION")
+    with pytest.raises(RuntimeError, match=f"needs deepspeed>={DEEPSPEED_MIN}"):
+        check_deepspeed()

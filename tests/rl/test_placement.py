@@ -31,3 +31,13 @@ def test_on_a_cluster_joined_by_address_a_shortfall_only_warns(caplog):
     recipe = load_recipe("memsearcher", ["resources.address=auto"])
     check_resources(recipe, {"CPU": 4.0})
     assert "needs 8 GPU" in caplog.text and "waiting for an autoscaler" in caplog.text
+
+
+def test_a_relative_output_dir_on_several_nodes_is_refused_before_anything_starts(tmp_path):
+    from memrl.rl.learner_group import check_storage
+
+    relative = load_recipe("quickstart")  # output_dir: runs/{name}
+    check_storage(relative, 1)  # one node: every part of the run lands on its disk
+    with pytest.raises(PlanError, match=r"output_dir 'runs/\{name\}' is relative but the Ray cluster has 2 nodes"):
+        check_storage(relative, 2)
+    check_storage(load_recipe("quickstart", [f"output_dir={tmp_path}/{{name}}"]), 2)
