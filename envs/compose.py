@@ -38,6 +38,11 @@ class ComposedEnv(TurnEnv):
     def aggregate(self, values: list[float]) -> float:
         return float(np.sum(values) if self.aggregate_mode == "sum" else np.mean(values))
 
+    def prepare(self) -> None:
+        """Every part's `prepare` (shared backends are built once: they are cached by the parts)."""
+        for part in self.parts:
+            part.prepare()
+
     def tools(self) -> dict[str, str]:
         out: dict[str, str] = {}
         for part in self.parts:

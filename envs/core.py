@@ -131,6 +131,10 @@ class TurnEnv(TextEnv):
     def tools(self) -> dict[str, str]:
         """Tool name -> one-line description."""
 
+    def prepare(self) -> None:
+        """Build what episodes will need (a search index) now, outside every episode's timeout: a rollout worker
+        calls it when it adds the env to its pool. The default needs nothing."""
+
     @abstractmethod
     def call_tool(self, name: str, argument: str) -> str:
         """Run a tool; the result becomes the next observation."""

@@ -186,8 +186,21 @@ def corpus_hash(corpus: list[dict]) -> str:
 
 
 def _atomic_build(target: Path, build) -> Path:
-    """The cached index at `target`, built once (atomically, `memrl.io.atomic_dir`) when missing."""
-    return target if target.exists() else atomic_dir(target, build)
+    """The cached index at `target`, built once per node when missing: processes that share the cache directory
+    (a node's rollout workers) take a file lock, so the first builds (atomically, `memrl.io.atomic_dir`) and
+    the others wait for it and read its result instead of building their own."""
+    if target.exists():
+        return target
+    import fcntl
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = target.parent / f".{target.name}.lock"
+    with open(lock_path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not target.exists():
+            atomic_dir(target, build)
+        lock_path.unlink(missing_ok=True)  # a waiter holding the old file finds the index when it gets the lock
+    return target
 
 
 class _Indexed:

@@ -13,6 +13,7 @@ first row's fields; a bad row is a ValueError naming the file and the line / row
 from __future__ import annotations
 
 import logging
+import threading
 from functools import lru_cache
 from pathlib import Path
 
@@ -177,8 +178,18 @@ def load_questions(folder: str, dataset: str, split: str) -> tuple[Task, ...]:
     return tuple(tasks)
 
 
-@lru_cache(maxsize=4)
+_BUILDING = threading.Lock()
+
+
 def _retriever(kind: str, corpus: tuple[str, ...], url: str | None, faiss: tuple = ()):
+    """The retriever of these settings, built once per process: a worker's env threads that ask for it while it
+    is being built wait for that build instead of starting their own (`_build` caches it)."""
+    with _BUILDING:
+        return _build(kind, corpus, url, faiss)
+
+
+@lru_cache(maxsize=4)
+def _build(kind: str, corpus: tuple[str, ...], url: str | None, faiss: tuple = ()):
     from memrl.envs.retrieval import load_corpus, make_retriever
 
     if kind == "faiss":  # a prebuilt index over one corpus file, read as it is (memory-mapped)
@@ -234,6 +245,10 @@ class SearchQAEnv(TaskEnv):
         if self.pick == "by_seed" and self._seed is not None:
             return self.questions[self._seed % len(self.questions)]
         return self.questions[int(rng.integers(len(self.questions)))]
+
+    def prepare(self) -> None:
+        """Build (or open) the retriever now, not inside the first search's env-step timeout."""
+        _retriever(self.retriever_kind, self.corpus, self.retriever_url, self.faiss)
 
     def tool_search(self, query: str) -> str:
         """search Wikipedia passages; returns the top passages"""

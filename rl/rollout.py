@@ -119,7 +119,11 @@ class RolloutWorker:
     def _env_pool(self, env: EnvCfg, n: int) -> list:
         pool = self.envs.setdefault(build_key(env), [])
         while len(pool) < n:
-            pool.append(build_env(env))
+            made = build_env(env)
+            prepare = getattr(made.unwrapped, "prepare", None)  # memrl envs (TurnEnv); any gym.Env is accepted
+            if prepare is not None:
+                prepare()  # indexes are built here, outside the episodes' env timeouts
+            pool.append(made)
         return pool[:n]
 
     def rollout(self, seeds: list[int], group_ids: list[int], env: EnvCfg, agent: AgentCfg,

@@ -1,5 +1,7 @@
 """Search QA on the real MuSiQue / HotpotQA samples (read from the data dir, never copied here)."""
 
+import json
+
 import pytest
 
 from memrl.envs import make
@@ -80,3 +82,42 @@ def test_pick_by_seed_asks_each_question_of_a_split_once_over_consecutive_seeds(
     assert len(set(drawn)) < n  # the default draws with replacement: some questions twice, some never
     with pytest.raises(ValueError, match=r"pick must be one of \('random', 'by_seed'\); got 'first'"):
         make("memrl/SearchQA-v0", pick="first")
+
+
+def test_the_retriever_is_built_once_by_prepare_while_threads_wait(tmp_path, monkeypatch):
+    """A worker's env threads that search while the index is being built wait for that one build; `prepare`
+    (called by the rollout worker when it pools the env) builds it before any episode's timeout runs."""
+    import threading
+
+    from memrl.envs import retrieval, searchqa
+
+    monkeypatch.setenv("MEMRL_CACHE", str(tmp_path / "cache"))
+    corpus = tmp_path / "corpus.json"
+    corpus.write_text(json.dumps([{"title": f"T{i}", "text": f"passage {i} about city C{i}"} for i in range(30)]))
+    qa = tmp_path / "qa.jsonl"
+    qa.write_text("".join(json.dumps({"question": f"q{i}?", "golden_answers": [f"C{i}"]}) + "\n" for i in range(5)))
+    builds = []
+    real = retriever_cls = retrieval.BM25Retriever
+
+    class Counting(retriever_cls):
+        def __init__(self, *a, **kw):
+            builds.append(1)
+            threading.Event().wait(0.3)  # a slow build: the other threads arrive meanwhile
+            super().__init__(*a, **kw)
+
+    monkeypatch.setattr(retrieval, "BM25Retriever", Counting)
+    searchqa._build.cache_clear()
+    env = make("memrl/SearchQA-v0", dataset=str(qa), corpus=str(corpus), split="all").unwrapped
+    threads = [threading.Thread(target=env.tool_search, args=(f"city C{i}",)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(builds) == 1
+    searchqa._build.cache_clear()
+    env.prepare()  # builds now (BM25's on-disk cache is read, not rebuilt)
+    assert len(builds) == 2 and searchqa._build.cache_info().currsize == 1
+    assert "C3" in env.tool_search("city C3")
+    assert len(builds) == 2
+    monkeypatch.setattr(retrieval, "BM25Retriever", real)
+    searchqa._build.cache_clear()
