@@ -180,7 +180,14 @@ class AlgorithmCfg(Section):
                                "(on-policy, a mismatch is an error); 1 = the rollout of step t+1 overlaps learning "
                                "step t, and stale contexts are corrected (decoupled PPO, truncated at is_clip)")
     is_clip: float = Field(2.0, gt=0, description="truncation of the importance weight pi_prox / pi_behav of a stale "
-                           "context's tokens (max_staleness > 0)")
+                           "context's tokens (max_staleness > 0), and of pi_learner / pi_engine (old_logprobs: "
+                           "recompute)")
+    old_logprobs: Literal["engine", "recompute"] = Field(
+        "engine", description="what the PPO ratio is taken against: engine = the sampling log-probs the engine "
+        "reported; recompute = the learner's own, from a no-grad forward before the update, with each token's "
+        "policy-gradient term weighted by min(pi_learner / pi_engine, is_clip) (truncated importance sampling: "
+        "corrects the engine/learner mismatch of bf16 engines; the mismatch is logged as mismatch_logp_abs and "
+        "mismatch_k3)")
     partial_rollouts: bool = Field(False, description="with max_staleness >= 1: a weight update lands on the engines "
                                    "while the overlapped rollout is mid-way (its episodes' next turns use the new "
                                    "weights, each context keeps its own version) instead of waiting for it to end")

@@ -201,8 +201,9 @@ class Learner(LearnerWeights):
         """
         self._set_lr(lr if lr is not None else lr_at(self.steps, self.cfg.lr, self.cfg.warmup_steps))
         offpolicy = {}
-        if self.algo.max_staleness and not sft and version is not None:
-            part, offpolicy = self.correct_stale(part, version)
+        recompute = self.algo.old_logprobs == "recompute"
+        if not sft and (recompute or (self.algo.max_staleness and version is not None)):
+            part, offpolicy = self.correct(part, version, every_context=recompute)
         self.engine.train()
         totals, _ = self._passes(part, sft, backward=True)
         for k, v in offpolicy.items():
@@ -214,14 +215,17 @@ class Learner(LearnerWeights):
         return totals, {"grad_norm": grad_norm, "skipped": float(not stepped), "lr": self._get_lr()}
 
     @torch.no_grad()
-    def correct_stale(self, part: Part, version: int) -> tuple[Part, dict[str, float]]:
-        """Decoupled PPO for the contexts of `part` sampled before `version` (bounded staleness): each stale
-        context's tokens get the PPO ratio against the proximal policy (these weights, before the update: a
-        no-grad forward) and their policy-gradient term (only: not the KL or entropy terms, as in AReaL) times
-        the importance weight min(pi_prox / pi_behav, is_clip) (`Part.is_weights`), pi_behav being that context's
-        own sampling log-probs. Fresh contexts are left as they are. Every rank must call it (ZeRO-3 forwards are
-        collectives); returns the corrected part and summed stats (`losses.truncated_is_weights`)."""
-        stale = [i for i, v in enumerate(part.versions) if v < version]
+    def correct(self, part: Part, version: int | None, every_context: bool = False) -> tuple[Part, dict[str, float]]:
+        """The PPO ratio against the learner's own log-probs: the contexts of `part` sampled before `version`
+        (bounded staleness: decoupled PPO), or with `every_context` all of them (`algorithm.old_logprobs:
+        recompute`: the engine/learner mismatch). Each such context's tokens get the ratio against the proximal
+        policy (these weights, before the update: a no-grad forward) and their policy-gradient term (only: not the
+        KL or entropy terms, as in AReaL) times the importance weight min(pi_prox / pi_behav, is_clip)
+        (`Part.is_weights`), pi_behav being the engine's sampling log-probs. Other contexts are left as they are.
+        Every rank must call it (ZeRO-3 forwards are collectives); returns the corrected part and summed stats
+        (`losses.truncated_is_weights`; with `every_context` also mismatch_logp_abs = |pi_prox - pi_behav| and
+        mismatch_k3, the k3 estimate of the KL between them, summed over tokens)."""
+        stale = [i for i, v in enumerate(part.versions) if every_context or (version is not None and v < version)]
         prox = self.context_logprobs([part.contexts[i] for i in stale])
         contexts, is_weights = list(part.contexts), list(part.is_weights)
         stats: dict[str, float] = {}
@@ -229,7 +233,11 @@ class Learner(LearnerWeights):
             c = part.contexts[i]
             at = torch.tensor(c.loss_mask, dtype=torch.bool)
             at[0] = False  # a context's first token has no prefix: never a loss token
-            w, st = losses.truncated_is_weights(lp[at], torch.tensor(c.logprobs)[at], self.algo.is_clip)
+            behav = torch.tensor(c.logprobs)[at]
+            w, st = losses.truncated_is_weights(lp[at], behav, self.algo.is_clip)
+            if every_context:
+                st = {**st, "mismatch_logp_abs": float((lp[at] - behav).abs().sum()),
+                      "mismatch_k3": float(losses.kl_k3(behav, lp[at]).sum())}  # KL(engine || learner), engine samples
             iw = is_weights[i].clone()
             iw[at] = iw[at] * w
             contexts[i], is_weights[i] = Context(c.token_ids, c.loss_mask, lp.tolist(), c.weight_version), iw

@@ -1,0 +1,83 @@
+"""The engine/learner mismatch, corrected (`algorithm.old_logprobs: recompute`): a bf16 vLLM engine samples,
+an fp32 learner trains. The mismatch it measures is non-zero, and the step's policy loss equals the hand
+computation from the engine's recorded log-probs, the learner's recomputed ones and the clip."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from memrl.agents import SamplingConfig, make_agent, run_episodes, streaming_policy
+from memrl.envs import build as build_env
+from memrl.recipes.schema import AgentCfg, EnvCfg, RolloutCfg
+
+pytestmark = pytest.mark.slow
+
+CLIP = 1.0005  # narrow enough that some tokens' weights are truncated (the tiny model's mismatch is ~1e-3 per token)
+
+
+def _rollouts(engine):
+    agent = make_agent(engine.tokenizer, AgentCfg(name="memsearcher", memory_tokens=16))
+    envs = [build_env(EnvCfg(id="memrl.testing:LettersEnv")) for _ in range(6)]
+    trajs = run_episodes(agent, envs, list(range(6)), streaming_policy(engine),
+                         SamplingConfig(max_tokens=12, temperature=1.0, seed=0))
+    for i, t in enumerate(trajs):
+        t.advantage = 1.0 if i % 2 == 0 else -0.5
+    return trajs
+
+
+@pytest.fixture(scope="module")
+def bf16_rollouts(tiny_dir):
+    from memrl.agents import VLLMBackend
+
+    engine = VLLMBackend(tiny_dir, rollout=RolloutCfg(max_model_len=1024, dtype="bfloat16"))
+    try:
+        return _rollouts(engine)
+    finally:
+        engine.close()
+
+
+def _mean_abs_diff(learner, trajs) -> float:
+    contexts = [c for t in trajs for c in t.contexts if c.num_generated]
+    diffs = []
+    for c, lp in zip(contexts, learner.context_logprobs(contexts), strict=True):
+        at = torch.tensor(c.loss_mask, dtype=torch.bool)
+        at[0] = False
+        diffs.append((lp[at] - torch.tensor(c.logprobs)[at]).abs())
+    return float(torch.cat(diffs).mean())
+
+
+def test_recompute_measures_the_mismatch_and_weights_each_token_by_the_truncated_ratio(bf16_rollouts, vllm_tiny):
+    from memrl.rl.learner import Learner
+    from memrl.testing import learner_sections
+
+    trajs = bf16_rollouts
+    assert not any(t.failed for t in trajs)
+    learner = Learner("tiny:0", **learner_sections(old_logprobs="recompute", is_clip=CLIP, loss_agg="token_mean",
+                                                   zero_stage=0, lr=1e-3), seed=0)
+    contexts = [(c, t.advantage) for t in trajs for c in t.contexts if c.num_generated]
+    prox = learner.context_logprobs([c for c, _ in contexts])  # the fp32 learner's log-probs, before the update
+    terms, diffs = [], []
+    for (c, adv), lp in zip(contexts, prox, strict=True):
+        at = torch.tensor(c.loss_mask, dtype=torch.bool)
+        at[0] = False
+        engine = torch.tensor(c.logprobs)[at]
+        diffs.append((lp[at] - engine).abs())
+        # ratio exp(logp - prox) = 1 at the first update (same weights), so pg = -A * min(pi_learner / pi_engine, CLIP)
+        terms.append(-adv * torch.exp(lp[at] - engine).clamp(max=CLIP))
+    n = sum(len(t) for t in terms)
+    want = float(sum(t.sum() for t in terms)) / n  # token_mean: every loss token weighs 1 / n
+    mismatch = float(torch.cat(diffs).mean())
+    fp32 = _mean_abs_diff(learner, _rollouts(vllm_tiny))  # the same model sampled by an fp32 engine
+
+    m = learner.train_step(trajs)
+    print(f"bf16 engine vs fp32 learner: mean |logp diff| {m['mismatch_logp_abs']:.4f} (fp32 engine: {fp32:.1e}), "
+          f"k3 {m['mismatch_k3']:.2e}, "
+          f"truncated {m['offpolicy_clip_frac']:.2f} of {n} tokens")
+    assert m["skipped"] == 0.0 and m["train_tokens"] == n
+    assert m["mismatch_logp_abs"] > 10 * fp32  # it is the bf16 engine's: an fp32 engine agrees with the learner
+    assert m["mismatch_logp_abs"] == pytest.approx(mismatch, rel=1e-5)
+    assert m["mismatch_k3"] > 0
+    assert 0 < m["offpolicy_clip_frac"] < 1  # the clip binds on some tokens, not all
+    assert m["pg_loss"] == pytest.approx(want, rel=1e-4, abs=1e-6)
+    assert m["ratio_mean"] == pytest.approx(1.0, abs=1e-4)  # against the recomputed log-probs, not the engine's
