@@ -1,15 +1,23 @@
-"""One optimizer step's bookkeeping, whoever runs it (one `Learner`, or the ranks of a `LearnerGroup`): the
-weight versions checked, the minibatch built and shared out, the ranks' summed stats turned into metrics, and a
-GRPO step's metrics merged over its minibatches."""
+"""One step's bookkeeping around the loss: a GRPO step's rewards made advantages (`assign_advantages`); then,
+whoever runs the optimizer step (one `Learner`, or the ranks of a `LearnerGroup`), the weight versions checked,
+the minibatch built and shared out, the ranks' summed stats turned into metrics, and a GRPO step's metrics merged
+over its minibatches."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
+import torch
+
+from memrl.envs.rewards import shaped_reward
 from memrl.records import Trajectory
 from memrl.rl import losses
 from memrl.rl.batching import Part, minibatch
+
+if TYPE_CHECKING:
+    from memrl.recipes.schema import AlgorithmCfg
 
 
 def run_step(trajectories: list[Trajectory], sft: bool, version: int | None, loss_agg: str, max_tokens: int,
@@ -80,3 +88,22 @@ def check_versions(trajectories: list[Trajectory], version: int, max_staleness: 
                                            f"{version}")
         raise VersionMismatch(f"contexts sampled by weight version(s) {bad}, the learner is at version {version}: "
                               f"{rule}")
+
+
+def assign_advantages(trajs: list[Trajectory], algorithm: AlgorithmCfg) -> None:
+    """The reward rule of the recipe's `algorithm` section (`envs.rewards.shaped_reward`), then group-relative
+    advantages over the non-failed trajectories. A trajectory's env reward is its EM when it answered."""
+    al = algorithm
+    for t in trajs:
+        if not t.failed:
+            t.reward = shaped_reward(t.reward, t.info.get("f1", 0.0), t.info.get("format_errors", 0) > 0,
+                                     t.info.get("format_reward", 0.0) == 1.0, score=al.reward,
+                                     format_penalty=al.format_penalty, format_floor=al.format_floor)
+    live = [t for t in trajs if not t.failed]
+    if not live:
+        return
+    rewards = torch.tensor([t.reward for t in live], dtype=torch.float32)
+    groups = torch.tensor([t.group_id for t in live])
+    adv = losses.compute_advantages(al.advantage, rewards, groups)
+    for t, a in zip(live, adv.tolist(), strict=True):
+        t.advantage = a

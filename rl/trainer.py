@@ -28,19 +28,17 @@ from memrl.agents import SamplingConfig, make_agent, oracle_policy, run_episodes
 from memrl.agents.evaluate import eval_point, mean_per_turn, summarize, version_mix
 from memrl.envs import build as build_env
 from memrl.envs.baselines import answer_prior
-from memrl.envs.rewards import shaped_reward
 from memrl.io import write_jsonl
 from memrl.models import kv_bytes_per_token, load_tokenizer, resolve_model_dir
-from memrl.recipes.schema import AlgorithmCfg, Recipe, dump
-from memrl.records import Trajectory
+from memrl.recipes.schema import Recipe, dump
 from memrl.registry import plugin_modules
-from memrl.rl import checkpoint, losses
+from memrl.rl import checkpoint
 from memrl.rl.curriculum import Curriculum
 from memrl.rl.export import export
 from memrl.rl.learner_group import LearnerGroup, check_resources, check_storage
 from memrl.rl.metrics import MetricsWriter
 from memrl.rl.rollout import RolloutManager
-from memrl.rl.step import merge_minibatch_metrics
+from memrl.rl.step import assign_advantages, merge_minibatch_metrics
 from memrl.rl.streams import oracle_seeds, stream_seeds, task_seeds
 from memrl.rl.sync import WeightSync
 from memrl.rl.trackers import make_trackers
@@ -48,25 +46,6 @@ from memrl.rl.viewer import Viewer
 
 log = logging.getLogger(__name__)
 PRIOR_DRAWS = 1000  # training tasks the answer-prior baseline learns its constant guess from
-
-
-def assign_advantages(trajs: list[Trajectory], algorithm: AlgorithmCfg) -> None:
-    """The reward rule of the recipe's `algorithm` section (`envs.rewards.shaped_reward`), then group-relative
-    advantages over the non-failed trajectories. A trajectory's env reward is its EM when it answered."""
-    al = algorithm
-    for t in trajs:
-        if not t.failed:
-            t.reward = shaped_reward(t.reward, t.info.get("f1", 0.0), t.info.get("format_errors", 0) > 0,
-                                     t.info.get("format_reward", 0.0) == 1.0, score=al.reward,
-                                     format_penalty=al.format_penalty, format_floor=al.format_floor)
-    live = [t for t in trajs if not t.failed]
-    if not live:
-        return
-    rewards = torch.tensor([t.reward for t in live], dtype=torch.float32)
-    groups = torch.tensor([t.group_id for t in live])
-    adv = losses.compute_advantages(al.advantage, rewards, groups)
-    for t, a in zip(live, adv.tolist(), strict=True):
-        t.advantage = a
 
 
 class Trainer:
@@ -399,4 +378,4 @@ class Trainer:
         self.learner.close()
 
 
-__all__ = ["Trainer", "assign_advantages", "asdict"]
+__all__ = ["Trainer", "asdict"]
