@@ -150,6 +150,9 @@ class RolloutCfg(Section):
                          "PPO ratio inexact: the learner does not truncate its distribution)")
     env_timeout: float = Field(60.0, gt=0, description="seconds an env reset/step may take before its episode fails")
     rollout_timeout: float = Field(1800.0, gt=0, description="seconds a worker batch may take before it is re-run")
+    sync_timeout: float = Field(600.0, gt=0, description="seconds a weight sync (and forming its transfer group) may "
+                                "take on the learner ranks; past it the run stops with an error naming the ranks "
+                                "that did not finish")
     weight_sync: Literal["native", "blob"] = Field(
         "native", description="how new weights reach the engines: native = vLLM's weight-transfer protocol, layer by "
         "layer (memrl_gloo on CPU, nccl on GPU); blob = the whole model as one safetensors blob through Ray (fallback)")
@@ -247,6 +250,9 @@ class LearnerCfg(Section):
                                      "(partial fine-tuning for small CPU budgets); null = all")
     packed: bool = Field(False, description="MEM1 packed mode: one forward per trajectory with a block mask")
     ranks: int = Field(1, ge=1, description="data-parallel learner ranks (Ray actors; ZeRO shards over them)")
+    step_timeout: float = Field(3600.0, gt=0, description="seconds one optimizer step, checkpoint save or load may "
+                                "take on the ranks (also their torch.distributed collective timeout); past it the "
+                                "run stops with an error naming the ranks that did not finish")
     lora_rank: int = Field(0, ge=0, description="train LoRA adapters of this rank instead of the weights (peft); only "
                            "the adapter is synced to the engines (vLLM LoRA) and exports merge it; 0 = full weights")
     lora_alpha: float = Field(16.0, gt=0, description="LoRA scaling numerator (the update is alpha / rank * B A)")

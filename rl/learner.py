@@ -54,8 +54,11 @@ def lr_at(step: int, base_lr: float, warmup_steps: int) -> float:
 _SOLO_MARK = "MEMRL_SOLO_WORLD"
 
 
-def init_distributed(backend: str) -> None:
-    """Join (or, when launched alone, create) the torch.distributed group DeepSpeed needs."""
+def init_distributed(backend: str, timeout: float = 1800.0) -> None:
+    """Join (or, when launched alone, create) the torch.distributed group DeepSpeed needs; a collective that waits
+    longer than `timeout` seconds (`learner.step_timeout`) raises instead of hanging."""
+    from datetime import timedelta
+
     import deepspeed
 
     if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -66,7 +69,7 @@ def init_distributed(backend: str) -> None:
     if "RANK" not in os.environ or os.environ.get(_SOLO_MARK) == "1":
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port("127.0.0.1")), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
         os.environ[_SOLO_MARK] = "1"
-    deepspeed.init_distributed(dist_backend=backend, verbose=False)
+    deepspeed.init_distributed(dist_backend=backend, verbose=False, timeout=timedelta(seconds=timeout))
 
 
 DEEPSPEED_MIN = "0.19.8"  # the oldest release tested with unmanaged accumulation under ZeRO 0-3 (pyproject pins it)
@@ -141,7 +144,7 @@ class Learner(LearnerWeights):
         self.layout = PACKED if learner.packed else PADDED
         self.device = plan()
         check_deepspeed()
-        init_distributed(self.device.dist_backend)
+        init_distributed(self.device.dist_backend, learner.step_timeout)
         torch.manual_seed(seed)
         model = load_model(model_name, dtype=self.device.dtype)
         if learner.train_layers is not None:

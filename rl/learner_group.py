@@ -58,6 +58,24 @@ def check_resources(recipe, available: dict[str, float]) -> None:
             log.warning("%s (waiting for an autoscaler)", problem)
 
 
+class RankTimeout(RuntimeError):
+    """Learner ranks that did not finish a call within its timeout (a hung collective or transfer)."""
+
+
+def wait_ranks(refs: list, timeout: float, what: str, key: str) -> list:
+    """The results of one call on every rank (`refs`, in rank order), or RankTimeout naming the ranks that had not
+    finished after `timeout` seconds (and the recipe key that sets it) instead of waiting forever: one stuck rank
+    otherwise hangs the whole job (a collective or a weight broadcast has no watchdog of its own)."""
+    import ray
+
+    _, pending = ray.wait(list(refs), num_returns=len(refs), timeout=timeout)
+    if pending:
+        hung = [i for i, r in enumerate(refs) if r in pending]
+        raise RankTimeout(f"{what}: learner rank(s) {hung} of {len(refs)} did not finish within {timeout:g} s ({key}); "
+                          "a rank is stuck in a collective or a weight transfer, or its node is overloaded")
+    return ray.get(list(refs))
+
+
 def check_storage(recipe, nodes: int) -> None:
     """Fail before anything starts when a run on `nodes` > 1 Ray nodes has a relative `output_dir`: every node
     would resolve it in its own working directory, and the ranks' checkpoint shards and weights would land on
@@ -168,6 +186,7 @@ class LearnerGroup:
 
         n, timeout = learner.ranks, rollout.rollout_timeout
         self.loss_agg, self.max_tokens, self.max_staleness = algorithm.loss_agg, rollout.max_tokens, algorithm.max_staleness
+        self.step_timeout, self.sync_timeout = learner.step_timeout, rollout.sync_timeout
         bundle = {"CPU": resources.cpus_per_learner_rank}
         if resources.gpus_per_learner_rank:
             bundle["GPU"] = resources.gpus_per_learner_rank
@@ -190,52 +209,49 @@ class LearnerGroup:
     def train_step(self, trajectories: list[Trajectory], sft: bool = False, lr: float | None = None,
                    version: int | None = None) -> dict:
         """`Learner.train_step` over the ranks: weights for the whole minibatch, shares balanced by tokens."""
-        import ray
 
         def train_shares(part):
             shares = split(part, len(self.ranks))
-            return ray.get([r.train_part.remote(s, sft, lr, version) for r, s in zip(self.ranks, shares, strict=True)])
+            return self._all("an optimizer step", "learner.step_timeout", "train_part", shares, sft, lr, version)
 
         return run_step(trajectories, sft, version, self.loss_agg, self.max_tokens, train_shares, self.max_staleness)
 
-    def state_dict(self) -> dict:
-        import ray
+    def _all(self, what: str, key: str, method: str, per_rank: list | None = None, *args) -> list:
+        """`method(*args)` on every rank (with `per_rank[i]` first when given), waited for under the timeout that
+        `key` sets (`wait_ranks`)."""
+        timeout = self.sync_timeout if key == "rollout.sync_timeout" else self.step_timeout
+        refs = [getattr(r, method).remote(*([per_rank[i]] if per_rank is not None else []), *args)
+                for i, r in enumerate(self.ranks)]
+        return wait_ranks(refs, timeout, what, key)
 
-        return ray.get([r.state_dict.remote() for r in self.ranks])[0]
+    def state_dict(self) -> dict:
+        """The full weights (rank 0's; every rank takes part in the ZeRO-3 gather)."""
+        return self._all("gathering the weights", "rollout.sync_timeout", "state_dict")[0]
 
     def weights_blob(self) -> bytes:
         """The weights as the engines load them (a safetensors blob made on rank 0): one buffer crosses Ray."""
-        import ray
-
-        return ray.get([r.weights_blob.remote() for r in self.ranks])[0]
+        return self._all("serializing the weights", "rollout.sync_timeout", "weights_blob")[0]
 
     def join_transfer(self, engines: list, workers_per_engine: int, timeout: float) -> None:
         """Form the weight-transfer group: rank 0 (at a fresh port on its node) + every engine worker."""
         import ray
 
         addr, port = ray.get(self.ranks[0].address.remote(), timeout=timeout)
-        ray.get([r.join_transfer.remote(engines, workers_per_engine, addr, port, timeout) for r in self.ranks],
-                timeout=timeout)
+        self._all("forming the weight-transfer group", "rollout.sync_timeout", "join_transfer", None, engines,
+                  workers_per_engine, addr, port, timeout)
 
     def send_weights(self, version: int) -> None:
-        import ray
-
-        ray.get([r.send_weights.remote(version) for r in self.ranks])
+        """Stream the weights to the engines and commit `version` (every rank; rank 0 sends)."""
+        self._all(f"weight sync v{version}", "rollout.sync_timeout", "send_weights", None, version)
 
     def leave_transfer(self) -> None:
-        import ray
-
-        ray.get([r.leave_transfer.remote() for r in self.ranks])
+        self._all("leaving the weight-transfer group", "rollout.sync_timeout", "leave_transfer")
 
     def save_state(self, out: Path) -> None:
-        import ray
-
-        ray.get([r.save_state.remote(str(out)) for r in self.ranks])
+        self._all("saving a checkpoint", "learner.step_timeout", "save_state", None, str(out))
 
     def load_state(self, path: Path) -> None:
-        import ray
-
-        ray.get([r.load_state.remote(str(path)) for r in self.ranks])
+        self._all("loading a checkpoint", "learner.step_timeout", "load_state", None, str(path))
 
     def reset_optimizer(self) -> None:
         """`Learner.reset_optimizer` on every rank (the SFT -> GRPO handoff)."""

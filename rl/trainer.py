@@ -79,7 +79,7 @@ class Trainer:
                                        lora_rank=recipe.learner.lora_rank, plugins=plugins)
         # LoRA: only the adapter travels, as one small blob (the weight-transfer protocol moves full weights)
         mode = "blob" if recipe.learner.lora_rank else recipe.rollout.weight_sync
-        self.weights = WeightSync(self.learner, self.rollouts, mode, recipe.rollout.rollout_timeout)
+        self.weights = WeightSync(self.learner, self.rollouts, mode, recipe.rollout.sync_timeout)
         self.timings["startup"] = time.perf_counter() - t0
         self._pool = ThreadPoolExecutor(max_workers=1)  # the overlapped rollout (algorithm.max_staleness >= 1)
         self._ahead = None  # (step, future of its rollouts), started while the previous step learned

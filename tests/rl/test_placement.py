@@ -41,3 +41,28 @@ def test_a_relative_output_dir_on_several_nodes_is_refused_before_anything_start
     with pytest.raises(PlanError, match=r"output_dir 'runs/\{name\}' is relative but the Ray cluster has 2 nodes"):
         check_storage(relative, 2)
     check_storage(load_recipe("quickstart", [f"output_dir={tmp_path}/{{name}}"]), 2)
+
+
+def test_a_hung_rank_ends_the_call_with_an_error_naming_it(ray_local):
+    """A rank that does not finish within the timeout is named with the key that sets it; the others' results
+    are not waited for forever. (The stall is a sleeping Ray actor method, not a real stuck NCCL broadcast.)"""
+    from memrl.rl.learner_group import RankTimeout, wait_ranks
+
+    class Rank:  # defined here: Ray ships it by value (a test module is not importable on its workers)
+        def send_weights(self, stall_s: float) -> str:
+            import time
+
+            time.sleep(stall_s)
+            return "sent"
+
+    ranks = [ray_local.remote(num_cpus=0)(Rank).remote() for _ in range(3)]
+    try:
+        assert wait_ranks([r.send_weights.remote(0.0) for r in ranks], 30, "weight sync v1",
+                          "rollout.sync_timeout") == ["sent"] * 3
+        refs = [r.send_weights.remote(60.0 if i == 1 else 0.0) for i, r in enumerate(ranks)]
+        with pytest.raises(RankTimeout, match=r"weight sync v2: learner rank\(s\) \[1\] of 3 did not finish within 2 s "
+                                              r"\(rollout.sync_timeout\)"):
+            wait_ranks(refs, 2, "weight sync v2", "rollout.sync_timeout")
+    finally:
+        for r in ranks:
+            ray_local.kill(r)
