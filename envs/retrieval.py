@@ -311,12 +311,20 @@ class DenseRetriever(_Indexed):
 
 
 class HttpRetriever:
-    """Client of `memrl retriever serve` (Search-R1's /retrieve JSON), with a timeout and retries."""
+    """Client of `memrl retriever serve` (Search-R1's /retrieve JSON), with a timeout and retries. `url` may list
+    several replicas, comma-separated: calls rotate over them, and a failed attempt moves to the next one."""
 
     def __init__(self, url: str, timeout: float = 10.0, retries: int = 3, backoff: float = 0.2) -> None:
+        import itertools
+        import threading
+
         import httpx
 
-        self.url = url.rstrip("/")
+        self.urls = [u.strip().rstrip("/") for u in url.split(",") if u.strip()]
+        if not self.urls:
+            raise ValueError("HttpRetriever needs a URL")
+        self.url = ",".join(self.urls)
+        self._turn, self._lock = itertools.count(), threading.Lock()
         self.retries, self.backoff = retries, backoff
         self.client = httpx.Client(timeout=timeout)
 
@@ -331,19 +339,22 @@ class HttpRetriever:
             return [[] for _ in queries]
         body = {"queries": list(queries), "topk": int(k), "return_scores": True}
         last: Exception | None = None
+        with self._lock:
+            first = next(self._turn)
         for attempt in range(self.retries + 1):
+            url = self.urls[(first + attempt) % len(self.urls)]  # a failed replica: the next attempt asks another
             try:
-                resp = self.client.post(f"{self.url}/retrieve", json=body)
+                resp = self.client.post(f"{url}/retrieve", json=body)
                 if resp.status_code < 500:
                     resp.raise_for_status()
                     return [[_from_search_r1(hit) for hit in hits] for hits in resp.json()["result"]]
                 last = RuntimeError(f"HTTP {resp.status_code}: {resp.text[:200]}")
             except Exception as exc:  # connection refused, timeout, 4xx: 4xx is not retried
                 if getattr(exc, "response", None) is not None and exc.response.status_code < 500:
-                    raise RetrievalError(f"{self.url}/retrieve rejected the request: {exc.response.text[:300]}") from exc
+                    raise RetrievalError(f"{url}/retrieve rejected the request: {exc.response.text[:300]}") from exc
                 last = exc
             if attempt < self.retries:
-                log.warning("retrieval at %s failed (%s); retry %d/%d", self.url, last, attempt + 1, self.retries)
+                log.warning("retrieval at %s failed (%s); retry %d/%d", url, last, attempt + 1, self.retries)
                 time.sleep(self.backoff * 2**attempt)
         raise RetrievalError(f"retrieval server {self.url} did not answer after {self.retries + 1} attempts: {last}")
 

@@ -109,6 +109,34 @@ def _finite(p: Passage) -> Passage:
     return p if math.isfinite(p.score) else Passage(p.id, p.title, p.text, 0.0)
 
 
+class BackgroundServer:
+    """uvicorn serving `app` on `host`:`port` in a daemon thread of this process (a retrieval service replica,
+    tests); `stop()` shuts it down and waits."""
+
+    def __init__(self, app, port: int, host: str = "127.0.0.1") -> None:
+        import threading
+        import time
+
+        import uvicorn
+
+        self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"uvicorn did not start on {host}:{port} (is the port taken?)")
+            time.sleep(0.01)
+        self.url = f"http://{host}:{port}"
+
+    def stop(self) -> None:
+        """Shut the server down and wait for its thread."""
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+        if self.thread.is_alive():
+            raise RuntimeError("uvicorn did not stop within 10 s")
+
+
 def serve(retriever: Retriever, host: str = "127.0.0.1", port: int = 8000) -> None:
     """Serve `retriever` with uvicorn until interrupted."""
     import uvicorn

@@ -212,26 +212,8 @@ def check_mlflow_run(out, recipe, metrics) -> list[str]:
     return [a.path for a in client.list_artifacts(run.info.run_id)]
 
 
-class LiveServer:
-    """uvicorn serving `app` in a daemon thread; `stop()` shuts it down and waits."""
+def LiveServer(app, port: int):  # noqa: N802 - the tests' name for it
+    """uvicorn serving `app` on 127.0.0.1:`port` in a daemon thread (`memrl.envs.server.BackgroundServer`)."""
+    from memrl.envs.server import BackgroundServer
 
-    def __init__(self, app, port: int) -> None:
-        import threading
-        import time
-
-        import uvicorn
-
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            assert self.thread.is_alive() and time.monotonic() < deadline, f"uvicorn did not start on {port}"
-            time.sleep(0.01)
-        self.url = f"http://127.0.0.1:{port}"
-
-    def stop(self) -> None:
-        """Shut the server down and wait for its thread."""
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-        assert not self.thread.is_alive()
+    return BackgroundServer(app, port)

@@ -316,6 +316,19 @@ class ResourcesCfg(Section):
     address: str | None = Field(None, description="Ray address to join (None = start a local Ray)")
 
 
+class RetrievalCfg(Section):
+    """Retrieval as one service of the run (rl/services.py): replicas started as Ray actors, called over HTTP by
+    every rollout worker's envs, instead of an index inside every worker."""
+
+    serve: bool = Field(False, description="start the env's retriever (env.kwargs retriever / corpus / index / "
+                        "encoder of memrl/SearchQA-v0) as a service of the run; the envs then call it over HTTP")
+    replicas: int = Field(1, ge=1, description="servers (each builds or opens the index once); calls rotate over them")
+    cpus_per_replica: float = Field(1.0, gt=0, description="CPUs Ray reserves for each replica")
+    port: int = Field(8300, ge=1024, le=65000, description="port of replica 0 on its node (replica i: port + i); a "
+                      "replica Ray restarts comes back on the same port")
+    start_timeout: float = Field(1800.0, gt=0, description="seconds the replicas may take to build or open the index")
+
+
 class LoggingCfg(Section):
     """Progress bars and experiment trackers (metrics.jsonl is always written; rl/trackers.py)."""
 
@@ -353,6 +366,7 @@ class Recipe(Section):
     curriculum: CurriculumCfg = Field(default_factory=CurriculumCfg)
     train: TrainCfg = Field(default_factory=TrainCfg)
     resources: ResourcesCfg = Field(default_factory=ResourcesCfg)
+    retrieval: RetrievalCfg = Field(default_factory=RetrievalCfg)
     logging: LoggingCfg = Field(default_factory=LoggingCfg)
 
     @model_validator(mode="before")

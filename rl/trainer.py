@@ -38,6 +38,7 @@ from memrl.rl.export import export
 from memrl.rl.learner_group import LearnerGroup, check_resources, check_storage
 from memrl.rl.metrics import MetricsWriter
 from memrl.rl.rollout import RolloutManager
+from memrl.rl.services import start_retrieval, stop_retrieval
 from memrl.rl.step import assign_advantages, merge_minibatch_metrics
 from memrl.rl.streams import oracle_seeds, stream_seeds, task_seeds
 from memrl.rl.sync import WeightSync
@@ -70,6 +71,8 @@ class Trainer:
 
         check_resources(recipe, ray.cluster_resources())  # before any model loads
         check_storage(recipe, sum(1 for n in ray.nodes() if n.get("Alive")))
+        self.services, recipe = start_retrieval(recipe)  # the envs then call the run's retrieval service
+        self.recipe = recipe
         plugins = tuple(plugin_modules(recipe.plugins))  # every actor knows the names this run registered
         self.learner = LearnerGroup(str(self.model_dir), learner=recipe.learner, algorithm=recipe.algorithm,
                                     rollout=recipe.rollout, resources=recipe.resources, seed=recipe.seed,
@@ -257,6 +260,9 @@ class Trainer:
         if al.max_staleness and step + 1 < self.recipe.train.steps:
             ns = self._objectives(step + 1)  # drawn here: the curriculum is only touched by this thread
             self._ahead = (step + 1, self._pool.submit(self._rollouts, step + 1, ns))
+        if trajs and all(t.failed for t in trajs):  # e.g. a retrieval service that stays down: never silently
+            raise RuntimeError(f"every episode of GRPO step {step} failed; the first error: "
+                               f"{trajs[0].info.get('error', 'unknown')}")
         summary = summarize(trajs)
         assign_advantages(trajs, al)
         live = [t for t in trajs if not t.failed]
@@ -373,6 +379,7 @@ class Trainer:
         self.metrics.close([self.out / f for f in ("report.md", "summary.json", "recipe.yaml", "viewer.html")]
                            + sorted(self.out.glob("*.png")))
         self._pool.shutdown(wait=True)
+        stop_retrieval(self.services)
         self.learner.leave_transfer()
         self.rollouts.shutdown()
         self.learner.close()

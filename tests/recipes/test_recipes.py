@@ -107,7 +107,7 @@ NOT_UTF8 = b"name: caf\xe9\n"
 
 # (case id, YAML text / NOT_FOUND / bytes, --set overrides, substrings the RecipeError must contain)
 BAD_RECIPES = [
-    ("unknown-top-level-key", "trian: {steps: 3}", [], ["unknown key 'trian'", "did you mean train?"]),
+    ("unknown-top-level-key", "trian: {steps: 3}", [], ["unknown key 'trian'", "did you mean train or retrieval?"]),
     ("misspelled-nested-key", "algorithm: {grop_size: 8}", [],
      ["unknown key 'algorithm.grop_size'", "did you mean group_size?", "valid keys here: advantage, group_size"]),
     ("wrong-type", "train: {steps: ten}", [], ["train.steps", "valid integer", "'ten'"]),
@@ -123,7 +123,7 @@ BAD_RECIPES = [
     ("output-dir-placeholder", "output_dir: runs/{nam}", [], ["output_dir", "{name}"]),
     ("set-without-equals", "{}", ["train.steps"], ["--set expects key.path=value", "'train.steps'"]),
     ("set-unknown-path", "{}", ["algorithm.grop_size=8"], ["algorithm.grop_size", "did you mean group_size?"]),
-    ("set-unknown-section", "{}", ["trainer.steps=8"], ["unknown key 'trainer'", "did you mean train or learner?"]),
+    ("set-unknown-section", "{}", ["trainer.steps=8"], ["unknown key 'trainer'", "did you mean train, learner or retrieval?"]),
     ("set-into-a-value", "model: {name: smollm2-135m-instruct}", ["model.name.x=1"], ["--set model.name.x", "'model.name' is a value"]),
     ("set-empty-key-part", "{}", ["train..steps=3"], ["train..steps", "empty part"]),
     ("set-bad-yaml-value", "{}", ["train.eval_objectives=[1, 2"], ["--set train.eval_objectives", "not valid YAML"]),
