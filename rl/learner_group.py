@@ -38,10 +38,12 @@ def check_resources(recipe, available: dict[str, float]) -> None:
     and the placement group's wait (`rollout.rollout_timeout`) fails with the same keys if none come."""
     from memrl.plan import PlanError
 
-    r, res = recipe.rollout, recipe.resources
+    r, res, ret = recipe.rollout, recipe.resources, recipe.retrieval
+    service = ret.replicas * ret.cpus_per_replica if ret.serve else 0.0  # the run's retrieval service
     asks = {
-        "CPU": (r.workers * res.cpus_per_worker + recipe.learner.ranks * res.cpus_per_learner_rank,
-                "rollout.workers x resources.cpus_per_worker + learner.ranks x resources.cpus_per_learner_rank"),
+        "CPU": (r.workers * res.cpus_per_worker + recipe.learner.ranks * res.cpus_per_learner_rank + service,
+                "rollout.workers x resources.cpus_per_worker + learner.ranks x resources.cpus_per_learner_rank"
+                + (" + retrieval.replicas x retrieval.cpus_per_replica" if ret.serve else "")),
         "GPU": (r.workers * res.gpus_per_worker + recipe.learner.ranks * res.gpus_per_learner_rank,
                 "rollout.workers x resources.gpus_per_worker + learner.ranks x resources.gpus_per_learner_rank"),
     }
@@ -50,9 +52,10 @@ def check_resources(recipe, available: dict[str, float]) -> None:
         if need > have + 1e-9:
             per_worker = res.cpus_per_worker if name == "CPU" else res.gpus_per_worker
             per_rank = res.cpus_per_learner_rank if name == "CPU" else res.gpus_per_learner_rank
+            extra = f" + {ret.replicas} x {ret.cpus_per_replica:g}" if name == "CPU" and ret.serve else ""
             problem = (f"the recipe needs {need:g} {name} ({keys} = {r.workers} x {per_worker:g} + "
-                       f"{recipe.learner.ranks} x {per_rank:g}) but the Ray cluster has {have:g}: lower those keys "
-                       "or add nodes")
+                       f"{recipe.learner.ranks} x {per_rank:g}{extra}) but the Ray cluster has {have:g}: lower those "
+                       "keys or add nodes")
             if res.address is None:
                 raise PlanError(problem)
             log.warning("%s (waiting for an autoscaler)", problem)

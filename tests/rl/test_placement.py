@@ -19,6 +19,13 @@ def test_missing_cpus_name_the_keys_that_asked_for_them():
         check_resources(recipe, {"CPU": 2.0})
 
 
+def test_the_retrieval_service_counts_in_the_cpus():
+    recipe = load_recipe("quickstart", ["retrieval.serve=true", "retrieval.replicas=2", "retrieval.cpus_per_replica=4"])
+    with pytest.raises(PlanError, match=r"needs 10 CPU \(.* \+ retrieval.replicas x retrieval.cpus_per_replica = "
+                                        r"1 x 1 \+ 1 x 1 \+ 2 x 4\) but the Ray cluster has 8"):
+        check_resources(recipe, {"CPU": 8.0})
+
+
 def test_missing_gpus_are_refused_too():
     recipe = load_recipe("memsearcher")  # 4 engines + 4 learner ranks, one GPU each
     with pytest.raises(PlanError, match=r"needs 8 GPU .* = 4 x 1 \+ 4 x 1\) but the Ray cluster has 4"):
