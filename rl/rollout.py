@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 from memrl.agents import SamplingConfig, VLLMBackend, make_agent, run_episodes, streaming_policy
 from memrl.envs.registry import build as build_env
 from memrl.envs.registry import build_key
+from memrl.models import resolve_model_dir
 from memrl.records import Trajectory
 
 if TYPE_CHECKING:
@@ -72,6 +73,9 @@ class RolloutWorker:
         from memrl.registry import import_plugins
 
         import_plugins(plugins)  # agents registered by this run (a recipe's `plugins`, or registrations)
+        # `model_dir` may be the recipe's model name: resolved on this node (a tied model's untied copy is made in
+        # this node's MEMRL_CACHE: a path from the driver's cache would not exist on another node)
+        model_dir = str(resolve_model_dir(model_dir))
         self.backend = VLLMBackend(model_dir, rollout=rollout, seed=seed, lora_rank=lora_rank)
         self.envs: dict[str, list] = {}
         self.fault = fault or {}  # test hook: {"die_after_turns": n, "once_file": path} exits mid-rollout

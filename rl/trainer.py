@@ -74,10 +74,11 @@ class Trainer:
         self.services, recipe = start_retrieval(recipe)  # the envs then call the run's retrieval service
         self.recipe = recipe
         plugins = tuple(plugin_modules(recipe.plugins))  # every actor knows the names this run registered
-        self.learner = LearnerGroup(str(self.model_dir), learner=recipe.learner, algorithm=recipe.algorithm,
+        # actors get the model's name and resolve it on their own node (their cache, their untied copy)
+        self.learner = LearnerGroup(recipe.model.name, learner=recipe.learner, algorithm=recipe.algorithm,
                                     rollout=recipe.rollout, resources=recipe.resources, seed=recipe.seed,
                                     plugins=plugins)
-        self.rollouts = RolloutManager(str(self.model_dir), rollout=recipe.rollout, resources=recipe.resources,
+        self.rollouts = RolloutManager(recipe.model.name, rollout=recipe.rollout, resources=recipe.resources,
                                        seed=recipe.seed, blob_source=self.learner.weights_blob,
                                        lora_rank=recipe.learner.lora_rank, plugins=plugins)
         # LoRA: only the adapter travels, as one small blob (the weight-transfer protocol moves full weights)
