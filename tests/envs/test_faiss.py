@@ -89,31 +89,49 @@ def test_the_server_serves_faiss_through_search_r1_and_flashrag_routes(built):
         server.stop()
 
 
+def _musique(folder, n: int) -> tuple[list[dict], list[tuple[str, set]]]:
+    """The first `n` MuSiQue questions' own paragraphs as a corpus, and each question with its supporting
+    (title, text) pairs."""
+    rows = json.loads((folder / "musique_train.json").read_text())[:n]
+    corpus = list({(p["title"], p["paragraph_text"]): {"title": p["title"], "text": p["paragraph_text"]}
+                   for q in rows for p in q["paragraphs"]}.values())
+    gold = [(q["question"], {(p["title"], p["paragraph_text"]) for p in q["paragraphs"] if p["is_supporting"]})
+            for q in rows]
+    return corpus, gold
+
+
+def _hotpotqa(folder, n: int) -> tuple[list[dict], list[tuple[str, set]]]:
+    """The first `n` HotpotQA questions' context paragraphs (distractor setting) as a corpus, and each question with
+    its supporting paragraphs (title, text)."""
+    rows = json.loads((folder / "hotpotqa_train.json").read_text())[:n]
+    text = {title: "".join(sents) for q in rows for title, sents in q["context"]}
+    corpus = [{"title": t, "text": x} for t, x in text.items()]
+    gold = [(q["question"], {(t, text[t]) for t, _ in q["supporting_facts"]}) for q in rows]
+    return corpus, gold
+
+
 @pytest.mark.slow
-def test_faiss_recall_at_5_on_musique_beside_bm25(tmp_path):
-    """The 30 MuSiQue questions' own paragraphs (600 passages, as the dense test): MiniLM through FAISS vs BM25."""
+@pytest.mark.parametrize("dataset", ["musique", "hotpotqa"])
+def test_faiss_recall_at_5_beside_bm25(dataset, tmp_path):
+    """30 questions of the shared real data over their own paragraphs (MuSiQue ~600, HotpotQA ~300 passages):
+    MiniLM through a FAISS index built here vs BM25, recall@5 of the supporting paragraphs."""
     from memrl.paths import data_dir
 
     folder = data_dir() / "multihop" if data_dir() is not None else None
-    if folder is None or not (folder / "musique_train.json").is_file():
-        pytest.skip("real QA data not found: set MEMRL_DATA_DIR to a folder with multihop/musique_train.json")
-    questions = json.loads((folder / "musique_train.json").read_text())[:30]
-    corpus = list({(p["title"], p["paragraph_text"]): {"title": p["title"], "text": p["paragraph_text"]}
-                   for q in questions for p in q["paragraphs"]}.values())
+    if folder is None or not (folder / f"{dataset}_train.json").is_file():
+        pytest.skip("real QA data not found: set MEMRL_DATA_DIR to a folder with multihop/*_train.json")
+    corpus, gold = (_musique if dataset == "musique" else _hotpotqa)(folder, 30)
     src = tmp_path / "corpus.json"
     src.write_text(json.dumps(corpus))
     out = build_index(src, minilm_path(), tmp_path / "index", passage_prefix="")
     assert len(load_corpus(out / CORPUS_FILE)) == len(corpus)
 
     def recall(retriever) -> float:
-        fractions = []
-        for q, hits in zip(questions, retriever.batch_search([q["question"] for q in questions], 5), strict=True):
-            gold = {(p["title"], p["paragraph_text"]) for p in q["paragraphs"] if p["is_supporting"]}
-            fractions.append(len(gold & {(h.title, h.text) for h in hits}) / len(gold))
-        return sum(fractions) / len(fractions)
+        hits = retriever.batch_search([q for q, _ in gold], 5)
+        return sum(len(g & {(h.title, h.text) for h in row}) / len(g) for (_, g), row in zip(gold, hits, strict=True)) / len(gold)
 
     faiss_recall = recall(FaissRetriever(out / INDEX_FILE, out / CORPUS_FILE, minilm_path(), query_prefix=""))
     bm25_recall = recall(make_retriever("bm25", corpus, persist=False))
-    print(f"\nrecall@5 on 30 MuSiQue questions ({len(corpus)} passages): FAISS (MiniLM) {faiss_recall:.3f}, "
+    print(f"\nrecall@5 on 30 {dataset} questions ({len(corpus)} passages): FAISS (MiniLM) {faiss_recall:.3f}, "
           f"BM25 {bm25_recall:.3f}")
     assert faiss_recall > 0.3
