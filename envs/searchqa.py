@@ -156,7 +156,10 @@ def load_qa_file(path: Path) -> list[Task]:
 
 
 def _own_file(dataset: str) -> bool:
-    """A user's question file or Hugging Face dataset folder (not a dataset of the data folder)."""
+    """A user's question file or Hugging Face dataset folder (not a dataset of the data folder, whose names win over
+    a folder of the same name in the working directory)."""
+    if dataset in (*DATASETS, "all"):
+        return False
     return dataset.endswith((".json", ".jsonl", ".parquet")) or hf_dataset_path(dataset) is not None
 
 
