@@ -30,6 +30,15 @@ PICKS = ("random", "by_seed")
 log = logging.getLogger(__name__)
 
 
+def corpus_files(corpus: list[str] | str | None, data_dir: str | Path | None) -> list[str]:
+    """The corpus files of a SearchQA env: `corpus` (one path or a list), else the union of the data folder's
+    corpora (`UNION`)."""
+    if corpus is not None:
+        return [corpus] if isinstance(corpus, str) else list(corpus)
+    folder = _folder(data_dir)
+    return [str(folder / name) for name in UNION]
+
+
 def _folder(root: str | Path | None) -> Path:
     base = Path(root) if root else data_dir()
     if base is None or not (base / "multihop").is_dir():
@@ -221,7 +230,7 @@ class SearchQAEnv(TaskEnv):
         own_files = _own_file(dataset) and corpus is not None
         folder = None if own_files else _folder(data_dir)  # user files need no data folder
         self.questions = load_questions(str(folder or ""), dataset, split)
-        paths = [corpus] if isinstance(corpus, str) else corpus or [str(folder / name) for name in UNION]
+        paths = corpus_files(corpus or None, data_dir)
         missing = [str(p) for p in paths if not Path(p).is_file()]
         if missing and retriever != "http":  # found now, not at the first search of the first step
             raise FileNotFoundError(f"corpus file(s) not found: {', '.join(missing)} (env.kwargs.corpus)")

@@ -189,7 +189,7 @@ class LearnerGroup:
 
         n, timeout = learner.ranks, rollout.rollout_timeout
         self.loss_agg, self.max_tokens, self.max_staleness = algorithm.loss_agg, rollout.max_tokens, algorithm.max_staleness
-        self.step_timeout, self.sync_timeout = learner.step_timeout, rollout.sync_timeout
+        self.timeouts = {"learner.step_timeout": learner.step_timeout, "rollout.sync_timeout": rollout.sync_timeout}
         bundle = {"CPU": resources.cpus_per_learner_rank}
         if resources.gpus_per_learner_rank:
             bundle["GPU"] = resources.gpus_per_learner_rank
@@ -222,10 +222,9 @@ class LearnerGroup:
     def _all(self, what: str, key: str, method: str, per_rank: list | None = None, *args) -> list:
         """`method(*args)` on every rank (with `per_rank[i]` first when given), waited for under the timeout that
         `key` sets (`wait_ranks`)."""
-        timeout = self.sync_timeout if key == "rollout.sync_timeout" else self.step_timeout
         refs = [getattr(r, method).remote(*([per_rank[i]] if per_rank is not None else []), *args)
                 for i, r in enumerate(self.ranks)]
-        return wait_ranks(refs, timeout, what, key)
+        return wait_ranks(refs, self.timeouts[key], what, key)
 
     def state_dict(self) -> dict:
         """The full weights (rank 0's; every rank takes part in the ZeRO-3 gather)."""

@@ -48,13 +48,9 @@ def service_kwargs(env_kwargs: dict) -> tuple[str, list[str], dict]:
     if kind not in ("bm25", "dense", "faiss"):
         raise ValueError(f"retrieval.serve needs an env that searches a corpus in-process (env.kwargs.retriever bm25, "
                          f"dense or faiss, as memrl/SearchQA-v0), got retriever {kind!r}")
-    corpus = env_kwargs.get("corpus")
-    if corpus is None:
-        from memrl.envs.searchqa import UNION, _folder
+    from memrl.envs.searchqa import corpus_files
 
-        folder = _folder(env_kwargs.get("data_dir"))
-        corpus = [str(folder / name) for name in UNION]
-    corpus = [corpus] if isinstance(corpus, str) else list(corpus)
+    corpus = corpus_files(env_kwargs.get("corpus"), env_kwargs.get("data_dir"))
     faiss = {k: env_kwargs[k] for k in ("index", "encoder", "query_prefix") if k in env_kwargs} if kind == "faiss" else {}
     return kind, corpus, faiss
 
