@@ -249,6 +249,9 @@ class LearnerCfg(Section):
     train_layers: int | None = Field(None, ge=0, description="train only the top K decoder blocks + lm_head "
                                      "(partial fine-tuning for small CPU budgets); null = all")
     packed: bool = Field(False, description="MEM1 packed mode: one forward per trajectory with a block mask")
+    shared_prefix: bool = Field(True, description="run the prompt prefix every context of a micro-batch shares (the "
+                                "chat template and system prompt) once, not once per context (same result, fewer "
+                                "tokens; not with gradient_checkpointing or ZeRO-3)")
     ranks: int = Field(1, ge=1, description="data-parallel learner ranks (Ray actors; ZeRO shards over them)")
     step_timeout: float = Field(3600.0, gt=0, description="seconds one optimizer step, checkpoint save or load may "
                                 "take on the ranks (also their torch.distributed collective timeout); past it the "

@@ -28,20 +28,13 @@ from memrl.records import Context, Trajectory
 from memrl.rl import losses
 from memrl.rl.batching import PACKED, PADDED, Batch, Part, micro_batches, minibatch
 from memrl.rl.learner_state import LearnerWeights
+from memrl.rl.prefix import logits_at
 from memrl.rl.step import run_step
 
 if TYPE_CHECKING:
     from memrl.recipes.schema import AlgorithmCfg, LearnerCfg, RolloutCfg
 
 log = logging.getLogger(__name__)
-
-
-def _logits_at(model, inputs: dict[str, torch.Tensor], sel: torch.Tensor) -> torch.Tensor:
-    """LM-head logits (M,V) at the positions `sel` (R,L) only: the decoder runs on every token, the
-    vocabulary projection only where a loss token is predicted (like TRL's `logits_to_keep`, but per
-    row): the (positions, V) logits are the largest tensor of the forward."""
-    hidden = model.get_decoder()(**inputs, use_cache=False).last_hidden_state  # (R,L,H)
-    return model.get_output_embeddings()(hidden[sel])
 
 
 def lr_at(step: int, base_lr: float, warmup_steps: int) -> float:
@@ -142,6 +135,9 @@ class Learner(LearnerWeights):
         self.temperature = rollout.temperature
         self.max_tokens = rollout.max_tokens
         self.layout = PACKED if learner.packed else PADDED
+        # the shared-prefix forward (rl/prefix.py) needs the decoder's cache (off under activation checkpointing)
+        # and runs two forwards where ZeRO-3 ranks must run the same number of collective ones
+        self.share_prefix = learner.shared_prefix and not learner.gradient_checkpointing and learner.zero_stage != 3
         self.device = plan()
         check_deepspeed()
         init_distributed(self.device.dist_backend, learner.step_timeout)
@@ -261,7 +257,7 @@ class Learner(LearnerWeights):
                               self.device.dtype) if rows else self._empty_batch()).to(self.device.torch_device)
             sel = losses.predicting_positions(b.mask * b.keep)
             self._forward_prologue()
-            logits = _logits_at(self.engine.module, b.inputs, sel)
+            logits = logits_at(self.engine.module, b.inputs, sel, self.share_prefix)
             logp = losses.selected_logprobs(logits, losses.at_loss_tokens(b.input_ids, sel), self.temperature).cpu()
             if rows is None:
                 continue
@@ -315,7 +311,7 @@ class Learner(LearnerWeights):
 
     def _forward_prologue(self) -> None:
         """What `DeepSpeedEngine.forward` does before a forward, for our forward that calls the decoder and the
-        LM head directly (`_logits_at`): tell the ZeRO optimizer a new micro-batch starts. Without it ZeRO-3
+        LM head directly (`rl.prefix.logits_at`): tell the ZeRO optimizer a new micro-batch starts. Without it ZeRO-3
         never advances its micro-step and each backward overwrites the previous micro-batch's gradients instead
         of adding to them (measured: grad norm 2.45 instead of 3.00 over 3 micro-batches, tiny model);
         `test_learner.py::test_micro_batching_gives_the_same_update_as_one_batch[3]` checks it."""
@@ -336,7 +332,7 @@ class Learner(LearnerWeights):
         targets = losses.at_loss_tokens(b.input_ids, sel)
         w = losses.at_loss_tokens(b.weights, sel)
         self._forward_prologue()
-        logits = _logits_at(self.engine.module, b.inputs, sel)
+        logits = logits_at(self.engine.module, b.inputs, sel, self.share_prefix)
         if sft:
             return losses.sft_objective(losses.selected_logprobs(logits, targets), w)
         T, al = self.temperature, self.algo
@@ -344,7 +340,7 @@ class Learner(LearnerWeights):
         ref_logp = None
         if self.ref is not None:
             with torch.no_grad():
-                ref_logp = losses.selected_logprobs(_logits_at(self.ref, b.inputs, sel), targets, T)
+                ref_logp = losses.selected_logprobs(logits_at(self.ref, b.inputs, sel, self.share_prefix), targets, T)
         entropy = losses.selected_entropy(logits if al.entropy_coef > 0 else logits.detach(), T)
         return losses.objective(logp, losses.at_loss_tokens(b.old_logp, sel), losses.at_loss_tokens(b.adv, sel), w,
                                 clip_low=al.clip_low, clip_high=al.clip_high, dual_clip=al.dual_clip,

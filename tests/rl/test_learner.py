@@ -121,8 +121,8 @@ def test_train_layers_updates_only_the_top_blocks_and_the_head(make_learner):
 
 def test_logits_at_selected_positions_equal_the_full_forward():
     from memrl.models import load_model
-    from memrl.rl.learner import _logits_at
     from memrl.rl.losses import predicting_positions
+    from memrl.rl.prefix import logits_at
 
     model = load_model("tiny:0", dtype=torch.float32).eval()
     ids = torch.randint(3, 250, (2, 12), generator=torch.Generator().manual_seed(0))
@@ -130,7 +130,7 @@ def test_logits_at_selected_positions_equal_the_full_forward():
     sel = predicting_positions(torch.tensor([[0] * 6 + [1] * 6, [0] * 9 + [1] * 3]))
     with torch.no_grad():
         full = model(**inputs).logits
-        part = _logits_at(model, inputs, sel)
+        part = logits_at(model, inputs, sel)
     assert part.shape == (int(sel.sum()), full.shape[-1])
     torch.testing.assert_close(part, full[sel], atol=1e-5, rtol=1e-5)
 
@@ -158,3 +158,44 @@ def test_a_deepspeed_without_unmanaged_accumulation_is_refused(monkeypatch):
     monkeypatch.delattr(constants, "MANAGED_GRADIENT_ACCUMULATION")
     with pytest.raises(RuntimeError, match=f"needs deepspeed>={DEEPSPEED_MIN}"):
         check_deepspeed()
+
+
+def _shared_prefix_trajs(seed: int) -> list[Trajectory]:
+    """Contexts that all open with the same 24 tokens (a chat template and system prompt), as a memory agent's do."""
+    g = torch.Generator().manual_seed(seed)
+    head = torch.randint(3, 250, (24,), generator=g).tolist()
+    out = []
+    for adv in (1.0, -1.0, 0.5):
+        ctxs = []
+        for n in (9, 17):
+            ids = head + torch.randint(3, 250, (n,), generator=g).tolist()
+            mask = [0] * (24 + 4) + [1] * (n - 4)
+            ctxs.append(Context(ids, mask, [-5.5 if m else 0.0 for m in mask]))
+        out.append(Trajectory(ctxs, reward=adv, advantage=adv))
+    return out
+
+
+def test_shared_prefix_step_equals_the_full_forward_step(make_learner):
+    """learner.shared_prefix (rl/prefix.py) changes how many tokens the decoder runs, not the update: the same loss,
+    statistics, gradient norm and weights as the full forward, step after step."""
+    trajs = _shared_prefix_trajs(0)
+    runs = []
+    for share in (False, True):
+        learner = make_learner(shared_prefix=share, kl_coef=0.1)
+        assert learner.share_prefix is share
+        before = learner.state_dict()
+        runs.append(([learner.train_step(trajs), learner.train_step(trajs)], learner.state_dict()))
+    tol = float_tolerance()
+    for a, b in zip(runs[0][0], runs[1][0], strict=True):
+        for key in ("loss", "pg_loss", "approx_kl", "kl", "entropy", "grad_norm", "train_tokens"):
+            assert b[key] == pytest.approx(a[key], rel=tol, abs=tol), key
+    # Adam divides each gradient by its own running magnitude, so a weight whose gradient is ~0 can move by up to lr
+    # on a float-rounding difference in it: compare the two updates as a whole, not weight by weight
+    update = torch.cat([(runs[0][1][k] - before[k]).flatten().float() for k in before])
+    apart = torch.cat([(runs[1][1][k] - runs[0][1][k]).flatten().float() for k in before])
+    assert update.norm() > 0 and apart.norm() < 0.01 * update.norm()
+
+
+def test_shared_prefix_is_off_where_the_cache_or_the_collectives_forbid_it(make_learner):
+    assert make_learner(zero_stage=3).share_prefix is False
+    assert make_learner(gradient_checkpointing=True).share_prefix is False
