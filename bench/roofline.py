@@ -10,7 +10,8 @@ B prompts x T tokens, each decoding exactly N tokens. FLOPs are counted as
     rollout: 2 x N_matmul x (prompt + generated tokens)  (attention not counted)
 
 Decoding reads every weight once per step, so it is also bounded by bandwidth: one step of a batch of b
-sequences takes >= 4 x params bytes / bandwidth, i.e. <= b x bandwidth / (4 x params) tokens/s.
+sequences takes >= s x params bytes / bandwidth (s = 4 in fp32, 2 in bf16), i.e. <= b x bandwidth / (s x params)
+tokens/s. `--engines` times several engines (dtype, eager or compiled) in one run.
 
     python -m memrl.bench.roofline --model smollm2-135m-instruct --batch 8 --length 256
 """
@@ -84,6 +85,9 @@ def main(argv: list[str] | None = None, backend=None) -> dict:
     ap.add_argument("--gen-tokens", type=int, default=64, help="rollout: tokens decoded per sequence (EOS ignored)")
     ap.add_argument("--matmul-n", type=int, default=2048)
     ap.add_argument("--copy-mib", type=int, default=512)
+    ap.add_argument("--engines", default="float32:eager",
+                    help="vLLM engines to time, DTYPE:MODE,... (float32|bfloat16 : eager|compiled), each against the "
+                         "bandwidth bound of its own dtype")
     args = ap.parse_args(argv)
 
     torch.set_num_threads(os.cpu_count() or 1)
@@ -99,28 +103,24 @@ def main(argv: list[str] | None = None, backend=None) -> dict:
     learn_flops = 6 * n_mm * tokens + 12 * cfg.num_hidden_layers * cfg.hidden_size * args.length * tokens
     del model
 
-    if backend is None:
-        from memrl.agents import VLLMBackend
-
-        backend = VLLMBackend(resolve_model_dir(args.model), rollout=RolloutCfg(max_model_len=2048))
     g = torch.Generator().manual_seed(1)
     prompts = torch.randint(10, cfg.vocab_size, (args.prompts, args.prompt_tokens), generator=g).tolist()
     lengths = [args.gen_tokens] * args.prompts
-    raw_generate(backend, prompts[:2], [4, 4])  # warm-up
-    t_roll = raw_generate(backend, prompts, lengths)
     gen_tokens = sum(lengths)
     roll_flops = 2 * n_mm * (args.prompts * args.prompt_tokens + gen_tokens)
-
-    step_bytes = 4 * n_all  # fp32 weights read once per decode step (KV cache reads not counted)
-    bw_bound_tok_s = args.prompts * bandwidth / step_bytes  # whole batch advances one token per step
-    out = {
-        "peak_flops": peak, "bandwidth_bytes_s": bandwidth,
-        "learner_s": t_learn, "learner_flops": learn_flops / t_learn, "learner_fraction": learn_flops / t_learn / peak,
-        "learner_tok_s": tokens / t_learn,
-        "rollout_s": t_roll, "rollout_flops": roll_flops / t_roll, "rollout_fraction": roll_flops / t_roll / peak,
-        "rollout_tok_s": gen_tokens / t_roll, "decode_bw_bound_tok_s": bw_bound_tok_s,
-        "decode_bw_fraction": gen_tokens / t_roll / bw_bound_tok_s,
-    }
+    out = {"peak_flops": peak, "bandwidth_bytes_s": bandwidth, "learner_s": t_learn,
+           "learner_flops": learn_flops / t_learn, "learner_fraction": learn_flops / t_learn / peak,
+           "learner_tok_s": tokens / t_learn}
+    rows = []
+    for i, (dtype, mode) in enumerate(_engines(args.engines if backend is None else "float32:eager")):
+        t_roll = _rollout_seconds(backend, args.model, dtype, mode, prompts, lengths)
+        step_bytes = torch.empty((), dtype=getattr(torch, dtype)).element_size() * n_all  # weights read per step
+        bound = args.prompts * bandwidth / step_bytes  # the whole batch advances one token per step
+        tag = "" if i == 0 else f"[{dtype}:{mode}]"  # the first engine's numbers keep the plain keys
+        out.update({f"rollout_s{tag}": t_roll, f"rollout_flops{tag}": roll_flops / t_roll,
+                    f"rollout_fraction{tag}": roll_flops / t_roll / peak, f"rollout_tok_s{tag}": gen_tokens / t_roll,
+                    f"decode_bw_bound_tok_s{tag}": bound, f"decode_bw_fraction{tag}": gen_tokens / t_roll / bound})
+        rows.append((dtype, mode, t_roll, step_bytes, bound))
     print(f"machine: {machine()}")
     print(f"model {args.model}: {n_all / 1e6:.1f}M params, {n_mm / 1e6:.1f}M in matmuls (no input embedding), "
           f"{cfg.num_hidden_layers} layers, d_model {cfg.hidden_size}")
@@ -129,16 +129,46 @@ def main(argv: list[str] | None = None, backend=None) -> dict:
     print("| work | seconds | tokens/s | achieved GFLOP/s | fraction of peak |\n|---|---|---|---|---|")
     print(f"| learner fwd+bwd, {args.batch} x {args.length} tokens | {t_learn:.2f} | {out['learner_tok_s']:.0f} | "
           f"{out['learner_flops'] / 1e9:.1f} | {out['learner_fraction']:.3f} |")
-    print(f"| vLLM rollout, {args.prompts} x ({args.prompt_tokens} prompt + {args.gen_tokens} generated) | "
-          f"{t_roll:.2f} | {out['rollout_tok_s']:.0f} | {out['rollout_flops'] / 1e9:.1f} | "
-          f"{out['rollout_fraction']:.3f} |")
+    for dtype, mode, t_roll, _, _ in rows:
+        print(f"| vLLM rollout ({dtype}, {mode}), {args.prompts} x ({args.prompt_tokens} prompt + "
+              f"{args.gen_tokens} generated) | {t_roll:.2f} | {gen_tokens / t_roll:.0f} | "
+              f"{roll_flops / t_roll / 1e9:.1f} | {roll_flops / t_roll / peak:.3f} |")
     print("learner FLOPs = 6 x N_matmul x tokens + 12 x layers x d_model x T x tokens; "
           "rollout FLOPs = 2 x N_matmul x (prompt + generated tokens)")
-    print(f"decode bandwidth bound: {step_bytes / 1e6:.0f} MB of fp32 weights per step / {bandwidth / 1e9:.1f} GB/s "
-          f"= {1e3 * step_bytes / bandwidth:.1f} ms per step -> <= {bw_bound_tok_s:.0f} generated tokens/s "
-          f"at batch {args.prompts}; measured {out['rollout_tok_s']:.0f} ({out['decode_bw_fraction']:.3f} of bound, "
-          f"prefill time included)")
+    for dtype, mode, t_roll, step_bytes, bound in rows:
+        print(f"decode bandwidth bound ({dtype}, {mode}): {step_bytes / 1e6:.0f} MB of weights per step / "
+              f"{bandwidth / 1e9:.1f} GB/s = {1e3 * step_bytes / bandwidth:.1f} ms per step -> <= {bound:.0f} "
+              f"generated tokens/s at batch {args.prompts}; measured {gen_tokens / t_roll:.0f} "
+              f"({gen_tokens / t_roll / bound:.3f} of bound, prefill time included)")
     return out
+
+
+def _engines(spec: str) -> list[tuple[str, str]]:
+    """"float32:eager,bfloat16:compiled" -> [("float32", "eager"), ("bfloat16", "compiled")]."""
+    out = []
+    for item in spec.split(","):
+        dtype, _, mode = item.strip().partition(":")
+        if dtype not in ("float32", "bfloat16") or mode not in ("eager", "compiled"):
+            raise SystemExit(f"--engines item {item!r}: want DTYPE:MODE, DTYPE float32|bfloat16, MODE eager|compiled")
+        out.append((dtype, mode))
+    return out
+
+
+def _rollout_seconds(backend, model: str, dtype: str, mode: str, prompts: list[list[int]], lengths: list[int]
+                     ) -> float:
+    """One timed generate call on `backend`, or on a fresh engine of this dtype and mode (closed after)."""
+    own = backend is None
+    if own:
+        from memrl.agents import VLLMBackend
+
+        backend = VLLMBackend(resolve_model_dir(model), rollout=RolloutCfg(max_model_len=2048, dtype=dtype,
+                                                                            enforce_eager=mode == "eager"))
+    try:
+        raw_generate(backend, prompts[:2], [4, 4])  # warm-up (a compiled engine compiles here or at start)
+        return raw_generate(backend, prompts, lengths)
+    finally:
+        if own:
+            backend.close()
 
 
 if __name__ == "__main__":

@@ -121,7 +121,7 @@ def kv_bytes_per_token(name_or_path: str | os.PathLike, dtype: torch.dtype | Non
     cfg = AutoConfig.from_pretrained(resolve_model_dir(name_or_path, untie=False))
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
-    size = torch.tensor([], dtype=dtype or plan().dtype).element_size()
+    size = torch.tensor([], dtype=dtype or plan().rollout_dtype).element_size()
     return 2 * cfg.num_hidden_layers * kv_heads * head_dim * size
 
 

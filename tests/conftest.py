@@ -9,6 +9,8 @@ import pytest
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# one engine dtype on every machine (memrl.device picks bf16 on CPUs with native bf16): the suite checks the same numbers
+os.environ.setdefault("MEMRL_ROLLOUT_DTYPE", "float32")
 
 
 @pytest.fixture(scope="session")

@@ -27,14 +27,17 @@ def _rollouts(engine):
 
 
 @pytest.fixture(scope="module")
-def bf16_rollouts(tiny_dir):
+def bf16_engine(tiny_dir):
     from memrl.agents import VLLMBackend
 
     engine = VLLMBackend(tiny_dir, rollout=RolloutCfg(max_model_len=1024, dtype="bfloat16"))
-    try:
-        return _rollouts(engine)
-    finally:
-        engine.close()
+    yield engine
+    engine.close()
+
+
+@pytest.fixture(scope="module")
+def bf16_rollouts(bf16_engine):
+    return _rollouts(bf16_engine)
 
 
 def _mean_abs_diff(learner, trajs) -> float:
@@ -81,3 +84,21 @@ def test_recompute_measures_the_mismatch_and_weights_each_token_by_the_truncated
     assert 0 < m["offpolicy_clip_frac"] < 1  # the clip binds on some tokens, not all
     assert m["pg_loss"] == pytest.approx(want, rel=1e-4, abs=1e-6)
     assert m["ratio_mean"] == pytest.approx(1.0, abs=1e-4)  # against the recomputed log-probs, not the engine's
+
+
+def test_fp32_learner_weights_load_into_a_bf16_engine(bf16_engine, bf16_rollouts):
+    """The weights a (fp32) learner syncs are cast on load by the bf16 engine (the CPU plan's `rollout_dtype` on
+    CPUs with native bf16): after a visible update the engine samples with the new weights, its log-probs agree with
+    the learner's to bf16 precision, and they moved by far more than that."""
+    from memrl.rl.learner import Learner
+    from memrl.testing import learner_sections
+
+    learner = Learner("tiny:0", **learner_sections(zero_stage=0, lr=3e-2), seed=0)
+    before = _mean_abs_diff(learner, bf16_rollouts)
+    for _ in range(3):
+        assert learner.train_step(bf16_rollouts)["skipped"] == 0.0
+    moved = _mean_abs_diff(learner, bf16_rollouts)  # learner now vs the engine's (old weights) sampling log-probs
+    bf16_engine.load_state_dict(learner.state_dict(), version=1)
+    after = _mean_abs_diff(learner, _rollouts(bf16_engine))  # fresh samples from the synced engine
+    print(f"|learner - engine| log-prob: before update {before:.1e}, after update {moved:.1e}, after sync {after:.1e}")
+    assert moved > 20 * before and after < 5 * before
