@@ -80,10 +80,34 @@ def _resolved_recipe(recipe: str, overrides: list[str]):
         # `memrl train` would otherwise start a private Ray on the head node; inside a job, "auto"
         # joins the job's own cluster (Ray sets RAY_ADDRESS for the entrypoint).
         rc = rc.model_copy(update={"resources": rc.resources.model_copy(update={"address": "auto"})})
-    if not Path(rc.out).is_absolute():
-        log.warning("output_dir %r is relative: on the cluster it lands in the job's temporary working "
-                    "directory on the head node; set output_dir to shared storage to keep the run", rc.output_dir)
     return rc
+
+
+def alive_nodes(address: str) -> int | None:
+    """How many nodes the cluster at `address` (its dashboard) has alive now; None when it cannot say."""
+    try:
+        from ray.util.state import list_nodes
+
+        return sum(1 for n in list_nodes(address=address, filters=[("state", "=", "ALIVE")], timeout=30,
+                                         raise_on_missing_output=False))
+    except Exception as exc:  # an old dashboard, a proxy without the state API: the run checks again at start
+        log.warning("could not count the cluster's nodes (%s); `memrl train` checks output_dir again there", exc)
+        return None
+
+
+def check_output_dir(rc, address: str) -> None:
+    """The run's storage rule (`memrl.plan.check_storage`, which `memrl train` applies at start) before submitting: a relative output_dir on a cluster
+    of more than one node is an error here, not after the job started; on one node it is a warning (the run then
+    lands in the job's temporary working directory on the head)."""
+    from memrl.plan import check_storage
+
+    if Path(rc.out).is_absolute():
+        return
+    nodes = alive_nodes(address)
+    if nodes is not None:
+        check_storage(rc, nodes)
+    log.warning("output_dir %r is relative: on the cluster it lands in the job's temporary working "
+                "directory on the head node; set output_dir to shared storage to keep the run", rc.output_dir)
 
 
 def submit(recipe: str, overrides: list[str], address: str, *, working_dir: str | None = None,
@@ -99,6 +123,7 @@ def submit(recipe: str, overrides: list[str], address: str, *, working_dir: str 
 
     rc = _resolved_recipe(recipe, overrides)
     client = _client(address)
+    check_output_dir(rc, address)
     with tempfile.TemporaryDirectory(prefix="memrl-submit-") as tmp:
         ship = Path(tmp) / "job"
         if working_dir is not None:
@@ -212,6 +237,7 @@ def _print_stream(chunks: Iterator[str]) -> None:
 
 def run_cli(args: argparse.Namespace) -> int:
     """Run what `add_cli` parsed; print errors as `error: ...` and return the exit code."""
+    from memrl.plan import PlanError
     from memrl.recipes.schema import RecipeError
 
     address = args.address or default_address()
@@ -241,6 +267,6 @@ def run_cli(args: argparse.Namespace) -> int:
             if not rows:
                 print(f"no jobs on {address}")
         return 0
-    except (ClusterError, RecipeError) as exc:
+    except (ClusterError, RecipeError, PlanError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2 if isinstance(exc, RecipeError) else 1
+        return 2 if isinstance(exc, (RecipeError, PlanError)) else 1

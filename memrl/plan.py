@@ -19,6 +19,7 @@ These are estimates to catch recipes that cannot fit, not a promise that one tha
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import PurePath
 
 GIB = 1024**3
 USABLE = 0.9  # share of a GPU's memory a plan may count on (CUDA context, allocator fragmentation)
@@ -169,3 +170,14 @@ def plan(recipe) -> str:
         raise PlanError("\n".join(lines + ["does not fit:"] + [f"- {p}" for p in problems]))
     lines.append("fits")
     return "\n".join(lines)
+
+
+def check_storage(recipe, nodes: int) -> None:
+    """Fail before anything starts when a run on `nodes` > 1 Ray nodes has a relative `output_dir`: every node
+    would resolve it in its own working directory, and the ranks' checkpoint shards and weights would land on
+    different disks (a resume or an export then finds only the driver's files). `output_dir` must then be an
+    absolute path on storage every node mounts."""
+    if nodes > 1 and not PurePath(recipe.output_dir).is_absolute():
+        raise PlanError(f"output_dir {recipe.output_dir!r} is relative but the Ray cluster has {nodes} nodes: each node "
+                        "would write its part of the run (checkpoint shards, weights) under its own working "
+                        "directory; set output_dir to an absolute path on storage every node mounts")

@@ -2,8 +2,10 @@
 
 A checkpoint directory `step_000012/` holds the DeepSpeed engine state (model, optimizer), an HF copy
 of the weights (`model/`, for export), `trainer_state.pt` (step, data cursor, RNG states, recipe)
-and, written last, `MANIFEST.json` listing every file with its size. A directory without a manifest,
-or whose files do not match it (a crash mid-write, a truncated copy), is skipped with a warning.
+and, written last, `MANIFEST.json` listing every file with its size, every learner rank's included (each rank
+reports the files it sees after writing its part; one the driver cannot see is an error, not a checkpoint that only
+looks intact). A directory without a manifest, or whose files do not match it (a crash mid-write, a truncated
+copy), is skipped with a warning.
 """
 
 from __future__ import annotations
@@ -33,8 +35,29 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
 
 
-def _write_manifest(root: Path) -> None:
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be made whole (a rank's files this process cannot see)."""
+
+
+def rank_views(saved) -> list[tuple[str, list[str]]]:
+    """What `save_state` returned, as (node, files seen under the checkpoint) per learner rank: a `LearnerGroup`
+    returns one per rank; an in-process `Learner` returns its files (this process's own view)."""
+    if saved and isinstance(saved[0], (tuple, list)):
+        return [(str(node), list(files)) for node, files in saved]
+    return [("this process", list(saved or []))]
+
+
+def _write_manifest(root: Path, ranks: list[tuple[str, list[str]]]) -> None:
+    """MANIFEST.json: every file under `root` with its size, checked to cover every file each learner rank saw
+    there after writing its part. A rank's file this process cannot see means `root` is not one storage shared by
+    every node: the checkpoint would look intact here and miss that rank's shard on resume or export."""
     files = {str(p.relative_to(root)): p.stat().st_size for p in sorted(root.rglob("*")) if p.is_file()}
+    for rank, (node, seen) in enumerate(ranks):
+        missing = sorted(set(seen) - set(files))
+        if missing:
+            raise CheckpointError(f"learner rank {rank} (node {node}) wrote {', '.join(missing[:3])} under {root}, "
+                                  "which the driver cannot see there: output_dir must be storage every node mounts "
+                                  "(an absolute path on a shared filesystem)")
     (root / MANIFEST).write_text(json.dumps(files, indent=1))
 
 
@@ -63,11 +86,11 @@ def save(root: Path, step: int, learner, state: dict, tokenizer=None, keep: int 
         shutil.rmtree(final)
 
     def build(tmp: Path) -> None:
-        learner.save_state(tmp)  # engine/ (every rank's shard) and model/ (HF weights, for export)
+        ranks = rank_views(learner.save_state(tmp))  # engine/ (every rank's shard), model/ (HF weights, for export)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp / "model")
         torch.save({**state, "step": step, "rng": rng_state()}, tmp / "trainer_state.pt")
-        _write_manifest(tmp)
+        _write_manifest(tmp, ranks)
 
     atomic_dir(final, build)
     for old in sorted(Path(root).glob("step_*"))[:-keep]:

@@ -79,19 +79,6 @@ def wait_ranks(refs: list, timeout: float, what: str, key: str) -> list:
     return ray.get(list(refs))
 
 
-def check_storage(recipe, nodes: int) -> None:
-    """Fail before anything starts when a run on `nodes` > 1 Ray nodes has a relative `output_dir`: every node
-    would resolve it in its own working directory, and the ranks' checkpoint shards and weights would land on
-    different disks (a resume or an export then finds only the driver's files). `output_dir` must then be an
-    absolute path on storage every node mounts."""
-    from memrl.plan import PlanError
-
-    if nodes > 1 and not Path(recipe.output_dir).is_absolute():
-        raise PlanError(f"output_dir {recipe.output_dir!r} is relative but the Ray cluster has {nodes} nodes: each node "
-                        "would write its part of the run (checkpoint shards, weights) under its own working "
-                        "directory; set output_dir to an absolute path on storage every node mounts")
-
-
 class LearnerRank:
     """One data-parallel rank (a Ray actor): joins the ranks' process group and owns a `Learner`."""
 
@@ -153,8 +140,11 @@ class LearnerRank:
             self.transfer.shutdown()
             self.transfer = None
 
-    def save_state(self, out: str) -> None:
-        self.learner.save_state(Path(out))
+    def save_state(self, out: str) -> tuple[str, list[str]]:
+        """This rank's node and the files it sees under `out` after writing its part (`Learner.save_state`)."""
+        import ray
+
+        return ray.util.get_node_ip_address(), self.learner.save_state(Path(out))
 
     def load_state(self, path: str) -> None:
         self.learner.load_state(Path(path))
@@ -249,8 +239,9 @@ class LearnerGroup:
     def leave_transfer(self) -> None:
         self._all("leaving the weight-transfer group", "rollout.sync_timeout", "leave_transfer")
 
-    def save_state(self, out: Path) -> None:
-        self._all("saving a checkpoint", "learner.step_timeout", "save_state", None, str(out))
+    def save_state(self, out: Path) -> list[tuple[str, list[str]]]:
+        """Every rank writes its part under `out`; returns each rank's (node, files it sees there), rank order."""
+        return self._all("saving a checkpoint", "learner.step_timeout", "save_state", None, str(out))
 
     def load_state(self, path: Path) -> None:
         self._all("loading a checkpoint", "learner.step_timeout", "load_state", None, str(path))

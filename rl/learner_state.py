@@ -64,18 +64,25 @@ class LearnerWeights:
         dist = torch.distributed
         return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
-    def save_state(self, out: Path) -> None:
+    def save_state(self, out: Path) -> list[str]:
         """Engine state (model, optimizer; each rank writes its shard) under out/engine, and rank 0 writes the
-        full weights as a Hugging Face directory under out/model. Every rank must call it (ZeRO-3 gathers)."""
+        full weights as a Hugging Face directory under out/model. Every rank must call it (ZeRO-3 gathers).
+        Returns the files this rank sees under `out` afterwards (relative paths): its own among them, which the
+        checkpoint's manifest must cover (`rl.checkpoint.save`)."""
         self.engine.save_checkpoint(str(out / "engine"), tag="state", save_latest=False)
         if lora.is_lora(self.module):  # base + adapter merged once (LoRA runs ZeRO 0-2: nothing to gather)
             if self.rank == 0:
                 lora.merged_model(self.module).save_pretrained(out / "model", safe_serialization=True)
-            return
+            return _files(out)
         weights = self.state_dict()
         if self.rank == 0:
             self.module.save_pretrained(out / "model", state_dict=weights, safe_serialization=True)
+        return _files(out)
 
     def load_state(self, path: Path) -> None:
         """Restore what `save_state` wrote (every rank its own shard)."""
         self.engine.load_checkpoint(str(path / "engine"), tag="state")
+
+
+def _files(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in Path(root).rglob("*") if p.is_file())

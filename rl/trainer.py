@@ -30,12 +30,13 @@ from memrl.envs import build as build_env
 from memrl.envs.baselines import answer_prior
 from memrl.io import write_jsonl
 from memrl.models import kv_bytes_per_token, load_tokenizer, resolve_model_dir
+from memrl.plan import check_storage
 from memrl.recipes.schema import Recipe, dump
 from memrl.registry import plugin_modules
 from memrl.rl import checkpoint
 from memrl.rl.curriculum import Curriculum
 from memrl.rl.export import export
-from memrl.rl.learner_group import LearnerGroup, check_resources, check_storage
+from memrl.rl.learner_group import LearnerGroup, check_resources
 from memrl.rl.metrics import MetricsWriter
 from memrl.rl.rollout import RolloutManager
 from memrl.rl.services import start_retrieval, stop_retrieval

@@ -11,9 +11,8 @@ from pathlib import Path, PurePosixPath
 import pytest
 import yaml
 
-from memrl.plan import PlanError
+from memrl.plan import PlanError, check_storage
 from memrl.recipes.schema import load_recipe
-from memrl.rl.learner_group import check_storage
 
 CLUSTER = Path(__file__).resolve().parents[2] / "cluster"
 PAPER_RECIPES = ("mem1", "memsearcher", "search-r1")

@@ -151,6 +151,18 @@ def test_submitted_recipe_trains_on_the_cluster_and_its_logs_come_back(ray_head,
     assert cs.run_cli(parser.parse_args(["jobs", "status", "raysubmit_nope", "--address", ray_head])) == 1
     assert "no job 'raysubmit_nope'" in capsys.readouterr().err
 
+def test_relative_output_dir_on_two_nodes_is_refused_before_the_job_starts(ray_head):
+    """The run's storage rule (`memrl.plan.check_storage`) at submit: the cluster has 2 nodes alive, so a relative
+    output_dir is an error naming the key, and no job is created."""
+    from memrl.plan import PlanError
+
+    assert cs.alive_nodes(ray_head) == 2
+    before = {j["id"] for j in cs.list_jobs(ray_head)}
+    with pytest.raises(PlanError, match="output_dir 'runs/{name}' is relative but the Ray cluster has 2 nodes"):
+        cs.submit("quickstart", TINY, ray_head)
+    assert {j["id"] for j in cs.list_jobs(ray_head)} == before
+
+
 def test_bad_recipe_raises_before_any_network(monkeypatch):
     def no_network(address):
         raise AssertionError("the cluster was contacted for an invalid recipe")

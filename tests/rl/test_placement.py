@@ -41,7 +41,7 @@ def test_on_a_cluster_joined_by_address_a_shortfall_only_warns(caplog):
 
 
 def test_a_relative_output_dir_on_several_nodes_is_refused_before_anything_starts(tmp_path):
-    from memrl.rl.learner_group import check_storage
+    from memrl.plan import check_storage
 
     relative = load_recipe("quickstart")  # output_dir: runs/{name}
     check_storage(relative, 1)  # one node: every part of the run lands on its disk

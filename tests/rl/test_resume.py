@@ -81,10 +81,42 @@ def test_truncated_and_unfinished_checkpoints_are_skipped(tmp_path, caplog):
     for d in (good, bad, unfinished):
         d.mkdir(parents=True)
         (d / "trainer_state.pt").write_bytes(b"x" * 100)
-    checkpoint._write_manifest(good)
-    checkpoint._write_manifest(bad)
+    checkpoint._write_manifest(good, [])
+    checkpoint._write_manifest(bad, [])
     (bad / "trainer_state.pt").write_bytes(b"x" * 10)  # truncated after the manifest was written
     assert checkpoint.latest(root) == good
     assert "truncated" in caplog.text and "interrupted while writing" in caplog.text
     with pytest.raises(ValueError, match="not usable"):
         checkpoint.load(bad, learner=None)
+
+
+class _RankOnAnotherDisk:
+    """A learner whose rank 1 wrote its shard where the driver cannot see it (a node whose output_dir is its own
+    disk: `check_storage` refuses such a run at start, so the fault is staged here, not caused)."""
+
+    def save_state(self, out):
+        (out / "engine").mkdir(parents=True)
+        (out / "engine" / "zero_pp_rank_0_optim_states.pt").write_bytes(b"0" * 10)
+        return [("10.0.0.1", ["engine/zero_pp_rank_0_optim_states.pt"]),
+                ("10.0.0.2", ["engine/zero_pp_rank_1_optim_states.pt"])]
+
+
+def test_a_checkpoint_missing_a_ranks_files_is_an_error_not_an_intact_looking_directory(tmp_path):
+    root = tmp_path / "checkpoints"
+    with pytest.raises(checkpoint.CheckpointError, match=r"learner rank 1 \(node 10.0.0.2\) wrote "
+                                                         r"engine/zero_pp_rank_1_optim_states.pt"):
+        checkpoint.save(root, 4, _RankOnAnotherDisk(), {"cursor": 0})
+    assert not (root / "step_000004").exists() and checkpoint.latest(root) is None
+
+
+def test_the_manifest_covers_every_ranks_files(tmp_path):
+    class Shared(_RankOnAnotherDisk):
+        def save_state(self, out):
+            views = super().save_state(out)
+            (out / "engine" / "zero_pp_rank_1_optim_states.pt").write_bytes(b"1" * 12)  # shared storage: seen
+            return views
+
+    path = checkpoint.save(tmp_path, 2, Shared(), {"cursor": 0})
+    manifest = json.loads((path / checkpoint.MANIFEST).read_text())
+    assert manifest["engine/zero_pp_rank_1_optim_states.pt"] == 12 and "trainer_state.pt" in manifest
+    assert checkpoint.verify(path) is None
