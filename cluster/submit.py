@@ -112,12 +112,13 @@ def check_output_dir(rc, address: str) -> None:
 
 def submit(recipe: str, overrides: list[str], address: str, *, working_dir: str | None = None,
            pip: list[str] | None = None, py_modules: list[str] | None = None,
-           entrypoint_num_cpus: float | None = None, wait: bool = False) -> str:
+           entrypoint_num_cpus: float | None = None, wait: bool = False, resume: bool = False) -> str:
     """Validate `recipe` (+ `--set` overrides) here, submit `memrl train` of it as a Ray job; return the job id.
 
     `working_dir` (optional) is copied beside the resolved recipe and uploaded with it (skipping .git,
     .venv, runs/, caches). `pip` / `py_modules` go into the runtime_env unchanged. `wait` blocks until
-    the job ends; check the outcome with `status`.
+    the job ends; check the outcome with `status`. `resume`: the job continues the run in the recipe's output_dir
+    from its last intact checkpoint (`memrl train --resume`), e.g. after its driver was killed.
     """
     from memrl.recipes.schema import dump
 
@@ -137,7 +138,8 @@ def submit(recipe: str, overrides: list[str], address: str, *, working_dir: str 
         if py_modules:
             runtime_env["py_modules"] = list(py_modules)
         # The working_dir is zipped and uploaded during submit_job, so the temp dir may go afterwards.
-        job_id = client.submit_job(entrypoint=f"memrl train {RECIPE_FILE}", runtime_env=runtime_env,
+        job_id = client.submit_job(entrypoint=f"memrl train {RECIPE_FILE}" + (" --resume" if resume else ""),
+                                   runtime_env=runtime_env,
                                    metadata={"memrl_recipe": rc.name, "memrl_source": str(recipe)},
                                    entrypoint_num_cpus=entrypoint_num_cpus)
     log.info("submitted %s (recipe %s) to %s", job_id, rc.name, address)
@@ -214,6 +216,8 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--pip", action="append", default=None, metavar="REQ",
                    help="pip requirement to install for the job (repeatable), e.g. 'memrl[gpu]==0.1.0'")
     p.add_argument("--entrypoint-num-cpus", type=float, default=None, help="CPUs reserved for the driver")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in output_dir from its last intact checkpoint (a killed job)")
     p.set_defaults(func=run_cli, cluster_command="submit")
 
     jobs = subparsers.add_parser("jobs", help="inspect and stop Ray jobs").add_subparsers(
@@ -244,7 +248,7 @@ def run_cli(args: argparse.Namespace) -> int:
     try:
         if args.cluster_command == "submit":
             job_id = submit(args.recipe, args.set, address, working_dir=args.working_dir, pip=args.pip,
-                            entrypoint_num_cpus=args.entrypoint_num_cpus)
+                            entrypoint_num_cpus=args.entrypoint_num_cpus, resume=args.resume)
             print(f"submitted {job_id} to {address}")
             if not args.wait:
                 print(f"follow it:  memrl jobs logs {job_id} --follow --address {address}")

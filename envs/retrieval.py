@@ -16,7 +16,7 @@ from typing import Protocol
 import numpy as np
 
 from memrl import paths
-from memrl.io import atomic_dir
+from memrl.io import build_once
 
 log = logging.getLogger(__name__)
 KINDS = ("bm25", "dense", "faiss", "http")
@@ -185,24 +185,6 @@ def corpus_hash(corpus: list[dict]) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def _atomic_build(target: Path, build) -> Path:
-    """The cached index at `target`, built once per node when missing: processes that share the cache directory
-    (a node's rollout workers) take a file lock, so the first builds (atomically, `memrl.io.atomic_dir`) and
-    the others wait for it and read its result instead of building their own."""
-    if target.exists():
-        return target
-    import fcntl
-
-    target.parent.mkdir(parents=True, exist_ok=True)
-    lock_path = target.parent / f".{target.name}.lock"
-    with open(lock_path, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
-        if not target.exists():
-            atomic_dir(target, build)
-        lock_path.unlink(missing_ok=True)  # a waiter holding the old file finds the index when it gets the lock
-    return target
-
-
 class _Indexed:
     def __init__(self, corpus: list[dict]) -> None:
         if not corpus:
@@ -240,7 +222,7 @@ class BM25Retriever(_Indexed):
         root = Path(cache_dir) if cache_dir is not None else paths.cache_dir() / "indexes"
         self.cache_path = root / f"bm25-{corpus_hash(corpus)}"
         built = lambda tmp: index().save(str(tmp), show_progress=False)  # noqa: E731
-        self.index = bm25s.BM25.load(str(_atomic_build(self.cache_path, built)), show_progress=False)
+        self.index = bm25s.BM25.load(str(build_once(self.cache_path, built)), show_progress=False)
 
     def _tokens(self, texts: list[str]):
         return self._bm25s.tokenize(texts, stopwords="en", show_progress=False)
@@ -289,7 +271,7 @@ class DenseRetriever(_Indexed):
         def build(tmp: Path) -> None:
             np.save(tmp / "emb.npy", self._embed([f"{p['title']}. {p['text']}" for p in corpus]))
 
-        self.emb = np.load(_atomic_build(self.cache_path, build) / "emb.npy")
+        self.emb = np.load(build_once(self.cache_path, build) / "emb.npy")
 
     def _embed(self, texts: list[str]) -> np.ndarray:
         return self.model.encode(texts, batch_size=self.batch_size, normalize_embeddings=True,

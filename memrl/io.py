@@ -40,3 +40,28 @@ def atomic_dir(final: Path, build: Callable[[Path], None]) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
+
+
+def build_once(target: Path, build: Callable[[Path], None], complete: Callable[[Path], bool] | None = None) -> Path:
+    """The cached directory `target`, built once per node when missing: processes that share the cache directory
+    (a node's rollout workers, its learner ranks) take a file lock, so the first builds it (atomically,
+    `atomic_dir`) and the others wait and read its result instead of building their own. `complete(target)` says
+    whether an existing `target` is whole (default: it exists); one that is not (left by an older build) is built
+    again."""
+    import fcntl
+
+    complete = complete or Path.exists
+    target = Path(target)
+    if complete(target):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = target.parent / f".{target.name}.lock"
+    with open(lock_path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not complete(target):
+            if target.exists():
+                shutil.rmtree(target)
+            atomic_dir(target, build)
+        lock_path.unlink(missing_ok=True)  # a waiter holding the old file finds the result when it gets the lock
+    return target
+

@@ -24,7 +24,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from memrl.io import atomic_dir
+from memrl.io import build_once
 from memrl.paths import cache_dir
 
 log = logging.getLogger(__name__)
@@ -64,6 +64,29 @@ def ties_embeddings(path: Path) -> bool:
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 
 
+def save_model(model: torch.nn.Module, out: Path) -> None:
+    """Write `model` as a Hugging Face directory (config, generation config, one safetensors file) from any process.
+
+    Not `save_pretrained`: transformers 5 writes the config and weights only on torch.distributed rank 0, so a
+    learner rank > 0 making its node's cached copy got a directory without them (found by
+    tests/cluster/test_multinode.py; `_complete` then rebuilds such a copy)."""
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model.config.architectures = [type(model).__name__]
+    model.config.save_pretrained(out)
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.save_pretrained(out)
+    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(out / "model.safetensors"),
+              metadata={"format": "pt"})
+
+
+def _complete(model_dir: Path) -> bool:
+    """A cached model directory with its config and weights (not one an interrupted or rank > 0 build left)."""
+    return (model_dir / "config.json").is_file() and any(model_dir.glob("*.safetensors"))
+
+
 def untied_dir(path: Path) -> Path:
     """An untied copy of a tied model directory, made once and cached (`$MEMRL_CACHE/models/untied-*`).
 
@@ -80,20 +103,18 @@ def untied_dir(path: Path) -> Path:
                      if f.is_file() and f.name.endswith(WEIGHT_SUFFIXES))
     key = hashlib.sha256(json.dumps([str(path), (path / "config.json").read_text(), weights]).encode()).hexdigest()
     final = cache_dir() / "models" / f"untied-{path.name}-{key[:12]}"
-    if (final / "config.json").is_file():
-        return final
-    log.info("%s ties its embeddings to its LM head; writing an untied copy once to %s", path, final)
 
     def build(tmp: Path) -> None:
+        log.info("%s ties its embeddings to its LM head; writing an untied copy once to %s", path, final)
         model = AutoModelForCausalLM.from_pretrained(path, dtype="auto")
         untie_lm_head(model)
-        model.save_pretrained(tmp, safe_serialization=True)
-        for f in path.iterdir():  # tokenizer, chat template, generation config...: as they are
+        save_model(model, tmp)
+        for f in path.iterdir():  # tokenizer, chat template...: as they are
             if f.is_file() and not f.name.endswith(WEIGHT_SUFFIXES) and f.name not in ("config.json",) \
                     and not f.name.endswith(".index.json") and not (tmp / f.name).exists():
                 shutil.copy2(f, tmp / f.name)
 
-    return atomic_dir(final, build)
+    return build_once(final, build, complete=_complete)
 
 
 def load_model(name_or_path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
@@ -148,11 +169,15 @@ def _smollm2_gguf() -> Path:
 def smollm2_dir() -> Path:
     """Cached HF directory converted from the packaged SmolLM2-135M-Instruct GGUF (fp32, untied)."""
     final = cache_dir() / "models" / SMOLLM2
-    if (final / "config.json").is_file():
+    if _complete(final):
         return final
     gguf = _smollm2_gguf()
-    log.info("converting %s into %s (once)", gguf.name, final)
-    return atomic_dir(final, lambda tmp: _convert_gguf(gguf, tmp))
+
+    def build(tmp: Path) -> None:
+        log.info("converting %s into %s (once)", gguf.name, final)
+        _convert_gguf(gguf, tmp)
+
+    return build_once(final, build, complete=_complete)
 
 
 def _convert_gguf(gguf: Path, out: Path) -> None:
@@ -171,7 +196,7 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     model.generation_config = GenerationConfig(
         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id
     )
-    model.save_pretrained(out, safe_serialization=True)
+    save_model(model, out)
     tok.save_pretrained(out)
 
 
@@ -224,14 +249,12 @@ def save_tiny_model(out: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(tiny_config(len(tok)), dtype=torch.float32)
     model.generation_config = GenerationConfig(bos_token_id=1, eos_token_id=2, pad_token_id=0)
-    model.save_pretrained(out, safe_serialization=True)
+    save_model(model, out)
     tok.save_pretrained(out)
     return out
 
 
 def tiny_model_dir(seed: int = 0) -> Path:
     """Cached directory of `save_tiny_model(seed)`."""
-    final = cache_dir() / "models" / f"tiny-{seed}"
-    if (final / "config.json").is_file():
-        return final
-    return atomic_dir(final, lambda tmp: save_tiny_model(tmp, seed))
+    return build_once(cache_dir() / "models" / f"tiny-{seed}", lambda tmp: save_tiny_model(tmp, seed),
+                      complete=_complete)

@@ -9,23 +9,14 @@ import pytest
 import torch
 
 from memrl.agents import HFBackend, SamplingConfig
-from memrl.models import load_model, resolve_model_dir, tiny_config, tiny_tokenizer
+from memrl.models import load_model, resolve_model_dir, tiny_tokenizer
+from memrl.testing import save_tiny_tied
 
 
 @pytest.fixture(scope="module")
 def tied_dir(tmp_path_factory):
-    from transformers import AutoModelForCausalLM, GenerationConfig
-
     out = tmp_path_factory.mktemp("tied") / "tiny-tied"
-    tok = tiny_tokenizer()
-    cfg = tiny_config(len(tok))
-    cfg.tie_word_embeddings = True
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
-    model.generation_config = GenerationConfig(bos_token_id=1, eos_token_id=2, pad_token_id=0)
-    model.save_pretrained(out, safe_serialization=True)
-    tok.save_pretrained(out)
-    assert json.loads((out / "config.json").read_text())["tie_word_embeddings"] is True
+    save_tiny_tied(out)
     return out
 
 
