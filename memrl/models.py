@@ -78,8 +78,12 @@ def save_model(model: torch.nn.Module, out: Path) -> None:
     model.config.save_pretrained(out)
     if getattr(model, "generation_config", None) is not None:
         model.generation_config.save_pretrained(out)
-    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(out / "model.safetensors"),
-              metadata={"format": "pt"})
+    tensors, seen = {}, set()
+    for k, v in model.state_dict().items():  # a tied head shares the embedding's storage: written once, as HF does
+        if v.data_ptr() not in seen:
+            seen.add(v.data_ptr())
+            tensors[k] = v.detach().contiguous()
+    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
 
 
 def _complete(model_dir: Path) -> bool:
@@ -243,11 +247,14 @@ def tiny_config(vocab_size: int, layers: int = 2, hidden: int = 128) -> LlamaCon
     )
 
 
-def save_tiny_model(out: Path, seed: int = 0) -> Path:
-    """Write a random tiny Llama + byte tokenizer as an HF directory (deterministic for a seed)."""
+def save_tiny_model(out: Path, seed: int = 0, tied: bool = False) -> Path:
+    """Write a random tiny Llama + byte tokenizer as an HF directory (deterministic for a seed); `tied`: its lm_head
+    tied to its embeddings (as Qwen2.5-3B and the published SmolLM2 are)."""
     tok = tiny_tokenizer()
+    cfg = tiny_config(len(tok))
+    cfg.tie_word_embeddings = tied
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(tiny_config(len(tok)), dtype=torch.float32)
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
     model.generation_config = GenerationConfig(bos_token_id=1, eos_token_id=2, pad_token_id=0)
     save_model(model, out)
     tok.save_pretrained(out)

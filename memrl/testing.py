@@ -94,29 +94,6 @@ def letters_recipe(out, steps: int, **extra):
     return load_recipe("quickstart", sets + [f"{k}={v}" for k, v in extra.items()])
 
 
-def save_tiny_tied(out) -> None:
-    """Write a tiny model whose lm_head is tied to its embeddings (as Qwen2.5-3B and the published SmolLM2 are) to
-    the directory `out`, with its tokenizer: memrl loads such a model through one untied copy per node."""
-    import json
-    from pathlib import Path
-
-    import torch
-    from transformers import AutoModelForCausalLM, GenerationConfig
-
-    from memrl.models import tiny_config, tiny_tokenizer
-
-    out = Path(out)
-    tok = tiny_tokenizer()
-    cfg = tiny_config(len(tok))
-    cfg.tie_word_embeddings = True
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
-    model.generation_config = GenerationConfig(bos_token_id=1, eos_token_id=2, pad_token_id=0)
-    model.save_pretrained(out, safe_serialization=True)
-    tok.save_pretrained(out)
-    assert json.loads((out / "config.json").read_text())["tie_word_embeddings"] is True
-
-
 def learner_sections(**keys) -> dict:
     """The recipe sections a `Learner` is built from (learner, algorithm, rollout), schema defaults except
     `keys`, each routed to the section that declares it: `Learner(model, **learner_sections(lr=1e-3))`."""

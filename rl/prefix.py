@@ -9,7 +9,7 @@ suffix attends to the same keys at the same positions; the prefix's gradient is 
 forward also accumulates), computed on fewer tokens; tests/rl/test_prefix.py checks logits and gradients against the
 full forward. Used only on padded 2-D batches (the packed layout has its own block mask) and not under activation
 checkpointing (which turns the cache off) nor ZeRO-3 (whose forwards are collectives every rank must run equally
-often; the caller decides: `Learner.shared_prefix`).
+often; the caller decides: `Learner.share_prefix`, from `learner.shared_prefix`).
 """
 
 from __future__ import annotations

@@ -9,14 +9,14 @@ import pytest
 import torch
 
 from memrl.agents import HFBackend, SamplingConfig
-from memrl.models import load_model, resolve_model_dir, tiny_tokenizer
-from memrl.testing import save_tiny_tied
+from memrl.models import load_model, resolve_model_dir, save_tiny_model, tiny_tokenizer
 
 
 @pytest.fixture(scope="module")
 def tied_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("tied") / "tiny-tied"
-    save_tiny_tied(out)
+    save_tiny_model(out, tied=True)
+    assert json.loads((out / "config.json").read_text())["tie_word_embeddings"] is True
     return out
 
 

@@ -21,8 +21,8 @@ import pytest
 from local_cluster import Node, can_hide_paths, local_cluster  # tests/cluster/local_cluster.py
 
 from memrl.cluster import submit as cs
+from memrl.models import save_tiny_model
 from memrl.rl import checkpoint
-from memrl.testing import save_tiny_tied
 
 pytestmark = pytest.mark.slow
 
@@ -36,7 +36,8 @@ def layout(tmp_path_factory):
     root = tmp_path_factory.mktemp("multinode")
     for d in ("shared/runs", "head/cache", "node2/cache"):
         (root / d).mkdir(parents=True)
-    save_tiny_tied(root / "shared" / "tiny-tied")
+    save_tiny_model(root / "shared" / "tiny-tied", tied=True)
+    assert json.loads((root / "shared" / "tiny-tied" / "config.json").read_text())["tie_word_embeddings"] is True
     return root
 
 
