@@ -85,4 +85,7 @@ class LearnerWeights:
 
 
 def _files(root: Path) -> list[str]:
-    return sorted(str(p.relative_to(root)) for p in Path(root).rglob("*") if p.is_file())
+    """The files under `root`, but not hidden ones: those are other ranks' writes in progress (a temp file that
+    rank 0's weights are written to and then renamed), which no finished checkpoint holds."""
+    return sorted(str(p.relative_to(root)) for p in Path(root).rglob("*")
+                  if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts))

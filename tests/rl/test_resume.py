@@ -120,3 +120,15 @@ def test_the_manifest_covers_every_ranks_files(tmp_path):
     manifest = json.loads((path / checkpoint.MANIFEST).read_text())
     assert manifest["engine/zero_pp_rank_1_optim_states.pt"] == 12 and "trainer_state.pt" in manifest
     assert checkpoint.verify(path) is None
+
+
+def test_a_rank_reports_its_finished_files_not_another_ranks_write_in_progress(tmp_path):
+    """Rank 1 lists the checkpoint while rank 0 still writes its weights through a hidden temp file (seen in the
+    multi-node test): the temp file is gone when the driver writes the manifest, so it must not be reported."""
+    from memrl.rl.learner_state import _files
+
+    (tmp_path / "engine").mkdir()
+    (tmp_path / "model").mkdir()
+    (tmp_path / "engine" / "zero_pp_rank_1_optim_states.pt").write_bytes(b"1")
+    (tmp_path / "model" / ".tmpX3Q4ZG").write_bytes(b"partial")
+    assert _files(tmp_path) == ["engine/zero_pp_rank_1_optim_states.pt"]
