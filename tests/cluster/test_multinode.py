@@ -26,7 +26,7 @@ from memrl.rl import checkpoint
 
 pytestmark = pytest.mark.slow
 
-STEPS = 4
+STEPS = 6  # room to kill mid-run: a tiny step can take well under a second on a fast machine
 
 
 @pytest.fixture(scope="module")
@@ -99,10 +99,13 @@ def test_a_killed_run_resumes_on_nodes_that_share_only_its_storage(cluster, layo
     try:
         assert any(j["id"] == job and j["recipe"] == "multinode" for j in cs.list_jobs(address))
         deadline = time.monotonic() + 600
-        while checkpoint.latest(out / "checkpoints") is None or len(_grpo_steps(out)) < 2:
-            assert cs.status(job, address) in ("PENDING", "RUNNING"), "".join(cs.logs(job, address))[-5000:]
+        polls = 0
+        while checkpoint.latest(out / "checkpoints") is None or not _grpo_steps(out):
+            if polls % 20 == 0:  # the job's state every 2 s; the files every 0.1 s, so the kill lands within a step
+                assert cs.status(job, address) in ("PENDING", "RUNNING"), "".join(cs.logs(job, address))[-5000:]
             assert time.monotonic() < deadline, "no checkpoint after 600 s"
-            time.sleep(1)
+            polls += 1
+            time.sleep(0.1)
         pids = _drivers()
         assert pids, "the job's driver process was not found"
         for pid in pids:
@@ -112,7 +115,7 @@ def test_a_killed_run_resumes_on_nodes_that_share_only_its_storage(cluster, layo
         cs.stop(job, address)
     assert state in ("FAILED", "STOPPED")
     done = _grpo_steps(out)
-    assert 2 <= len(done) < STEPS, done  # killed mid-run
+    assert 1 <= len(done) < STEPS, done  # killed mid-run
 
     again = cs.submit("quickstart", _recipe(layout), address, resume=True)
     try:
