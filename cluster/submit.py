@@ -95,6 +95,15 @@ def alive_nodes(address: str) -> int | None:
         return None
 
 
+def node_resources(address: str) -> list[dict[str, float]]:
+    """The total resources (CPU, GPU, ...) of each node alive in the cluster at `address` (its dashboard)."""
+    from ray.util.state import list_nodes
+
+    nodes = list_nodes(address=address, filters=[("state", "=", "ALIVE")], detail=True, timeout=30,
+                       raise_on_missing_output=False)
+    return [dict(n.resources_total) for n in nodes]
+
+
 def check_output_dir(rc, address: str) -> None:
     """The run's storage rule (`memrl.plan.check_storage`, which `memrl train` applies at start) before submitting: a relative output_dir on a cluster
     of more than one node is an error here, not after the job started; on one node it is a warning (the run then

@@ -65,7 +65,24 @@ def _recipe_plan(args: argparse.Namespace) -> int:
     from memrl.plan import plan
     from memrl.recipes.schema import load_recipe
 
-    print(plan(load_recipe(args.recipe, args.set)))
+    recipe = load_recipe(args.recipe, args.set)
+    print(plan(recipe))
+    if args.address:
+        from memrl.cluster.submit import node_resources
+        from memrl.plan import PlanError, check_storage
+        from memrl.rl.placement import fit_on_nodes, layout
+
+        nodes = node_resources(args.address)
+        lay = layout(recipe.resources, recipe.learner.ranks, recipe.rollout.workers)
+        total = {k: sum(n.get(k, 0.0) for n in nodes) for k in ("CPU", "GPU")}
+        print(f"cluster at {args.address}: {len(nodes)} node(s) alive, {total['CPU']:g} CPU, {total['GPU']:g} GPU; "
+              f"the run asks {lay.cpus:g} CPU, {lay.gpus:g} GPU ({lay.placement})")
+        check_storage(recipe, len(nodes))
+        problem = fit_on_nodes(lay, nodes)
+        if problem:
+            raise PlanError(f"the cluster cannot place the run's learner ranks and engines: {problem} (learner.ranks, "
+                            "rollout.workers, resources.*)")
+        print("the learner ranks and engines fit on the cluster's nodes")
     return 0
 
 
@@ -150,7 +167,7 @@ def _bench(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The `memrl` argument parser: model, train, recipe, envs, retriever, submit / jobs (`memrl.cluster.submit`),
-    eval, bench and export. Each leaf subcommand stores its handler in `args.func` (Namespace -> exit code)."""
+    eval, bench, doctor (`memrl.cluster.acceptance`) and export. Each leaf subcommand stores its handler in `args.func` (Namespace -> exit code)."""
     parser = argparse.ArgumentParser(
         prog="memrl", description="Train LLM agents with RL to keep a compact memory (MEM1, MemSearcher)."
     )
@@ -181,6 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
         p = recipe.add_parser(name, help=text)
         p.add_argument("recipe")
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+        if name == "plan":
+            p.add_argument("--address", default=None, help="a Ray cluster's dashboard (http://head:8265): read its "
+                           "nodes and check that the run's bundles fit on them and its storage suits them")
         p.set_defaults(func=fn)
     recipe.add_parser("list", help="list shipped recipes").set_defaults(func=_recipe_list)
 
@@ -229,6 +249,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", choices=BENCHES)
     p.add_argument("args", nargs=argparse.REMAINDER, help="the benchmark's own options (see its --help)")
     p.set_defaults(func=_bench)
+    p = sub.add_parser("doctor", help="the checks a first GPU run must pass, in order (NCCL weight transfer, colocated "
+                       "sleep / wake, one GRPO step of each paper recipe): memrl.cluster.acceptance")
+    from memrl.cluster import acceptance
+
+    acceptance.add_args(p)
+    p.set_defaults(func=acceptance.main_args)
     p = sub.add_parser("export", help="write a checkpoint as a Hugging Face model directory")
     p.add_argument("checkpoint", help="checkpoint dir, or a run dir (its newest intact checkpoint)")
     p.add_argument("--out", required=True, help="output directory")

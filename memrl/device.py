@@ -40,10 +40,15 @@ class DevicePlan:
     def dtype_name(self) -> str:
         return DTYPE_NAMES[self.dtype]
 
-    def engine_args(self, rollout) -> dict:
+    @property
+    def sleep_mode(self) -> bool:
+        """Whether vLLM engines can sleep (free their memory for a colocated learner): CUDA only."""
+        return self.kind == "cuda"
+
+    def engine_args(self, rollout, sleep_mode: bool = False) -> dict:
         """vLLM engine arguments of a recipe's `rollout` section (read by keyword) on this device: eager on
         CPU and compiled (CUDA graphs) on GPU unless the recipe says otherwise, the device's rollout dtype unless
-        set, the GPU memory share only on GPU."""
+        set, the GPU memory share only on GPU; `sleep_mode` (a colocated engine) where the device has it."""
         args = dict(max_model_len=rollout.max_model_len, tensor_parallel_size=rollout.tensor_parallel_size,
                     dtype=DTYPE_NAMES[self.rollout_dtype] if rollout.dtype == "auto" else rollout.dtype,
                     enforce_eager=self.kind == "cpu" if rollout.enforce_eager is None else rollout.enforce_eager)
@@ -51,6 +56,8 @@ class DevicePlan:
             args["max_num_seqs"] = rollout.max_num_seqs
         if self.kind == "cuda":
             args["gpu_memory_utilization"] = rollout.gpu_memory_utilization
+        if sleep_mode and self.sleep_mode:
+            args["enable_sleep_mode"] = True
         elif rollout.tensor_parallel_size > 1:
             raise ValueError(f"rollout.tensor_parallel_size={rollout.tensor_parallel_size} needs GPUs; this machine "
                              "runs on CPU (set it to 1)")

@@ -9,7 +9,8 @@ and refuses a recipe that cannot fit, with the numbers.
 
 The learner estimate (bytes; `b` = 2 for bf16 on GPU, N parameters, N_t of them trainable, R ranks):
 weights b*N (/R under ZeRO-3), gradients b*N_t (/R from ZeRO-2), AdamW state 12*N_t (fp32 master copy,
-m, v; /R from ZeRO-1), a frozen reference b*N when `algorithm.kl_coef` > 0, and activations of one
+m, v; /R from ZeRO-1), a frozen reference b*N when `algorithm.kl_coef` > 0 (/R under ZeRO-3: sharded
+with the policy), and activations of one
 micro-batch (`learner.micro_batch_tokens`): with gradient checkpointing one saved hidden state per
 layer plus one layer recomputed, without it every layer's. R = `learner.ranks`; each rank is assumed to
 have a GPU of its own (`resources.gpus_per_learner_rank`).
@@ -18,6 +19,7 @@ These are estimates to catch recipes that cannot fit, not a promise that one tha
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import PurePath
 
@@ -80,7 +82,7 @@ def learner_bytes(shape: ModelShape, recipe, dtype_bytes: int = 2) -> dict[str, 
         "weights": dtype_bytes * n / (ranks if stage == 3 else 1),
         "gradients": dtype_bytes * nt / (ranks if stage >= 2 else 1),
         "optimizer": 12 * nt / (ranks if stage >= 1 else 1),
-        "reference": dtype_bytes * n if recipe.algorithm.kl_coef > 0 else 0.0,
+        "reference": dtype_bytes * n / (ranks if stage == 3 else 1) if recipe.algorithm.kl_coef > 0 else 0.0,
         "activations": float(activations),
     }
 
@@ -88,6 +90,23 @@ def learner_bytes(shape: ModelShape, recipe, dtype_bytes: int = 2) -> dict[str, 
 def engine_bytes(shape: ModelShape, recipe, dtype_bytes: int = 2) -> dict[str, float]:
     """What one rollout engine needs besides its KV cache: its share of the weights (tensor parallel)."""
     return {"weights": dtype_bytes * shape.params / recipe.rollout.tensor_parallel_size}
+
+
+def resident(learner: dict[str, float]) -> float:
+    """Bytes a learner rank keeps on its GPU between steps (all but activations): what a colocated engine, awake
+    while the learner waits, must fit beside."""
+    return sum(v for k, v in learner.items() if k != "activations")
+
+
+def colocated_line(learner: dict[str, float], engine_gib: float, usable: float, chosen: bool) -> str:
+    """The colocated placement's memory (rl/placement.py), printed for either placement: while the learner trains
+    the engine sleeps (its weights in host memory, no KV cache); while the engine rolls out the learner's
+    weights, gradients, optimizer and reference stay resident and its activations are freed."""
+    keep = resident(learner) / GIB
+    kv = usable - keep - engine_gib
+    mark = "resources.placement: colocated" if chosen else "if colocated (resources.placement: colocated)"
+    return (f"{mark}: training {sum(learner.values()) / GIB:.1f} GiB (engine asleep); rolling out {keep:.1f} GiB "
+            f"resident learner + {engine_gib:.1f} GiB engine weights, {kv:.1f} GiB left for the KV cache")
 
 
 def check_files(recipe, probe: bool = True):
@@ -140,8 +159,9 @@ def plan(recipe) -> str:
     lines = [f"recipe {recipe.name}: model {recipe.model.name} ({shape.params / 1e9:.2f}B parameters, "
              f"{trainable(shape, recipe.learner.train_layers) / 1e9:.2f}B trainable); env and agent built, "
              "one tool call ran",
-             f"learner: {recipe.learner.ranks} rank(s), each on a GPU of its own, ZeRO-{recipe.learner.zero_stage}, "
-             "bf16, estimated per rank:"]
+             f"learner: {recipe.learner.ranks} rank(s), each on a GPU "
+             f"{'shared with an engine' if res.placement == 'colocated' else 'of its own'}, "
+             f"ZeRO-{recipe.learner.zero_stage}, bf16, estimated per rank:"]
     lines += [f"  {k:<12}{v / GIB:8.1f} GiB" for k, v in learner.items()]
     total = sum(learner.values())
     lines.append(f"  {'total':<12}{total / GIB:8.1f} GiB")
@@ -160,10 +180,25 @@ def plan(recipe) -> str:
                         "learner.gradient_checkpointing, train fewer blocks (learner.train_layers), set "
                         "algorithm.kl_coef: 0 (no reference), or use a smaller model")
     kv_room = res.gpu_memory_gib * recipe.rollout.gpu_memory_utilization - need
-    if kv_room <= 0:
+    lines.append(colocated_line(learner, need, usable, res.placement == "colocated"))
+    if res.placement == "colocated":  # the engine has what the learner's resident state leaves, while it rolls out
+        kv_room = usable - resident(learner) / GIB - need
+    if kv_room <= 0 and res.placement == "colocated":
+        problems.append(f"colocated, the learner's resident {resident(learner) / GIB:.1f} GiB and the engine's weights "
+                        f"({need:.1f} GiB) leave no room for a KV cache in {usable:.0f} GiB: use resources.placement: "
+                        "split, or shrink the learner (keys above)")
+    elif kv_room <= 0:
         problems.append(f"a rollout engine's weights ({need:.1f} GiB) do not fit in rollout.gpu_memory_utilization="
                         f"{recipe.rollout.gpu_memory_utilization} of {res.gpu_memory_gib:.0f} GiB: raise it or "
                         "rollout.tensor_parallel_size")
+    elif res.placement == "colocated":
+        share = math.floor(100 * (kv_room + need) / res.gpu_memory_gib) / 100  # printed as a key's value: round down
+        lines.append(f"rollout engine: {kv_room:.1f} GiB left for its KV cache (rollout.gpu_memory_utilization "
+                     f"{recipe.rollout.gpu_memory_utilization} is the engine's share of the GPU: at most {share:.2f} "
+                     "here)")
+        if recipe.rollout.gpu_memory_utilization > share:
+            problems.append(f"colocated, rollout.gpu_memory_utilization={recipe.rollout.gpu_memory_utilization} "
+                            f"would take memory the learner keeps: set it to at most {share:.2f}")
     else:
         lines.append(f"rollout engine: {kv_room:.1f} GiB left for its KV cache")
     if problems:

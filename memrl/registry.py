@@ -1,5 +1,5 @@
-"""Named extension points, importable without torch: agents, advantage estimators, loss aggregations and
-policy losses.
+"""Named extension points, importable without torch: agents, advantage estimators, loss aggregations, policy
+losses and weight-sync backends.
 
 Each `Registry` maps a name to where its object lives ("module:attribute") and imports it only when asked
 (`get`), so the recipe schema checks names here without importing the code behind them (a recipe is data:
@@ -142,7 +142,12 @@ POLICY_LOSSES = Registry("policy loss", "memrl.policy_losses", {
     "ppo": "memrl.rl.policy_losses:ppo_policy_loss",
     "gspo": "memrl.rl.policy_losses:gspo_policy_loss",
 })
-REGISTRIES = (AGENTS, ADVANTAGES, AGGREGATIONS, POLICY_LOSSES)
+WEIGHT_SYNCS = Registry("weight sync", "memrl.weight_syncs", {  # rl.sync: init / start / update / finish
+    "native": "memrl.rl.sync:NativeSync",
+    "blob": "memrl.rl.sync:BlobSync",
+    "adapter": "memrl.rl.sync:AdapterSync",
+})
+REGISTRIES = (AGENTS, ADVANTAGES, AGGREGATIONS, POLICY_LOSSES, WEIGHT_SYNCS)
 REWARD_SCORES = ("em", "f1")  # the answer scores an episode's reward can be (`envs.rewards.shaped_reward`)
 
 

@@ -153,9 +153,11 @@ class RolloutCfg(Section):
     sync_timeout: float = Field(600.0, gt=0, description="seconds a weight sync (and forming its transfer group) may "
                                 "take on the learner ranks; past it the run stops with an error naming the ranks "
                                 "that did not finish")
-    weight_sync: Literal["native", "blob"] = Field(
-        "native", description="how new weights reach the engines: native = vLLM's weight-transfer protocol, layer by "
-        "layer (memrl_gloo on CPU, nccl on GPU); blob = the whole model as one safetensors blob through Ray (fallback)")
+    weight_sync: one_of(registry.WEIGHT_SYNCS) = Field(
+        "native", description="how new weights reach the engines (memrl.registry.WEIGHT_SYNCS, rl/sync.py): native = "
+        "vLLM's weight-transfer protocol, layer by layer (memrl_gloo on CPU, nccl on GPU); blob = the whole model as "
+        "one safetensors blob through Ray (fallback); adapter = the LoRA adapter only (what a run with "
+        "learner.lora_rank > 0 uses in place of native or blob); or a registered one")
 
 
 class AlgorithmCfg(Section):
@@ -313,7 +315,11 @@ class ResourcesCfg(Section):
     gpus_per_worker: float = Field(0.0, ge=0)
     cpus_per_learner_rank: float = Field(1.0, gt=0, description="CPUs Ray reserves for each learner rank")
     gpus_per_learner_rank: float = Field(0.0, ge=0, description="GPUs of each learner rank (1 on a GPU cluster; "
-                                         "0 trains on CPU), never shared with a rollout worker")
+                                         "0 trains on CPU); shared with a rollout engine only when colocated")
+    placement: Literal["split", "colocated"] = Field(
+        "split", description="split: learner ranks and rollout engines on GPUs of their own; colocated: learner rank i "
+        "and engine i share one bundle (its GPU), the engine sleeping while the learner trains (rl/placement.py; "
+        "needs rollout.workers = learner.ranks, tensor_parallel_size 1, algorithm.max_staleness 0)")
     gpu_memory_gib: float | None = Field(None, gt=0, description="memory of one GPU of the cluster: "
                                          "`memrl recipe plan` checks the learner and engines against it")
     address: str | None = Field(None, description="Ray address to join (None = start a local Ray)")
@@ -387,6 +393,10 @@ class Recipe(Section):
         if self.learner.packed and self.agent.name == "full_context":
             raise ValueError("learner.packed: true applies to memory agents (mem1, memsearcher); full_context has "
                              "one context per episode: set learner.packed: false or change agent.name")
+        if self.resources.placement == "colocated":
+            problems = colocation_problems(self)
+            if problems:
+                raise ValueError("resources.placement: colocated " + "; ".join(problems))
         return self
 
     @field_validator("output_dir")
@@ -413,6 +423,21 @@ class Recipe(Section):
     def eval_max_tokens(self) -> int:
         """Generation budget per turn of held-out evals (train.eval_max_tokens, else rollout.max_tokens)."""
         return self.train.eval_max_tokens or self.rollout.max_tokens
+
+
+def colocation_problems(recipe) -> list[str]:
+    """Why a recipe cannot be colocated (empty: it can), each naming the keys."""
+    problems = []
+    if recipe.rollout.workers != recipe.learner.ranks:
+        problems.append(f"needs one rollout engine per learner rank (rollout.workers={recipe.rollout.workers}, "
+                        f"learner.ranks={recipe.learner.ranks})")
+    if recipe.rollout.tensor_parallel_size != 1:
+        problems.append(f"needs rollout.tensor_parallel_size: 1 (got {recipe.rollout.tensor_parallel_size}): an "
+                        "engine shares its GPU with one learner rank")
+    if recipe.algorithm.max_staleness != 0:
+        problems.append(f"needs algorithm.max_staleness: 0 (got {recipe.algorithm.max_staleness}): the engine sleeps "
+                        "while the learner trains, so rollout and learning cannot overlap")
+    return problems
 
 
 class RecipeError(ValueError):

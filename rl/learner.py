@@ -156,11 +156,37 @@ class Learner(LearnerWeights):
         self.engine, self.optimizer, _, _ = deepspeed.initialize(
             model=model, model_parameters=[p for p in model.parameters() if p.requires_grad], config=self._ds_config()
         )
-        self.ref = None
-        if algorithm.kl_coef > 0:
-            self.ref = load_model(model_name, dtype=self.device.dtype).to(self.device.torch_device).eval()
-            self.ref.requires_grad_(False)
+        self.ref = self._reference(model_name) if algorithm.kl_coef > 0 else None
         self.steps = 0  # optimizer steps taken (drives the LR schedule)
+
+    def _reference(self, model_name: str) -> torch.nn.Module:
+        """The frozen KL reference. Under ZeRO-3 it is sharded over the ranks like the policy (a DeepSpeed engine
+        with no optimizer: each rank holds 1/ranks of it, gathered layer by layer in its forward), instead of a
+        full copy on every rank; otherwise a plain module on the device."""
+        import deepspeed
+
+        ref = load_model(model_name, dtype=self.device.dtype)
+        ref.requires_grad_(False)
+        if self.cfg.zero_stage != 3:
+            return ref.to(self.device.torch_device).eval()
+        config = {"train_micro_batch_size_per_gpu": 1, "zero_optimization": {"stage": 3},
+                  "bf16": {"enabled": self.device.dtype == torch.bfloat16}, "steps_per_print": 10**9}
+        self._ref_engine, *_ = deepspeed.initialize(model=ref, config=config)
+        return self._ref_engine.module.eval()
+
+    def _set_reference(self, state_dict: dict[str, torch.Tensor]) -> None:
+        """Copy full (HF-named) weights into the reference; under ZeRO-3 every rank calls it (the gather is a
+        collective) and rank 0's copy is what the shards take."""
+        import contextlib
+
+        import deepspeed
+
+        params = list(self.ref.parameters())
+        zero3 = self.cfg.zero_stage == 3
+        with deepspeed.zero.GatheredParameters(params, modifier_rank=0) if zero3 else contextlib.nullcontext():
+            if not zero3 or torch.distributed.get_rank() == 0:
+                with torch.no_grad():
+                    self.ref.load_state_dict(state_dict)
 
     def _ds_config(self) -> dict:
         cfg = self.cfg
@@ -378,13 +404,20 @@ class Learner(LearnerWeights):
     def reset_reference(self) -> None:
         """Make the KL reference the current policy (a no-op without KL): the policy GRPO starts from."""
         if self.ref is not None:
-            self.ref.load_state_dict(self.state_dict())
+            self._set_reference(self.state_dict())
 
     def load_reference(self, model_dir: str) -> None:
         """Load the KL reference from a Hugging Face directory (after a resume: the warm start's weights)."""
         if self.ref is not None:
-            self.ref = load_model(model_dir, dtype=self.device.dtype).to(self.device.torch_device).eval()
-            self.ref.requires_grad_(False)
+            self._set_reference(load_model(model_dir, dtype=self.device.dtype).state_dict())
+
+    def reference_elements(self) -> int:
+        """Reference parameters this rank holds (its ZeRO-3 shard, or all of them): what `memrl recipe plan`
+        counts as the reference's memory per rank."""
+        if self.ref is None:
+            return 0
+        # a ZeRO-3 parameter is an empty placeholder outside a gather; its shard is `ds_tensor`
+        return sum(p.ds_tensor.numel() if hasattr(p, "ds_tensor") else p.numel() for p in self.ref.parameters())
 
     def _set_lr(self, lr: float) -> None:
         for group in self.engine.optimizer.param_groups:

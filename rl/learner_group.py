@@ -27,6 +27,7 @@ from memrl.rl.step import run_step
 
 if TYPE_CHECKING:
     from memrl.recipes.schema import AlgorithmCfg, LearnerCfg, ResourcesCfg, RolloutCfg
+    from memrl.rl.placement import Placement
 
 log = logging.getLogger(__name__)
 
@@ -38,27 +39,55 @@ def check_resources(recipe, available: dict[str, float]) -> None:
     and the placement group's wait (`rollout.rollout_timeout`) fails with the same keys if none come."""
     from memrl.plan import PlanError
 
-    r, res, ret = recipe.rollout, recipe.resources, recipe.retrieval
-    service = ret.replicas * ret.cpus_per_replica if ret.serve else 0.0  # the run's retrieval service
-    asks = {
-        "CPU": (r.workers * res.cpus_per_worker + recipe.learner.ranks * res.cpus_per_learner_rank + service,
-                "rollout.workers x resources.cpus_per_worker + learner.ranks x resources.cpus_per_learner_rank"
-                + (" + retrieval.replicas x retrieval.cpus_per_replica" if ret.serve else "")),
-        "GPU": (r.workers * res.gpus_per_worker + recipe.learner.ranks * res.gpus_per_learner_rank,
-                "rollout.workers x resources.gpus_per_worker + learner.ranks x resources.gpus_per_learner_rank"),
-    }
-    for name, (need, keys) in asks.items():
+    asks = _colocated_asks(recipe) if recipe.resources.placement == "colocated" else _split_asks(recipe)
+    for name, (need, how) in asks.items():
         have = float(available.get(name, 0.0))
         if need > have + 1e-9:
-            per_worker = res.cpus_per_worker if name == "CPU" else res.gpus_per_worker
-            per_rank = res.cpus_per_learner_rank if name == "CPU" else res.gpus_per_learner_rank
-            extra = f" + {ret.replicas} x {ret.cpus_per_replica:g}" if name == "CPU" and ret.serve else ""
-            problem = (f"the recipe needs {need:g} {name} ({keys} = {r.workers} x {per_worker:g} + "
-                       f"{recipe.learner.ranks} x {per_rank:g}{extra}) but the Ray cluster has {have:g}: lower those "
-                       "keys or add nodes")
-            if res.address is None:
+            problem = f"{how} but the Ray cluster has {have:g}: lower those keys or add nodes"
+            if recipe.resources.address is None:
                 raise PlanError(problem)
             log.warning("%s (waiting for an autoscaler)", problem)
+
+
+def _service_cpus(recipe) -> tuple[float, str]:
+    """CPUs of the run's retrieval service, and how they are asked for (as a term of a sum)."""
+    ret = recipe.retrieval
+    if not ret.serve:
+        return 0.0, ""
+    return ret.replicas * ret.cpus_per_replica, f" + {ret.replicas} x {ret.cpus_per_replica:g}"
+
+
+def _split_asks(recipe) -> dict[str, tuple[float, str]]:
+    """Per resource: what a split recipe needs, and a sentence naming the keys (engines and ranks apart)."""
+    r, res, n = recipe.rollout, recipe.resources, recipe.learner.ranks
+    service, service_term = _service_cpus(recipe)
+    cpu = r.workers * res.cpus_per_worker + n * res.cpus_per_learner_rank + service
+    gpu = r.workers * res.gpus_per_worker + n * res.gpus_per_learner_rank
+    service_keys = " + retrieval.replicas x retrieval.cpus_per_replica" if service else ""
+    return {
+        "CPU": (cpu, f"the recipe needs {cpu:g} CPU (rollout.workers x resources.cpus_per_worker + learner.ranks x "
+                     f"resources.cpus_per_learner_rank{service_keys} = {r.workers} x {res.cpus_per_worker:g} + {n} x "
+                     f"{res.cpus_per_learner_rank:g}{service_term})"),
+        "GPU": (gpu, f"the recipe needs {gpu:g} GPU (rollout.workers x resources.gpus_per_worker + learner.ranks x "
+                     f"resources.gpus_per_learner_rank = {r.workers} x {res.gpus_per_worker:g} + {n} x "
+                     f"{res.gpus_per_learner_rank:g})"),
+    }
+
+
+def _colocated_asks(recipe) -> dict[str, tuple[float, str]]:
+    """Per resource: what a colocated recipe needs (rank i and engine i share one bundle: rl.placement)."""
+    res, n = recipe.resources, recipe.learner.ranks
+    service, _ = _service_cpus(recipe)
+    cpu = n * (res.cpus_per_learner_rank + res.cpus_per_worker) + service
+    gpu = n * res.gpus_per_learner_rank
+    service_keys = f" + retrieval.replicas x retrieval.cpus_per_replica = {service:g}" if service else ""
+    return {
+        "CPU": (cpu, f"the colocated recipe needs {cpu:g} CPU (learner.ranks x (resources.cpus_per_learner_rank + "
+                     f"resources.cpus_per_worker) = {n} x ({res.cpus_per_learner_rank:g} + {res.cpus_per_worker:g})"
+                     f"{service_keys})"),
+        "GPU": (gpu, f"the colocated recipe needs {gpu:g} GPU (learner.ranks x resources.gpus_per_learner_rank = {n} x "
+                     f"{res.gpus_per_learner_rank:g}, each shared with a rollout engine)"),
+    }
 
 
 class RankTimeout(RuntimeError):
@@ -149,6 +178,9 @@ class LearnerRank:
     def load_state(self, path: str) -> None:
         self.learner.load_state(Path(path))
 
+    def reference_elements(self) -> int:
+        return self.learner.reference_elements()
+
     def get_steps(self) -> int:
         return self.learner.steps
 
@@ -170,30 +202,26 @@ class LearnerGroup:
     save_state, load_state); the driver process holds no model."""
 
     def __init__(self, model_dir: str, *, learner: LearnerCfg, algorithm: AlgorithmCfg, rollout: RolloutCfg,
-                 resources: ResourcesCfg, seed: int = 0, plugins: tuple[str, ...] = ()) -> None:
-        """`learner.ranks` actors placed together (one bundle of `resources.cpus/gpus_per_learner_rank` each), each
-        importing `plugins` (`memrl.registry.plugin_modules`) and then building its `Learner`."""
+                 resources: ResourcesCfg, seed: int = 0, plugins: tuple[str, ...] = (),
+                 placement: Placement | None = None) -> None:
+        """`learner.ranks` actors in the run's placement group (`rl.placement`: a bundle of
+        `resources.cpus/gpus_per_learner_rank` each, or shared with an engine when colocated; without `placement`,
+        a split one of its own), each importing `plugins` (`memrl.registry.plugin_modules`) and then building its
+        `Learner`."""
         import ray
-        from ray.util.placement_group import placement_group
-        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        from memrl.rl.placement import Placement, layout
 
         n, timeout = learner.ranks, rollout.rollout_timeout
         self.loss_agg, self.max_tokens, self.max_staleness = algorithm.loss_agg, rollout.max_tokens, algorithm.max_staleness
         self.timeouts = {"learner.step_timeout": learner.step_timeout, "rollout.sync_timeout": rollout.sync_timeout}
-        bundle = {"CPU": resources.cpus_per_learner_rank}
-        if resources.gpus_per_learner_rank:
-            bundle["GPU"] = resources.gpus_per_learner_rank
-        self.pg = placement_group([dict(bundle) for _ in range(n)], strategy="PACK")
-        if not ray.wait([self.pg.ready()], timeout=timeout)[0]:
-            ray.util.remove_placement_group(self.pg)
-            raise RuntimeError(f"the cluster did not place {n} learner rank(s) of {bundle} within {timeout:.0f}s "
-                               "(learner.ranks, resources.cpus_per_learner_rank, resources.gpus_per_learner_rank; "
-                               "rollout.rollout_timeout)")
+        self._own = placement is None
+        if placement is None:
+            placement = Placement(layout(resources.model_copy(update={"placement": "split"}), n, 0), timeout)
+        self.placement = placement
         cls = ray.remote(LearnerRank)
-        self.ranks = [cls.options(num_cpus=resources.cpus_per_learner_rank,
-                                  num_gpus=resources.gpus_per_learner_rank,
-                                  scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=i))
-                      .remote(n, tuple(plugins)) for i in range(n)]
+        self.ranks = [cls.options(**placement.options(slot)).remote(n, tuple(plugins))
+                      for slot in placement.layout.ranks]
         addr, port = ray.get(self.ranks[0].address.remote(), timeout=timeout)
         sections = {"learner": learner, "algorithm": algorithm, "rollout": rollout}
         ray.get([r.start.remote(str(model_dir), sections, seed, i, n, addr, port) for i, r in enumerate(self.ranks)],
@@ -281,4 +309,5 @@ class LearnerGroup:
         for r in self.ranks:
             ray.kill(r)
         self.ranks = []
-        ray.util.remove_placement_group(self.pg)
+        if self._own:  # a run's placement group is the trainer's to remove (its engines may be in it)
+            self.placement.remove()

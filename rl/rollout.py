@@ -30,6 +30,7 @@ from memrl.records import Trajectory
 
 if TYPE_CHECKING:
     from memrl.recipes.schema import AgentCfg, EnvCfg, ResourcesCfg, RolloutCfg
+    from memrl.rl.placement import Placement
 
 log = logging.getLogger(__name__)
 
@@ -69,14 +70,14 @@ class RolloutWorker:
     """One vLLM engine and a pool of env instances. Used as a Ray actor, or in-process for eval."""
 
     def __init__(self, model_dir: str, rollout: RolloutCfg, seed: int = 0, fault: dict | None = None,
-                 lora_rank: int = 0, plugins: tuple[str, ...] = ()) -> None:
+                 lora_rank: int = 0, plugins: tuple[str, ...] = (), sleep_mode: bool = False) -> None:
         from memrl.registry import import_plugins
 
         import_plugins(plugins)  # agents registered by this run (a recipe's `plugins`, or registrations)
         # `model_dir` may be the recipe's model name: resolved on this node (a tied model's untied copy is made in
         # this node's MEMRL_CACHE: a path from the driver's cache would not exist on another node)
         model_dir = str(resolve_model_dir(model_dir))
-        self.backend = VLLMBackend(model_dir, rollout=rollout, seed=seed, lora_rank=lora_rank)
+        self.backend = VLLMBackend(model_dir, rollout=rollout, seed=seed, lora_rank=lora_rank, sleep_mode=sleep_mode)
         self.envs: dict[str, list] = {}
         self.fault = fault or {}  # test hook: {"die_after_turns": n, "once_file": path} exits mid-rollout
         self.transfer_epoch = 0  # the weight-transfer group this engine is in (0: none; a restarted actor)
@@ -112,6 +113,17 @@ class RolloutWorker:
 
     def close(self) -> None:
         self.backend.close()
+
+    # colocation (rl.placement): the engine gives its GPU memory back while the learner trains
+    def sleep(self) -> None:
+        self.backend.sleep()
+
+    def wake_up(self) -> None:
+        self.backend.wake_up()
+
+    def sleep_calls(self) -> tuple[int, int]:
+        """(sleeps, wake-ups) asked of this engine so far."""
+        return self.backend.sleeps, self.backend.wakes
 
     def load_blob(self, blob: bytes, version: int) -> int:
         self.backend.load_blob(blob, version)
@@ -175,28 +187,40 @@ class RolloutManager:
 
     def __init__(self, model_dir: str, *, rollout: RolloutCfg, resources: ResourcesCfg, seed: int = 0,
                  faults: list[dict] | None = None, blob_source=None, lora_rank: int = 0,
-                 plugins: tuple[str, ...] = ()) -> None:
+                 plugins: tuple[str, ...] = (), placement: Placement | None = None) -> None:
         """`rollout.workers` actors, each with `resources.cpus_per_worker` / `gpus_per_worker` and an engine
         configured by the `rollout` section; `blob_source()` gives the current weights as a blob for a worker
         that comes back from a restart behind; `lora_rank` > 0: the engines take LoRA adapters
         (`learner.lora_rank`); `plugins`: modules each worker imports first (`memrl.registry.plugin_modules`);
-        `faults` (one dict per worker) are test hooks."""
+        `placement`: the run's (`rl.placement`; colocated engines share the learner ranks' bundles and sleep while
+        they train); `faults` (one dict per worker) are test hooks."""
         import ray
 
         self.timeout = rollout.rollout_timeout
-        actor_cls = ray.remote(RolloutWorker).options(
-            num_cpus=resources.cpus_per_worker, num_gpus=resources.gpus_per_worker, max_restarts=-1,
-            max_task_retries=0, max_concurrency=CONCURRENCY)
+        self.colocated = placement is not None and placement.colocated
         faults = faults or [{}] * rollout.workers
-        self.workers = [actor_cls.remote(str(model_dir), rollout, seed, faults[i], lora_rank, tuple(plugins))
-                        for i in range(rollout.workers)]
+        actor_cls = ray.remote(RolloutWorker)
+        self.workers = []
+        for i in range(rollout.workers):
+            where = (placement.options(placement.layout.workers[i]) if placement is not None else
+                     {"num_cpus": resources.cpus_per_worker, "num_gpus": resources.gpus_per_worker})
+            self.workers.append(actor_cls.options(**where, max_restarts=-1, max_task_retries=0,
+                                                  max_concurrency=CONCURRENCY)
+                                .remote(str(model_dir), rollout, seed, faults[i], lora_rank, tuple(plugins),
+                                        self.colocated))
         ray.get([w.ready.remote() for w in self.workers], timeout=self.timeout)
         self.workers_per_engine = rollout.tensor_parallel_size  # vLLM workers per engine (ranks in a transfer group)
-        self.version = 0
+        self.versions = None  # the run's rl.sync.WeightSync, which owns the weight version (set by it)
+        self._loaded = 0  # without one: the version of the last `load_blob`
         self.blob_source = blob_source
         self._weights_ref, self._ref_version = None, None
 
-    # ------------------------------------------------------------ weight transfer group (rl.sync.WeightSync)
+    @property
+    def version(self) -> int:
+        """The weight version rollouts are dispatched at: the run's (`WeightSync.version`), read, never kept."""
+        return self.versions.version if self.versions is not None else self._loaded
+
+    # ------------------------------------------------------------ weight transfer group (rl.sync.NativeSync)
     def transfer_epochs(self) -> list[int]:
         import ray
 
@@ -218,6 +242,20 @@ class RolloutManager:
             except (ActorUnavailableError, RayActorError) as exc:
                 log.warning("a rollout worker could not leave its transfer group (%s)", type(exc).__name__)
 
+    def sleep(self) -> None:
+        """Colocated engines free their GPU memory for the learner (vLLM sleep level 1); split ones keep it."""
+        if self.colocated:
+            import ray
+
+            ray.get([w.sleep.remote() for w in self.workers], timeout=self.timeout)
+
+    def wake(self) -> None:
+        """Colocated engines take their memory back, before a weight update (`rl.sync.SyncBackend.start`)."""
+        if self.colocated:
+            import ray
+
+            ray.get([w.wake_up.remote() for w in self.workers], timeout=self.timeout)
+
     def await_all(self) -> None:
         """Block until every worker answers (Ray restarts dead ones)."""
         for i in range(len(self.workers)):
@@ -234,8 +272,9 @@ class RolloutManager:
             self._weights_ref, self._ref_version = ray.put(self.blob_source()), self.version
         return [self._weights_ref]
 
-    def sync(self, blob: bytes, version: int) -> float:
-        """Push new weights to every engine as one blob (the fallback path); returns seconds taken."""
+    def load_blob(self, blob: bytes, version: int) -> float:
+        """Load new weights into every engine as one blob (rl.sync's blob and adapter paths); returns seconds
+        taken. The run's version moves when its WeightSync commits, after every engine has loaded."""
         import ray
         from ray.exceptions import ActorUnavailableError, RayActorError
 
@@ -254,7 +293,7 @@ class RolloutManager:
                                 type(exc).__name__)
                     self._await_restart(i)
                     ref = self.workers[i].load_blob.remote(self._weights_ref, version)
-        self.version = version
+        self._loaded = version
         return time.perf_counter() - t0
 
     def rollout(self, seeds: list[int], group_ids: list[int], env: EnvCfg, agent: AgentCfg,

@@ -38,11 +38,12 @@ from memrl.rl.curriculum import Curriculum
 from memrl.rl.export import export
 from memrl.rl.learner_group import LearnerGroup, check_resources
 from memrl.rl.metrics import MetricsWriter
+from memrl.rl.placement import Placement
 from memrl.rl.rollout import RolloutManager
 from memrl.rl.services import start_retrieval, stop_retrieval
 from memrl.rl.step import assign_advantages, merge_minibatch_metrics
 from memrl.rl.streams import oracle_seeds, stream_seeds, task_seeds
-from memrl.rl.sync import WeightSync
+from memrl.rl.sync import WeightSync, backend_name
 from memrl.rl.trackers import make_trackers
 from memrl.rl.viewer import Viewer
 
@@ -76,19 +77,19 @@ class Trainer:
         self.recipe = recipe
         plugins = tuple(plugin_modules(recipe.plugins))  # every actor knows the names this run registered
         # actors get the model's name and resolve it on their own node (their cache, their untied copy)
+        self.placement = Placement.create(recipe)  # split or colocated learner ranks and engines (rl/placement.py)
         self.learner = LearnerGroup(recipe.model.name, learner=recipe.learner, algorithm=recipe.algorithm,
                                     rollout=recipe.rollout, resources=recipe.resources, seed=recipe.seed,
-                                    plugins=plugins)
+                                    plugins=plugins, placement=self.placement)
         self.rollouts = RolloutManager(recipe.model.name, rollout=recipe.rollout, resources=recipe.resources,
                                        seed=recipe.seed, blob_source=self.learner.weights_blob,
-                                       lora_rank=recipe.learner.lora_rank, plugins=plugins)
-        # LoRA: only the adapter travels, as one small blob (the weight-transfer protocol moves full weights)
-        mode = "blob" if recipe.learner.lora_rank else recipe.rollout.weight_sync
-        self.weights = WeightSync(self.learner, self.rollouts, mode, recipe.rollout.sync_timeout)
+                                       lora_rank=recipe.learner.lora_rank, plugins=plugins, placement=self.placement)
+        self.weights = WeightSync(self.learner, self.rollouts,  # the owner of the weight version
+                                  backend_name(recipe.rollout.weight_sync, recipe.learner.lora_rank),
+                                  recipe.rollout.sync_timeout)
         self.timings["startup"] = time.perf_counter() - t0
         self._pool = ThreadPoolExecutor(max_workers=1)  # the overlapped rollout (algorithm.max_staleness >= 1)
         self._ahead = None  # (step, future of its rollouts), started while the previous step learned
-        self.version = 0
         self.step = 0
         self.sft_done = 0
         self.handoff_done = False
@@ -99,7 +100,7 @@ class Trainer:
             self.handoff_done = state.get("handoff_done", self.step > 0)
             self.evals, self.timings = state.get("evals", {}), {**state.get("timings", {}), **self.timings}
             self.learner.steps = state.get("optimizer_steps", 0)
-            self.version = state.get("version", 0)  # weight versions keep counting up across a resume
+            self.weights.restore(state.get("version", 0))  # weight versions keep counting up across a resume
             log.info("resumed from %s (step %d)", ckpt, self.step)
             if self.handoff_done and recipe.algorithm.kl_coef > 0:  # the reference is the policy GRPO started from
                 self.learner.load_reference(str(self._handoff_checkpoint() / "model"))
@@ -180,6 +181,7 @@ class Trainer:
         envs = [build_env(rc.env.at()) for _ in range(rc.sft.tasks_per_step)]
         trajs = run_episodes(agent, envs, oracle_seeds(rc, stream, s), oracle_policy(agent, envs),
                              SamplingConfig(max_tokens=10**6, temperature=0.0))
+        self.rollouts.sleep()  # colocated engines free the GPU while the learner trains (woken by the next sync)
         m = self.learner.train_step([t for t in trajs if not t.failed], sft=True, lr=rc.sft.lr)
         self.metrics.write({"phase": stream, "step": s, **m, "oracle_em": summarize(trajs)["em"]})
         return m
@@ -269,6 +271,7 @@ class Trainer:
         assign_advantages(trajs, al)
         live = [t for t in trajs if not t.failed]
         t1 = time.perf_counter()
+        self.rollouts.sleep()  # colocated engines free the GPU for the learner; the sync's start wakes them
         size = max(1, -(-len(live) // al.minibatches))
         parts = [self.learner.train_step(live[i:i + size], version=self.version) for i in range(0, len(live), size)]
         lm = merge_minibatch_metrics(parts)
@@ -361,9 +364,13 @@ class Trainer:
                 write_jsonl(self.out / "sweep_episodes.jsonl", episodes)
         return rows
 
+    @property
+    def version(self) -> int:
+        """The weight version the engines hold (owned by `self.weights`)."""
+        return self.weights.version
+
     def sync_weights(self) -> float:
-        self.version += 1
-        return self.weights.sync(self.version)
+        return self.weights.sync()
 
     def _state(self) -> dict:
         return {"sft_done": self.sft_done, "evals": self.evals, "timings": self.timings,
@@ -382,9 +389,10 @@ class Trainer:
                            + sorted(self.out.glob("*.png")))
         self._pool.shutdown(wait=True)
         stop_retrieval(self.services)
-        self.learner.leave_transfer()
+        self.weights.close()
         self.rollouts.shutdown()
         self.learner.close()
+        self.placement.remove()
 
 
 __all__ = ["Trainer", "asdict"]

@@ -82,7 +82,7 @@ def test_the_memory_estimate_by_hand(world):
     assert parts["optimizer"] == 12 * n and parts["reference"] == 2 * n
     four = learner_bytes(shape, _paper("mem1", world, "learner.ranks=4"))  # ZeRO-3 over 4 ranks
     assert four["weights"] == 2 * n / 4 and four["gradients"] == 2 * n / 4 and four["optimizer"] == 12 * n / 4
-    assert four["reference"] == 2 * n  # the frozen reference is not sharded
+    assert four["reference"] == 2 * n / 4  # ZeRO-3 shards the frozen reference with the policy
     two = learner_bytes(shape, _paper("memsearcher", world, "learner.ranks=2", f"model.name={world['models']['Qwen2.5-7B']}"))
     assert two["weights"] == 2 * n and two["gradients"] == 2 * n / 2 and two["optimizer"] == 12 * n / 2  # ZeRO-2
     assert trainable(shape, 2) == 2 * shape.per_layer + shape.vocab * shape.hidden + shape.hidden
@@ -115,3 +115,19 @@ def test_train_and_eval_report_a_missing_model_as_one_line(tmp_path, capsys):
     assert main(["eval", "--model", str(missing), "--out", str(tmp_path / "e")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no-such-dir" in err[0]
+
+
+def test_the_plan_prints_the_colocated_memory_and_refuses_an_engine_share_the_learner_needs(world):
+    """Either placement's plan prints the colocated one; colocated, the engine's share of the GPU must leave the
+    learner's resident state (weights, gradients, optimizer, reference) where it is."""
+    text = plan(_paper("memsearcher", world))
+    assert "if colocated (resources.placement: colocated): training" in text and text.endswith("fits")
+    colocated = ("resources.placement=colocated", "algorithm.max_staleness=0", "algorithm.partial_rollouts=false")
+    with pytest.raises(PlanError, match=r"colocated, rollout.gpu_memory_utilization=0.9 would take memory the "
+                                        r"learner keeps: set it to at most 0\.\d\d"):
+        plan(_paper("memsearcher", world, *colocated))
+    recipe = _paper("memsearcher", world, *colocated)
+    lines = [line for line in str(pytest.raises(PlanError, plan, recipe).value).splitlines() if "at most" in line]
+    share = float(lines[-1].rsplit(" ", 1)[-1])
+    fits = plan(_paper("memsearcher", world, *colocated, f"rollout.gpu_memory_utilization={share}"))
+    assert "learner: 4 rank(s), each on a GPU shared with an engine" in fits and fits.endswith("fits")

@@ -92,6 +92,21 @@ def test_relative_output_dir_on_two_nodes_is_refused_before_the_job_starts(clust
     assert {j["id"] for j in cs.list_jobs(address)} == before
 
 
+def test_recipe_plan_reads_the_clusters_nodes(cluster, layout, capsys):
+    """`memrl recipe plan --address`: the nodes alive and their resources, and whether the run's bundles fit."""
+    from memrl.cli import main
+
+    address, _ = cluster
+    sets = [a for kv in _recipe(layout) for a in ("--set", kv)]
+    assert main(["recipe", "plan", "quickstart", *sets, "--address", address]) == 0
+    out = capsys.readouterr().out
+    assert "2 node(s) alive, 3 CPU, 0 GPU; the run asks 3 CPU, 0 GPU (split)" in out
+    assert "the learner ranks and engines fit on the cluster's nodes" in out
+    assert main(["recipe", "plan", "quickstart", *sets, "--set", "resources.cpus_per_learner_rank=1.5",
+                 "--address", address]) == 2  # 2 x 1.5 + 1 = 4 CPU on nodes of 1 and 2
+    assert "cannot place the run's learner ranks and engines: bundle" in capsys.readouterr().err
+
+
 def test_a_killed_run_resumes_on_nodes_that_share_only_its_storage(cluster, layout, capsys):
     address, hidden = cluster
     out = layout / "shared/runs/multinode"

@@ -1,4 +1,5 @@
-"""A memory format and a policy loss added from outside memrl, one file: what tests/rl/test_plugins.py trains with.
+"""A memory format, a policy loss and a weight-sync backend added from outside memrl, one file: what
+tests/rl/test_plugins.py trains with.
 
 Imported by name (`plugins: [tests.plugins.memrl_example_plugin]` in a recipe, or a plain import): the decorators
 register the names, and the trainer makes every Ray actor import this module too.
@@ -10,6 +11,7 @@ import torch
 
 from memrl.agents.memsearcher import MemSearcherAgent
 from memrl.registry import AGENTS, POLICY_LOSSES
+from memrl.rl.sync import BlobSync, register_weight_sync
 
 
 @AGENTS.register("test_notes")
@@ -32,3 +34,32 @@ def reinforce(logp, old_logp, adv, seq, *, clip_low, clip_high, dual_clip=None):
     `reinforce_tokens` (1 per token, so its mean is 1) shows in the metrics that this loss ran."""
     ratio = torch.exp((logp - old_logp).clamp(-20.0, 20.0))
     return -adv * ratio, {"reinforce_tokens": torch.ones_like(logp)}
+
+
+@register_weight_sync("test_checked_blob")
+class CheckedBlobSync(BlobSync):
+    """The blob path, plus a check at `finish` that every engine holds the version being committed; it records
+    each protocol call as (call, version) in `calls`, for the test to read the order."""
+
+    def __init__(self, learner, rollouts, timeout: float) -> None:
+        super().__init__(learner, rollouts, timeout)
+        self.calls: list[tuple[str, int | None]] = []
+
+    def init(self) -> None:
+        self.calls.append(("init", None))
+
+    def start(self, version: int) -> None:
+        self.calls.append(("start", version))
+        super().start(version)  # colocated engines wake up here
+
+    def update(self, version: int) -> None:
+        self.calls.append(("update", version))
+        super().update(version)
+
+    def finish(self, version: int) -> None:
+        import ray
+
+        held = ray.get([w.version.remote() for w in self.rollouts.workers], timeout=self.timeout)
+        if held != [version] * len(held):
+            raise RuntimeError(f"engines hold weight versions {held} after an update to {version}")
+        self.calls.append(("finish", version))

@@ -55,18 +55,28 @@ def test_two_gloo_ranks_make_the_update_of_one_rank(zero_stage, ray_local):
         # adam_eps 1e-4: Adam's first step is lr * g / (|g| + eps); with the default 1e-8 it is ~lr * sign(g), so
         # gradient entries at float-noise level (~1e-9, e.g. absent tokens' embeddings) would move by +-lr at
         # random and hide what is compared: that the summed gradients are the same.
+        # with a KL term: under ZeRO-3 the reference is sharded over the ranks like the policy
         sections = learner_sections(zero_stage=zero_stage, lr=1e-3, adam_eps=1e-4, ranks=ranks, micro_batch_tokens=64,
-                                    kl_coef=0.0, entropy_coef=0.01, loss_agg="seq_mean_token_mean")
+                                    kl_coef=0.05, entropy_coef=0.01, loss_agg="seq_mean_token_mean")
         group = LearnerGroup("tiny:0", **sections, resources=ResourcesCfg(cpus_per_learner_rank=1), seed=0)
         try:
             before = group.state_dict()
-            metrics = group.train_step(_trajs())
+            held = ray_local.get([r.reference_elements.remote() for r in group.ranks])
+            full = sum(v.numel() for v in before.values())
+            if zero_stage == 3:  # each parameter cut in `ranks` (the last piece padded)
+                assert all(full / ranks <= h <= full / ranks + len(before) for h in held), (held, full)
+            else:
+                assert held == [full] * ranks
+            group.train_step(_trajs())  # policy = reference: the KL term is 0 at the first step
+            metrics = group.train_step(_trajs())  # ... and not at the second: the sharded reference's forward counts
             results[ranks] = metrics, group.state_dict()
-            assert group.steps == 1
+            assert group.steps == 2 and metrics["kl"] > 0
+            group.reset_reference()  # the SFT -> GRPO handoff: every rank copies the policy into its shard
+            assert abs(group.train_step(_trajs())["kl"]) < 1e-6
         finally:
             group.close()
     (m1, w1), (m2, w2) = results[1], results[2]
-    for key in ("pg_loss", "loss", "entropy", "grad_norm", "approx_kl", "train_tokens", "contexts"):
+    for key in ("pg_loss", "loss", "entropy", "grad_norm", "approx_kl", "kl", "train_tokens", "contexts"):
         assert abs(m1[key] - m2[key]) <= 1e-5 * max(1.0, abs(m1[key])), (key, m1[key], m2[key])
     assert m1["skipped"] == m2["skipped"] == 0.0 and m1["grad_norm"] > 0
     moved = max(float((w1[k] - before[k]).abs().max()) for k in w1)

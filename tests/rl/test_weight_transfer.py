@@ -123,7 +123,7 @@ def test_two_zero3_ranks_stream_to_a_rollout_worker_and_a_restarted_worker_rejoi
     group = LearnerGroup("tiny:0", **sections, resources=res, seed=0)
     rollouts = RolloutManager(str(_tiny_dir()), rollout=RolloutCfg(max_model_len=1024), resources=res,
                               blob_source=group.weights_blob)
-    sync = WeightSync(group, rollouts, "native", timeout=300)
+    sync = WeightSync(group, rollouts, "native", timeout=300)  # the run's version owner, as in the trainer
 
     def engine_sum() -> float:
         return ray.get(rollouts.workers[0].param_checksum.remote())
@@ -132,14 +132,15 @@ def test_two_zero3_ranks_stream_to_a_rollout_worker_and_a_restarted_worker_rejoi
         """The engine's parameters equal what the blob path (tested against HF greedy in test_weight_sync)
         loads from the learner's current weights."""
         native = engine_sum()
-        rollouts.sync(group.weights_blob(), version)
+        rollouts.load_blob(group.weights_blob(), version)
         return abs(engine_sum() - native) <= 1e-9 * abs(native)
 
     try:
         start = engine_sum()
         group.train_step(_trajs())
-        sync.sync(1)
-        assert sync.epoch == 1 and rollouts.transfer_epochs() == [1]
+        sync.sync()
+        assert sync.version == rollouts.version == 1
+        assert sync.backend.epoch == 1 and rollouts.transfer_epochs() == [1]
         assert abs(engine_sum() - start) > 1e-3 and same_as_blob_of_the_learner(1)
         assert ray.get(rollouts.workers[0].version.remote()) == 1
         pid = ray.get(rollouts.workers[0].ready.remote())
@@ -148,12 +149,13 @@ def test_two_zero3_ranks_stream_to_a_rollout_worker_and_a_restarted_worker_rejoi
             time.sleep(1)
         assert rollouts.transfer_epochs() == [0] and abs(engine_sum() - start) <= 1e-9 * abs(start)
         group.train_step(_trajs())
-        sync.sync(2)
-        assert sync.epoch == 2 and rollouts.transfer_epochs() == [2]
+        sync.sync()
+        assert sync.version == rollouts.version == 2
+        assert sync.backend.epoch == 2 and rollouts.transfer_epochs() == [2]
         assert ray.get(rollouts.workers[0].version.remote()) == 2
         assert same_as_blob_of_the_learner(2)
     finally:
-        group.leave_transfer()
+        sync.close()
         rollouts.shutdown()
         group.close()
 
