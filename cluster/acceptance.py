@@ -84,6 +84,8 @@ def check_transfer(device: str, work: Path) -> str:
     tiny = save_tiny_model(work / "tiny")
     engine = VLLMBackend(tiny, rollout=_rollout(device, 0.3))  # GPU 0 (the first visible one)
     learner_device = "cuda:1" if device == "cuda" else "cpu"
+    if device == "cuda":  # the trainer side's NCCL communicator binds to the current device: the learner's GPU
+        torch.cuda.set_device(1)
     model = load_model(tiny).to(device=learner_device, dtype=plan().rollout_dtype)
     transfer, client = connect(LearnerSource(model, zero3=False), [engine], backend=plan().weight_transfer_backend)
     try:
