@@ -56,11 +56,11 @@ class DevicePlan:
             args["max_num_seqs"] = rollout.max_num_seqs
         if self.kind == "cuda":
             args["gpu_memory_utilization"] = rollout.gpu_memory_utilization
-        if sleep_mode and self.sleep_mode:
-            args["enable_sleep_mode"] = True
         elif rollout.tensor_parallel_size > 1:
             raise ValueError(f"rollout.tensor_parallel_size={rollout.tensor_parallel_size} needs GPUs; this machine "
                              "runs on CPU (set it to 1)")
+        if sleep_mode and self.sleep_mode:
+            args["enable_sleep_mode"] = True
         return args
 
     def vllm_env(self, kv_cache_gib: float = 1.0) -> dict[str, str]:

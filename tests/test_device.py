@@ -52,3 +52,17 @@ def test_the_engine_gets_the_plans_rollout_dtype_unless_the_recipe_sets_one(monk
     assert cpu.engine_args(RolloutCfg())["enforce_eager"] is True
     monkeypatch.setenv("MEMRL_ROLLOUT_DTYPE", "float32")
     assert plan("cpu").engine_args(RolloutCfg())["dtype"] == "float32"
+
+
+def test_engine_args_on_cuda_allow_tensor_parallelism_and_ask_sleep_mode_only_when_colocated():
+    """Pure arguments (no GPU needed): on CUDA a tensor-parallel engine is allowed and sleep mode is asked only for a
+    colocated engine; on CPU sleep mode is never asked and tensor parallelism is refused."""
+    from memrl.device import DevicePlan
+
+    cuda = DevicePlan("cuda", torch.bfloat16, "nccl", torch.bfloat16)
+    tp = RolloutCfg(tensor_parallel_size=2)
+    assert "enable_sleep_mode" not in cuda.engine_args(tp) and cuda.engine_args(tp)["tensor_parallel_size"] == 2
+    assert cuda.engine_args(tp, sleep_mode=True)["enable_sleep_mode"] is True
+    assert "enable_sleep_mode" not in plan("cpu").engine_args(RolloutCfg(), sleep_mode=True)
+    with pytest.raises(ValueError, match="tensor_parallel_size=2 needs GPUs"):
+        plan("cpu").engine_args(tp, sleep_mode=True)
