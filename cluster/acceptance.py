@@ -53,7 +53,7 @@ def _rollout(device: str, utilization: float):
                       enforce_eager=device == "cpu")
 
 
-def check_devices(device: str) -> str:
+def check_devices(device: str, work: Path) -> str:
     import torch
 
     from memrl.device import plan
@@ -164,8 +164,9 @@ def small_sets(out: Path, device: str) -> list[str]:
 
 def check_grpo_step(recipe: str, device: str, work: Path, sets: list[str]) -> str:
     out = work / "runs"
+    overrides = small_sets(out, device) + sets
     argv = [sys.executable, "-m", "memrl.cli", "train", recipe]
-    for s in small_sets(out, device) + sets:
+    for s in overrides:
         argv += ["--set", s]
     t0 = time.perf_counter()
     done = subprocess.run(argv, capture_output=True, text=True)
@@ -174,7 +175,7 @@ def check_grpo_step(recipe: str, device: str, work: Path, sets: list[str]) -> st
         raise CheckFailed(f"`memrl train {recipe}` exited {done.returncode}: {done.stderr[-2000:]}")
     from memrl.recipes.schema import load_recipe
 
-    name = load_recipe(recipe, small_sets(out, device) + sets).name
+    name = load_recipe(recipe, overrides).name
     rows = [json.loads(line) for line in (out / name / "metrics.jsonl").read_text().splitlines()]
     grpo = [r for r in rows if r["phase"] == "grpo"]
     if len(grpo) != 1 or grpo[0]["skipped"] or not grpo[0]["grad_norm"] > 0:
@@ -190,7 +191,7 @@ def run(checks: list[str], recipes: list[str], device: str, sets: list[str], wor
             steps += [(f"grpo-step {r}", lambda r=r: check_grpo_step(r, device, work, sets)) for r in recipes]
         else:
             fn = {"devices": check_devices, "transfer": check_transfer, "sleep": check_sleep}[c]
-            steps.append((c, (lambda fn=fn: fn(device)) if c == "devices" else (lambda fn=fn: fn(device, work))))
+            steps.append((c, lambda fn=fn: fn(device, work)))
     for name, fn in steps:
         try:
             line = fn()

@@ -98,12 +98,16 @@ def resident(learner: dict[str, float]) -> float:
     return sum(v for k, v in learner.items() if k != "activations")
 
 
+def colocated_kv(learner: dict[str, float], engine_gib: float, usable: float) -> float:
+    """GiB a colocated engine has for its KV cache: what the learner's resident state and its weights leave."""
+    return usable - resident(learner) / GIB - engine_gib
+
+
 def colocated_line(learner: dict[str, float], engine_gib: float, usable: float, chosen: bool) -> str:
     """The colocated placement's memory (rl/placement.py), printed for either placement: while the learner trains
     the engine sleeps (its weights in host memory, no KV cache); while the engine rolls out the learner's
     weights, gradients, optimizer and reference stay resident and its activations are freed."""
-    keep = resident(learner) / GIB
-    kv = usable - keep - engine_gib
+    keep, kv = resident(learner) / GIB, colocated_kv(learner, engine_gib, usable)
     mark = "resources.placement: colocated" if chosen else "if colocated (resources.placement: colocated)"
     return (f"{mark}: training {sum(learner.values()) / GIB:.1f} GiB (engine asleep); rolling out {keep:.1f} GiB "
             f"resident learner + {engine_gib:.1f} GiB engine weights, {kv:.1f} GiB left for the KV cache")
@@ -179,10 +183,11 @@ def plan(recipe) -> str:
                         f"{res.gpu_memory_gib:.0f} GiB GPU: lower learner.micro_batch_tokens, turn on "
                         "learner.gradient_checkpointing, train fewer blocks (learner.train_layers), set "
                         "algorithm.kl_coef: 0 (no reference), or use a smaller model")
-    kv_room = res.gpu_memory_gib * recipe.rollout.gpu_memory_utilization - need
     lines.append(colocated_line(learner, need, usable, res.placement == "colocated"))
     if res.placement == "colocated":  # the engine has what the learner's resident state leaves, while it rolls out
-        kv_room = usable - resident(learner) / GIB - need
+        kv_room = colocated_kv(learner, need, usable)
+    else:
+        kv_room = res.gpu_memory_gib * recipe.rollout.gpu_memory_utilization - need
     if kv_room <= 0 and res.placement == "colocated":
         problems.append(f"colocated, the learner's resident {resident(learner) / GIB:.1f} GiB and the engine's weights "
                         f"({need:.1f} GiB) leave no room for a KV cache in {usable:.0f} GiB: use resources.placement: "

@@ -38,13 +38,18 @@ def check_resources(recipe, available: dict[str, float]) -> None:
     cluster joined by address (`resources.address`) an autoscaler may still add nodes: there it is a warning,
     and the placement group's wait (`rollout.rollout_timeout`) fails with the same keys if none come."""
     from memrl.plan import PlanError
+    from memrl.rl.placement import layout
 
-    asks = _colocated_asks(recipe) if recipe.resources.placement == "colocated" else _split_asks(recipe)
-    for name, (need, how) in asks.items():
+    res = recipe.resources
+    lay = layout(res, recipe.learner.ranks, recipe.rollout.workers)  # what the run's actors ask, in one place
+    service = _service_cpus(recipe)
+    needs = {"CPU": lay.cpus + service[0], "GPU": lay.gpus}
+    how = (_colocated_asks if res.placement == "colocated" else _split_asks)(recipe, needs, service)
+    for name, need in needs.items():
         have = float(available.get(name, 0.0))
         if need > have + 1e-9:
-            problem = f"{how} but the Ray cluster has {have:g}: lower those keys or add nodes"
-            if recipe.resources.address is None:
+            problem = f"{how[name]} but the Ray cluster has {have:g}: lower those keys or add nodes"
+            if res.address is None:
                 raise PlanError(problem)
             log.warning("%s (waiting for an autoscaler)", problem)
 
@@ -57,36 +62,32 @@ def _service_cpus(recipe) -> tuple[float, str]:
     return ret.replicas * ret.cpus_per_replica, f" + {ret.replicas} x {ret.cpus_per_replica:g}"
 
 
-def _split_asks(recipe) -> dict[str, tuple[float, str]]:
-    """Per resource: what a split recipe needs, and a sentence naming the keys (engines and ranks apart)."""
+def _split_asks(recipe, needs: dict[str, float], service: tuple[float, str]) -> dict[str, str]:
+    """Per resource, a sentence naming the keys behind a split recipe's need (engines and ranks apart)."""
     r, res, n = recipe.rollout, recipe.resources, recipe.learner.ranks
-    service, service_term = _service_cpus(recipe)
-    cpu = r.workers * res.cpus_per_worker + n * res.cpus_per_learner_rank + service
-    gpu = r.workers * res.gpus_per_worker + n * res.gpus_per_learner_rank
-    service_keys = " + retrieval.replicas x retrieval.cpus_per_replica" if service else ""
+    service_term = service[1]
+    service_keys = " + retrieval.replicas x retrieval.cpus_per_replica" if service_term else ""
     return {
-        "CPU": (cpu, f"the recipe needs {cpu:g} CPU (rollout.workers x resources.cpus_per_worker + learner.ranks x "
-                     f"resources.cpus_per_learner_rank{service_keys} = {r.workers} x {res.cpus_per_worker:g} + {n} x "
-                     f"{res.cpus_per_learner_rank:g}{service_term})"),
-        "GPU": (gpu, f"the recipe needs {gpu:g} GPU (rollout.workers x resources.gpus_per_worker + learner.ranks x "
-                     f"resources.gpus_per_learner_rank = {r.workers} x {res.gpus_per_worker:g} + {n} x "
-                     f"{res.gpus_per_learner_rank:g})"),
+        "CPU": f"the recipe needs {needs['CPU']:g} CPU (rollout.workers x resources.cpus_per_worker + learner.ranks x "
+               f"resources.cpus_per_learner_rank{service_keys} = {r.workers} x {res.cpus_per_worker:g} + {n} x "
+               f"{res.cpus_per_learner_rank:g}{service_term})",
+        "GPU": f"the recipe needs {needs['GPU']:g} GPU (rollout.workers x resources.gpus_per_worker + learner.ranks x "
+               f"resources.gpus_per_learner_rank = {r.workers} x {res.gpus_per_worker:g} + {n} x "
+               f"{res.gpus_per_learner_rank:g})",
     }
 
 
-def _colocated_asks(recipe) -> dict[str, tuple[float, str]]:
-    """Per resource: what a colocated recipe needs (rank i and engine i share one bundle: rl.placement)."""
+def _colocated_asks(recipe, needs: dict[str, float], service: tuple[float, str]) -> dict[str, str]:
+    """Per resource, a sentence naming the keys behind a colocated recipe's need (rank i and engine i share one
+    bundle: rl.placement)."""
     res, n = recipe.resources, recipe.learner.ranks
-    service, _ = _service_cpus(recipe)
-    cpu = n * (res.cpus_per_learner_rank + res.cpus_per_worker) + service
-    gpu = n * res.gpus_per_learner_rank
-    service_keys = f" + retrieval.replicas x retrieval.cpus_per_replica = {service:g}" if service else ""
+    service_keys = f" + retrieval.replicas x retrieval.cpus_per_replica = {service[0]:g}" if service[1] else ""
     return {
-        "CPU": (cpu, f"the colocated recipe needs {cpu:g} CPU (learner.ranks x (resources.cpus_per_learner_rank + "
-                     f"resources.cpus_per_worker) = {n} x ({res.cpus_per_learner_rank:g} + {res.cpus_per_worker:g})"
-                     f"{service_keys})"),
-        "GPU": (gpu, f"the colocated recipe needs {gpu:g} GPU (learner.ranks x resources.gpus_per_learner_rank = {n} x "
-                     f"{res.gpus_per_learner_rank:g}, each shared with a rollout engine)"),
+        "CPU": f"the colocated recipe needs {needs['CPU']:g} CPU (learner.ranks x (resources.cpus_per_learner_rank + "
+               f"resources.cpus_per_worker) = {n} x ({res.cpus_per_learner_rank:g} + {res.cpus_per_worker:g})"
+               f"{service_keys})",
+        "GPU": f"the colocated recipe needs {needs['GPU']:g} GPU (learner.ranks x resources.gpus_per_learner_rank = "
+               f"{n} x {res.gpus_per_learner_rank:g}, each shared with a rollout engine)",
     }
 
 

@@ -17,7 +17,7 @@ Everything here but `Placement` is pure (no Ray): `layout` is what `memrl recipe
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
@@ -37,11 +37,19 @@ class Layout:
     bundles: list[dict[str, float]]
     ranks: list[Slot]
     workers: list[Slot]
-    gpus: float = field(default=0.0)  # GPUs the run occupies in all
+
+    def total(self, resource: str) -> float:
+        """CPUs or GPUs the run occupies in all: its bundles and its free engine actors."""
+        free = [w.num_cpus if resource == "CPU" else w.num_gpus for w in self.workers if w.bundle is None]
+        return sum(b.get(resource, 0.0) for b in self.bundles) + sum(free)
 
     @property
     def cpus(self) -> float:
-        return sum(b["CPU"] for b in self.bundles) + sum(w.num_cpus for w in self.workers if w.bundle is None)
+        return self.total("CPU")
+
+    @property
+    def gpus(self) -> float:
+        return self.total("GPU")
 
 
 def layout(res, ranks: int, workers: int) -> Layout:
@@ -52,11 +60,10 @@ def layout(res, ranks: int, workers: int) -> Layout:
     if res.placement == "colocated":
         bundle = {"CPU": cl + cw, **({"GPU": gl} if gl else {})}
         return Layout("colocated", [dict(bundle) for _ in range(ranks)],
-                      [Slot(i, cl, gl / 2) for i in range(ranks)], [Slot(i, cw, gl / 2) for i in range(workers)],
-                      gpus=ranks * gl)
+                      [Slot(i, cl, gl / 2) for i in range(ranks)], [Slot(i, cw, gl / 2) for i in range(workers)])
     bundle = {"CPU": cl, **({"GPU": gl} if gl else {})}
     return Layout("split", [dict(bundle) for _ in range(ranks)], [Slot(i, cl, gl) for i in range(ranks)],
-                  [Slot(None, cw, gw) for _ in range(workers)], gpus=ranks * gl + workers * gw)
+                  [Slot(None, cw, gw) for _ in range(workers)])
 
 
 class Placement:
