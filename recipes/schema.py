@@ -187,12 +187,13 @@ class AlgorithmCfg(Section):
     is_clip: float = Field(2.0, gt=0, description="truncation of the importance weight pi_prox / pi_behav of a stale "
                            "context's tokens (max_staleness > 0), and of pi_learner / pi_engine (old_logprobs: "
                            "recompute)")
-    old_logprobs: Literal["engine", "recompute"] = Field(
-        "engine", description="what the PPO ratio is taken against: engine = the sampling log-probs the engine "
+    old_logprobs: Literal["auto", "engine", "recompute"] = Field(
+        "auto", description="what the PPO ratio is taken against: engine = the sampling log-probs the engine "
         "reported; recompute = the learner's own, from a no-grad forward before the update, with each token's "
         "policy-gradient term weighted by min(pi_learner / pi_engine, is_clip) (truncated importance sampling: "
         "corrects the engine/learner mismatch of bf16 engines; the mismatch is logged as mismatch_logp_abs and "
-        "mismatch_k3)")
+        "mismatch_k3); auto = recompute on GPU and wherever the engine's dtype is not the learner's (a bf16 CPU "
+        "engine beside the fp32 learner), engine otherwise (memrl.device.DevicePlan.recompute_old_logprobs)")
     partial_rollouts: bool = Field(False, description="with max_staleness >= 1: a weight update lands on the engines "
                                    "while the overlapped rollout is mid-way (its episodes' next turns use the new "
                                    "weights, each context keeps its own version) instead of waiting for it to end")

@@ -139,6 +139,7 @@ class Learner(LearnerWeights):
         # and runs two forwards where ZeRO-3 ranks must run the same number of collective ones
         self.share_prefix = learner.shared_prefix and not learner.gradient_checkpointing and learner.zero_stage != 3
         self.device = plan()
+        self.recompute = self.device.recompute_old_logprobs(algorithm, rollout)  # algorithm.old_logprobs
         check_deepspeed()
         init_distributed(self.device.dist_backend, learner.step_timeout)
         torch.manual_seed(seed)
@@ -226,7 +227,7 @@ class Learner(LearnerWeights):
         """
         self._set_lr(lr if lr is not None else lr_at(self.steps, self.cfg.lr, self.cfg.warmup_steps))
         offpolicy = {}
-        recompute = self.algo.old_logprobs == "recompute"
+        recompute = self.recompute
         if not sft and (recompute or (self.algo.max_staleness and version is not None)):
             part, offpolicy = self.correct(part, version, every_context=recompute)
         self.engine.train()
@@ -283,7 +284,7 @@ class Learner(LearnerWeights):
                               self.device.dtype) if rows else self._empty_batch()).to(self.device.torch_device)
             sel = losses.predicting_positions(b.mask * b.keep)
             self._forward_prologue()
-            logits = logits_at(self.engine.module, b.inputs, sel, self.share_prefix)
+            logits = self._logits(self.engine.module, b.inputs, sel)
             logp = losses.selected_logprobs(logits, losses.at_loss_tokens(b.input_ids, sel), self.temperature).cpu()
             if rows is None:
                 continue
@@ -346,6 +347,13 @@ class Learner(LearnerWeights):
         if isinstance(self.engine.optimizer, ZeROOptimizer):
             self.engine.optimizer.clear_backward_seen_flag()
 
+    def _logits(self, model, inputs: dict[str, torch.Tensor], sel: torch.Tensor) -> torch.Tensor:
+        """fp32 logits at the positions `sel` (`rl.prefix.logits_at`), computed in the device's learner precision:
+        under bf16 autocast over the fp32 weights on CPUs with native bf16 (`memrl.device.learner_autocast`)."""
+        with self.device.autocast():
+            logits = logits_at(model, inputs, sel, self.share_prefix)
+        return logits.float()
+
     def _empty_batch(self) -> Batch:
         """A micro-batch with no loss token (one 2-token padding row): it takes part in the collectives only."""
         ctx = Context([self.pad_id] * 2, [0, 0], [0.0, 0.0])
@@ -358,7 +366,7 @@ class Learner(LearnerWeights):
         targets = losses.at_loss_tokens(b.input_ids, sel)
         w = losses.at_loss_tokens(b.weights, sel)
         self._forward_prologue()
-        logits = logits_at(self.engine.module, b.inputs, sel, self.share_prefix)
+        logits = self._logits(self.engine.module, b.inputs, sel)
         if sft:
             return losses.sft_objective(losses.selected_logprobs(logits, targets), w)
         T, al = self.temperature, self.algo
@@ -366,7 +374,7 @@ class Learner(LearnerWeights):
         ref_logp = None
         if self.ref is not None:
             with torch.no_grad():
-                ref_logp = losses.selected_logprobs(logits_at(self.ref, b.inputs, sel, self.share_prefix), targets, T)
+                ref_logp = losses.selected_logprobs(self._logits(self.ref, b.inputs, sel), targets, T)
         entropy = losses.selected_entropy(logits if al.entropy_coef > 0 else logits.detach(), T)
         return losses.objective(logp, losses.at_loss_tokens(b.old_logp, sel), losses.at_loss_tokens(b.adv, sel), w,
                                 clip_low=al.clip_low, clip_high=al.clip_high, dual_clip=al.dual_clip,

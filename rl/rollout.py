@@ -70,14 +70,16 @@ class RolloutWorker:
     """One vLLM engine and a pool of env instances. Used as a Ray actor, or in-process for eval."""
 
     def __init__(self, model_dir: str, rollout: RolloutCfg, seed: int = 0, fault: dict | None = None,
-                 lora_rank: int = 0, plugins: tuple[str, ...] = (), sleep_mode: bool = False) -> None:
+                 lora_rank: int = 0, plugins: tuple[str, ...] = (), sleep_mode: bool = False,
+                 engine: tuple[int, int] = (0, 1)) -> None:
         from memrl.registry import import_plugins
 
         import_plugins(plugins)  # agents registered by this run (a recipe's `plugins`, or registrations)
         # `model_dir` may be the recipe's model name: resolved on this node (a tied model's untied copy is made in
         # this node's MEMRL_CACHE: a path from the driver's cache would not exist on another node)
         model_dir = str(resolve_model_dir(model_dir))
-        self.backend = VLLMBackend(model_dir, rollout=rollout, seed=seed, lora_rank=lora_rank, sleep_mode=sleep_mode)
+        self.backend = VLLMBackend(model_dir, rollout=rollout, seed=seed, lora_rank=lora_rank, sleep_mode=sleep_mode,
+                                   engine=engine)
         self.envs: dict[str, list] = {}
         self.fault = fault or {}  # test hook: {"die_after_turns": n, "once_file": path} exits mid-rollout
         self.transfer_epoch = 0  # the weight-transfer group this engine is in (0: none; a restarted actor)
@@ -207,7 +209,7 @@ class RolloutManager:
             self.workers.append(actor_cls.options(**where, max_restarts=-1, max_task_retries=0,
                                                   max_concurrency=CONCURRENCY)
                                 .remote(str(model_dir), rollout, seed, faults[i], lora_rank, tuple(plugins),
-                                        self.colocated))
+                                        self.colocated, (i, rollout.workers)))
         ray.get([w.ready.remote() for w in self.workers], timeout=self.timeout)
         self.workers_per_engine = rollout.tensor_parallel_size  # vLLM workers per engine (ranks in a transfer group)
         self.versions = None  # the run's rl.sync.WeightSync, which owns the weight version (set by it)

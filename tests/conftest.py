@@ -11,6 +11,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # one engine dtype on every machine (memrl.device picks bf16 on CPUs with native bf16): the suite checks the same numbers
 os.environ.setdefault("MEMRL_ROLLOUT_DTYPE", "float32")
+os.environ.setdefault("MEMRL_AUTOCAST", "off")  # fp32 learner everywhere: hand-computed losses hold on every CPU
 
 
 @pytest.fixture(scope="session")

@@ -66,3 +66,58 @@ def test_engine_args_on_cuda_allow_tensor_parallelism_and_ask_sleep_mode_only_wh
     assert "enable_sleep_mode" not in plan("cpu").engine_args(RolloutCfg(), sleep_mode=True)
     with pytest.raises(ValueError, match="tensor_parallel_size=2 needs GPUs"):
         plan("cpu").engine_args(tp, sleep_mode=True)
+
+
+def test_each_cpu_engine_binds_to_its_own_slice_of_the_cores(monkeypatch):
+    """vLLM's `auto` binding keeps a core for its scheduler and binds every engine of a node to the same rest (one
+    core of two); memrl gives engine i of n the i-th slice of this process's cores, and a user's value wins."""
+    import memrl.device as device
+
+    monkeypatch.setattr(device, "USER_OMP_BIND", None)
+    assert device.omp_cores(0, 1, cores=[0, 1]) == "0,1"
+    assert [device.omp_cores(i, 2, cores=[4, 5, 6, 7]) for i in range(2)] == ["4,5", "6,7"]
+    assert [device.omp_cores(i, 3, cores=[0, 1]) for i in range(3)] == ["0", "1", "0"]  # more engines than cores
+    with pytest.raises(ValueError, match="engine index 2 is not among 2 engines"):
+        device.omp_cores(2, 2, cores=[0, 1])
+    env = plan("cpu").vllm_env(3.0, engine=(1, 2))
+    assert env["VLLM_CPU_KVCACHE_SPACE"] == "3"
+    assert env["VLLM_CPU_OMP_THREADS_BIND"] == device.omp_cores(1, 2)
+    monkeypatch.setattr(device, "USER_OMP_BIND", "0-3|4-7")
+    assert plan("cpu").vllm_env(engine=(0, 2))["VLLM_CPU_OMP_THREADS_BIND"] == "0-3|4-7"
+
+
+def test_old_logprobs_auto_recomputes_where_engine_and_learner_dtypes_differ(monkeypatch):
+    from memrl.device import DevicePlan
+    from memrl.recipes.schema import AlgorithmCfg
+
+    auto, engine, recompute = (AlgorithmCfg(old_logprobs=m) for m in ("auto", "engine", "recompute"))
+    assert AlgorithmCfg().old_logprobs == "auto"
+    bf16_cpu = DevicePlan("cpu", torch.float32, "gloo", torch.bfloat16)  # bf16 engine, fp32 learner
+    fp32_cpu = DevicePlan("cpu", torch.float32, "gloo", torch.float32)
+    autocast = DevicePlan("cpu", torch.float32, "gloo", torch.float32, torch.bfloat16)  # fp32 engine, bf16 learner
+    cuda = DevicePlan("cuda", torch.bfloat16, "nccl", torch.bfloat16)
+    assert bf16_cpu.recompute_old_logprobs(auto, RolloutCfg())
+    assert not bf16_cpu.recompute_old_logprobs(auto, RolloutCfg(dtype="float32"))  # the recipe pins the engine
+    assert not fp32_cpu.recompute_old_logprobs(auto, RolloutCfg())
+    assert autocast.recompute_old_logprobs(auto, RolloutCfg())
+    assert cuda.recompute_old_logprobs(auto, RolloutCfg())  # same dtype, different kernels
+    assert not bf16_cpu.recompute_old_logprobs(engine, RolloutCfg())
+    assert fp32_cpu.recompute_old_logprobs(recompute, RolloutCfg())
+
+
+def test_the_cpu_learner_autocasts_to_bf16_only_where_the_cpu_has_it(monkeypatch):
+    from memrl.device import learner_autocast
+
+    monkeypatch.setenv("MEMRL_AUTOCAST", "auto")
+    assert learner_autocast("cpu", ZEN4) == torch.bfloat16 and learner_autocast("cpu", SAPPHIRE_RAPIDS) == torch.bfloat16
+    assert learner_autocast("cpu", ZEN2) is None and learner_autocast("cuda", ZEN4) is None  # GPU weights are bf16
+    monkeypatch.setenv("MEMRL_AUTOCAST", "off")
+    assert learner_autocast("cpu", ZEN4) is None
+    monkeypatch.setenv("MEMRL_AUTOCAST", "bfloat16")
+    assert learner_autocast("cpu", ZEN2) == torch.bfloat16
+    assert plan("cpu").autocast_dtype == torch.bfloat16
+    with plan("cpu").autocast():
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+    monkeypatch.setenv("MEMRL_AUTOCAST", "fp16")
+    with pytest.raises(ValueError, match="MEMRL_AUTOCAST must be one of auto, off, bfloat16"):
+        learner_autocast("cpu")

@@ -59,3 +59,15 @@ archive
 # 4. real data: MemSearcher trained on the real train split, evaluated on every eval-split question (~25 min)
 have searchqa/summary.json || memrl train experiments/searchqa --resume
 archive
+# 5. the papers' comparison where memory is needed (issue 32): experiments/multihop (2-hop objectives, topk 1, a
+#    curriculum over N = 1 -> 2 -> 4, summed objectives, the same 8192-token window for all) for each agent on seeds
+#    0, 1, 2; each run ends with its sweep at N = 1, 2, 4, 8, 16 on unseen held-out tasks
+for seed in 0 1 2; do
+  for agent in memsearcher mem1 full_context; do
+    run=multihop-$agent-s$seed
+    have "$run/summary.json" || memrl train experiments/multihop --set seed=$seed --set name=$run \
+      --set agent.name=$agent --resume
+    archive
+    rm -rf "runs/$run/checkpoints"
+  done
+done

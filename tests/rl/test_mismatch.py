@@ -102,3 +102,29 @@ def test_fp32_learner_weights_load_into_a_bf16_engine(bf16_engine, bf16_rollouts
     after = _mean_abs_diff(learner, _rollouts(bf16_engine))  # fresh samples from the synced engine
     print(f"|learner - engine| log-prob: before update {before:.1e}, after update {moved:.1e}, after sync {after:.1e}")
     assert moved > 20 * before and after < 5 * before
+
+
+def test_a_bf16_autocast_learner_agrees_with_the_fp32_one_to_bf16_precision(monkeypatch, bf16_rollouts):
+    """The CPU learner's bf16 autocast (`memrl.device.learner_autocast`, on CPUs with native bf16; forced here):
+    its log-probs differ from the fp32 learner's by bf16 rounding only, its weights and AdamW stay fp32, and one
+    step computes the same loss and gradient norm to within that rounding."""
+    from memrl.rl.learner import Learner
+    from memrl.testing import learner_sections
+
+    def learner(autocast: str) -> Learner:
+        monkeypatch.setenv("MEMRL_AUTOCAST", autocast)
+        return Learner("tiny:0", **learner_sections(old_logprobs="engine", loss_agg="token_mean", zero_stage=0,
+                                                    lr=1e-3), seed=0)
+
+    fp32, bf16 = learner("off"), learner("bfloat16")
+    assert fp32.device.autocast_dtype is None and bf16.device.autocast_dtype == torch.bfloat16
+    contexts = [c for t in bf16_rollouts for c in t.contexts if c.num_generated]
+    a, b = fp32.context_logprobs(contexts), bf16.context_logprobs(contexts)
+    diff = float(torch.cat([(x - y).abs() for x, y in zip(a, b, strict=True)]).mean())
+    m32, m16 = fp32.train_step(bf16_rollouts), bf16.train_step(bf16_rollouts)
+    print(f"bf16 autocast vs fp32 learner: mean |logp diff| {diff:.1e}; pg_loss {m16['pg_loss']:.5f} vs "
+          f"{m32['pg_loss']:.5f}; grad norm {m16['grad_norm']:.4f} vs {m32['grad_norm']:.4f}")
+    assert 0 < diff < 0.05
+    assert m16["skipped"] == 0.0 and m16["pg_loss"] == pytest.approx(m32["pg_loss"], rel=0.05, abs=1e-3)
+    assert m16["grad_norm"] == pytest.approx(m32["grad_norm"], rel=0.05)
+    assert {p.dtype for p in bf16.engine.module.parameters()} == {torch.float32}
