@@ -52,6 +52,10 @@ GAIN_SETS = {"Unseen held-out tasks (a world per episode, eval-split names), 200
              "SUPERSEDED (overlapping tasks): 7 GRPO steps, 100 held-out tasks, seeds 3-5": ("gain7-s3", "gain7-s4",
                                                                                            "gain7-s5")}
 GAIN_RUNS = tuple(run for runs in GAIN_SETS.values() for run in runs)
+# The comparison where memory is needed (experiments/multihop, issue 32): 2-hop objectives, topk 1, a curriculum over
+# N; the agents differ only in agent.name (`--set agent.name=A`), runs named multihop-<agent>-s<seed>
+MULTIHOP_AGENTS = ("memsearcher", "mem1", "full_context")
+MULTIHOP_RUNS = {agent: tuple(f"multihop-{agent}-s{seed}" for seed in SEEDS) for agent in MULTIHOP_AGENTS}
 DATASETS = ("musique", "hotpotqa")
 REAL_TRAIN = "searchqa"  # experiments/searchqa: trained on the real train split, evaluated on the eval split
 RESAMPLES = 2000
@@ -181,6 +185,8 @@ def inputs() -> list[str]:
                                                                "recipe.yaml")]
     for ds in DATASETS:
         rel += [f"untrained-{ds}/summary.json", *[f"{run}/{ds}/summary.json" for run in REAL_RUNS.values()]]
+    rel += [f"{run}/{name}" for runs in MULTIHOP_RUNS.values() for run in runs
+            for name in ("summary.json", "sweep_episodes.jsonl", "metrics.jsonl", "recipe.yaml", "viewer.html")]
     return rel
 
 
@@ -207,15 +213,7 @@ def collect(runs: Path, kv_bytes: int) -> dict:
     slopes), `summaries` (agent -> run -> summary.json), `real` (dataset -> label -> real-QA row), the GRPO-gain
     runs' summaries, training rewards and held-out curves (`gain`, `gain_curves`, `gain_heldout`) and
     `real_train` (the searchqa run's summary, or None). Missing runs are left out."""
-    by_point: dict[str, dict[int, dict[str, list[dict]]]] = {}  # label -> N -> run -> episodes
-    summaries: dict[str, dict[str, dict]] = {}  # agent -> run -> summary.json
-    for agent, names in RUNS.items():
-        for run in names:
-            if not (runs / run / "summary.json").exists():  # unfinished: its sweep may be partial
-                continue
-            summaries.setdefault(agent, {})[run] = json.loads((runs / run / "summary.json").read_text())
-            for (a, n), eps in points(read_jsonl(runs / run / "sweep_episodes.jsonl")).items():
-                by_point.setdefault(f"{a} (trained)", {}).setdefault(n, {})[run] = eps
+    by_point, summaries = trained_points(runs, RUNS)
     for (a, n), eps in points(read_jsonl(runs / "untrained-sweep" / "episodes.jsonl")).items():
         by_point.setdefault(f"untrained {a}", {}).setdefault(n, {})["untrained"] = eps
     curves = {label: {n: pooled_row(by_run, kv_bytes) for n, by_run in pts.items()} for label, pts in by_point.items()}
@@ -233,9 +231,43 @@ def collect(runs: Path, kv_bytes: int) -> dict:
             if (runs / run / "summary.json").exists()}
     trained = runs / REAL_TRAIN / "summary.json"
     real_train = json.loads(trained.read_text()) if trained.exists() else None
+    mh_points, mh_summaries = trained_points(runs, MULTIHOP_RUNS)
+    multihop = {"curves": {label: {n: pooled_row(by_run, kv_bytes) for n, by_run in sorted(pts.items())}
+                           for label, pts in mh_points.items()},
+                "budgets": {run: budget(runs / run, summary) for runs_ in mh_summaries.values()
+                            for run, summary in runs_.items()}}
     return {"curves": curves, "raw": raw, "summaries": summaries, "real": real, "gain": gain, "real_train": real_train,
             "gain_curves": {run: gain_mod.rewards(runs / run) for run in gain},
-            "gain_heldout": {run: gain_mod.heldout_curve(runs / run, s) for run, s in gain.items()}}
+            "gain_heldout": {run: gain_mod.heldout_curve(runs / run, s) for run, s in gain.items()},
+            "multihop": multihop}
+
+
+def trained_points(runs: Path, run_map: dict[str, tuple[str, ...]]) -> tuple[dict, dict]:
+    """The finished training runs of `run_map` (agent -> run names) under `runs`: (label -> N -> run -> sweep
+    episodes, label "<agent> (trained)"; agent -> run -> summary.json). A run counts once its summary.json exists."""
+    by_point: dict[str, dict[int, dict[str, list[dict]]]] = {}
+    summaries: dict[str, dict[str, dict]] = {}
+    for agent, names in run_map.items():
+        for run in names:
+            if not (runs / run / "summary.json").exists():  # unfinished: its sweep may be partial
+                continue
+            summaries.setdefault(agent, {})[run] = json.loads((runs / run / "summary.json").read_text())
+            for (a, n), eps in points(read_jsonl(runs / run / "sweep_episodes.jsonl")).items():
+                by_point.setdefault(f"{a} (trained)", {}).setdefault(n, {})[run] = eps
+    return by_point, summaries
+
+
+def budget(run: Path, summary: dict) -> dict:
+    """What one training run spent: SFT and GRPO optimizer steps, tokens trained on, tokens generated in GRPO
+    rollouts, the largest N its curriculum reached, and wall time (all phases, evals included)."""
+    rows = read_jsonl(run / "metrics.jsonl")
+    sft = [r for r in rows if r.get("phase") == "sft"]
+    grpo = [r for r in rows if r.get("phase") == "grpo"]
+    return {"sft_steps": len(sft), "grpo_steps": len(grpo),
+            "train_tokens": int(sum(r.get("train_tokens", 0) for r in sft + grpo)),
+            "generated": int(sum(r.get("generated_tokens", 0) for r in grpo)),
+            "max_n": max((int(r.get("curriculum_max_n", 0)) for r in grpo), default=0),
+            "wall_s": float(sum(summary.get("timings", {}).values()))}
 
 
 def separate(a: tuple[float, float, float], b: tuple[float, float, float]) -> bool:
@@ -357,6 +389,60 @@ def real_train_table(summary: dict | None) -> list[str]:
     return lines
 
 
+def multihop_section(mh: dict, out: Path) -> list[str]:
+    """experiments/multihop (issue 32): EM and peak-context plots, the per-(agent, N) table, the N = max peak-context
+    ratios and EM comparisons at N >= 8 (NOT SHOWN where intervals overlap), and every run's budget."""
+    curves = mh["curves"]
+    if not curves:
+        return ["(runs missing: `recipes/experiments/run_all.sh` step 5)"]
+    plot(curves, "em", "EM (mean over objectives), 95% bootstrap", out / "results_multihop_em.png", "em_ci")
+    plot(curves, "peak_tokens", "peak context tokens per episode", out / "results_multihop_peak.png", "peak_tokens_ci")
+    lines = ["![EM vs N, multihop](results_multihop_em.png)", "![peak tokens vs N, multihop](results_multihop_peak.png)",
+             "", "| agent | N | seeds | episodes | EM [95% CI] | EM sum | answered | context full | peak tokens [95% CI] | "
+             "max tokens | peak KV MiB |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for label, pts in curves.items():
+        for n, r in pts.items():
+            lines.append(f"| {label} | {n} | {r['runs']} | {r['episodes']} | {fmt_ci(r['em'], r['em_ci'])} | "
+                         f"{r['em_sum']:.2f} | {r['answered']:.2f} | {r['context_full']:.2f} | {r['peak_tokens']:.0f} "
+                         f"[{r['peak_tokens_ci'][0]:.0f}, {r['peak_tokens_ci'][1]:.0f}] | {r['max_tokens']} | "
+                         f"{r['peak_kv_mib']:.1f} |")
+    lines += ["", *multihop_verdicts(curves), "", "Budget of every run (tokens trained: SFT + GRPO learner tokens; "
+              "generated: GRPO rollouts; wall: every phase, evals and the sweep included):", "",
+              "| run | SFT steps | GRPO steps | largest N reached | tokens trained | tokens generated | wall min |",
+              "|---|---|---|---|---|---|---|"]
+    for run, b in mh["budgets"].items():
+        lines.append(f"| {run} | {b['sft_steps']} | {b['grpo_steps']} | {b['max_n']} | {b['train_tokens']:,} | "
+                     f"{b['generated']:,} | {b['wall_s'] / 60:.1f} |")
+    return lines
+
+
+def multihop_verdicts(curves: dict[str, dict[int, dict]]) -> list[str]:
+    """At the largest N: each memory agent's peak context over full context's (goal <= 0.2); at N >= 8 whether each
+    memory agent's EM is at least full context's (CONFIRMED only when the intervals separate)."""
+    fc = curves.get("full_context (trained)")
+    memory = {label.split(" ")[0]: c for label, c in curves.items() if label != "full_context (trained)"}
+    if fc is None or not memory:
+        return ["- Verdicts PENDING: a memory agent and the full-context agent must both have finished."]
+    hi = max(fc)
+    out = []
+    for a, c in memory.items():
+        if hi in c:
+            out.append(f"- **Peak context at N = {hi}, {a} / full context: {c[hi]['peak_tokens'] / fc[hi]['peak_tokens']:.3f}"
+                       f"** ({c[hi]['peak_tokens']:.0f} vs {fc[hi]['peak_tokens']:.0f} tokens; goal <= 0.2; full context "
+                       f"filled its window in {fc[hi]['context_full']:.0%} of episodes).")
+    for n in sorted(x for x in fc if x >= 8):
+        for a, c in memory.items():
+            if n not in c:
+                continue
+            m, f = (c[n]["em"], *c[n]["em_ci"]), (fc[n]["em"], *fc[n]["em_ci"])
+            word = ("CONFIRMED (intervals separate)" if m[0] > f[0] and separate(m, f) else
+                    "REFUTED (intervals separate)" if m[0] < f[0] and separate(m, f) else
+                    "NOT SHOWN (the intervals overlap)")
+            out.append(f"- **N = {n}, {a} EM >= full context: {word}.** {fmt_ci(c[n]['em'], c[n]['em_ci'])} vs "
+                       f"{fmt_ci(fc[n]['em'], fc[n]['em_ci'])}.")
+    return out
+
+
 def write(data: dict, out: Path, kv_bytes: int) -> Path:
     """Draw the EM and peak-token plots and one gain plot per set of seeds (results_gain_<i>.png) into `out`, and
     fill results_template.md with the verdicts and tables from `collect`'s `data` (plus results_notes.md from
@@ -401,7 +487,8 @@ def write(data: dict, out: Path, kv_bytes: int) -> Path:
         verdicts="\n".join(verdicts(data)) or "(runs missing)", training="\n".join(training_tables(data["summaries"])),
         sweep="\n".join(lines),
         real="\n".join(real), kv_bytes=kv_bytes, gain=gain, notes=notes.read_text() if notes.exists() else "",
-        real_train="\n".join(real_train_table(data.get("real_train"))))
+        real_train="\n".join(real_train_table(data.get("real_train"))),
+        multihop="\n".join(multihop_section(data.get("multihop", {"curves": {}, "budgets": {}}), out)))
     path = out / "RESULTS.md"
     path.write_text(text)
     return path

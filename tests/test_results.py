@@ -242,3 +242,42 @@ def test_results_page_has_the_real_data_training_run(tmp_path):
     text = results.write(results.collect(tmp_path / "archive", 1024), tmp_path / "docs", 1024).read_text()
     assert "| zero-shot | 40 | 0.000 ± 0.030 [-0.050, 0.060] | 0.100 ± 0.040 | 0.50 | 0.20 | 3.00 |" in text
     assert "| after GRPO | 40 | 0.100 ± 0.030 [0.050, 0.160] |" in text and "### Trained on real questions" in text
+
+
+def _write_multihop(root, ems: dict[str, dict[int, float]], peaks: dict[str, dict[int, int]]):
+    """One finished experiments/multihop run per agent: its sweep, summary and training metrics."""
+    for agent in results.MULTIHOP_AGENTS:
+        run = root / results.MULTIHOP_RUNS[agent][0]
+        run.mkdir(parents=True)
+        rows = [e for n in ems[agent] for e in _episodes(agent, n, ems[agent][n], peaks[agent][n])]
+        (run / "sweep_episodes.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        (run / "summary.json").write_text(json.dumps({"evals": {}, "timings": {"sft": 60.0, "grpo": 240.0}}))
+        metrics = [{"phase": "sft", "step": s, "train_tokens": 100.0} for s in range(2)]
+        metrics += [{"phase": "grpo", "step": s, "train_tokens": 1000.0, "generated_tokens": 500.0,
+                     "curriculum_max_n": float(1 + s)} for s in range(3)]
+        (run / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
+
+
+def test_results_page_has_the_multihop_comparison_with_ratios_verdicts_and_budgets(tmp_path):
+    ns = (4, 8, 16)
+    ems = {"memsearcher": {4: 0.5, 8: 0.5, 16: 0.5}, "mem1": {4: 0.3, 8: 0.2, 16: 0.2},
+           "full_context": {4: 0.5, 8: 0.1, 16: 0.0}}
+    peaks = {"memsearcher": {n: 500 for n in ns}, "mem1": {n: 400 for n in ns},
+             "full_context": {4: 1500, 8: 3500, 16: 8000}}
+    _write_multihop(tmp_path / "runs", ems, peaks)
+    text = results.write(results.collect(tmp_path / "runs", 1024), tmp_path / "docs", 1024).read_text()
+    assert "**Peak context at N = 16, memsearcher / full context: 0.062** (500 vs 8000 tokens" in text
+    assert "**Peak context at N = 16, mem1 / full context: 0.050**" in text
+    assert "**N = 8, memsearcher EM >= full context: CONFIRMED (intervals separate).** 0.500 [" in text
+    assert "**N = 8, mem1 EM >= full context: NOT SHOWN (the intervals overlap).**" in text  # 0.2 vs 0.1 on 40 tasks
+    assert "| multihop-memsearcher-s0 | 2 | 3 | 3 | 3,200 | 1,500 | 5.0 |" in text
+    assert "| full_context (trained) | 16 | 1 | 40 | 0.000 [0.000, 0.000] | 0.00 |" in text
+    for png in ("results_multihop_em.png", "results_multihop_peak.png"):
+        assert (tmp_path / "docs" / png).stat().st_size > 5000
+    assert "multihop-mem1-s0/metrics.jsonl" in results.inputs()
+
+
+def test_results_page_without_multihop_runs_says_which_step_makes_them(tmp_path):
+    (tmp_path / "runs").mkdir()
+    text = results.write(results.collect(tmp_path / "runs", 1024), tmp_path / "docs", 1024).read_text()
+    assert "(runs missing: `recipes/experiments/run_all.sh` step 5)" in text
