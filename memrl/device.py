@@ -105,7 +105,7 @@ USER_OMP_BIND = os.environ.get("VLLM_CPU_OMP_THREADS_BIND")  # as the user set i
 
 def omp_cores(index: int = 0, count: int = 1, cores: list[int] | None = None) -> str:
     """The cores engine `index` of `count` on this node binds its OpenMP threads to (vLLM's
-    VLLM_CPU_OMP_THREADS_BIND syntax, e.g. "0-1"): the `index`-th of `count` contiguous slices of the cores this
+    VLLM_CPU_OMP_THREADS_BIND syntax, e.g. "0,1"): the `index`-th of `count` contiguous slices of the cores this
     process may run on. vLLM's own `auto` binding keeps one core per engine for its scheduler process and binds
     every engine of a node to the same remaining cores: on 2 cores one engine decodes on 1 core, and two engines
     share that one (bench/RESULTS.md "roofline": 2 cores vs auto, bf16 1.8x). A value the user set wins."""
