@@ -21,11 +21,18 @@ def test_a_cpu_engine_runs_its_threads_on_every_core_we_give_it(vllm_tiny):
     given = {int(c) for c in omp_cores(0, 1).split(",")}
     workers = [p for p in psutil.Process().children(recursive=True) if "Worker" in p.name()]
     assert workers, "no vLLM worker process found under this process"
+    checked = 0
     for worker in workers:
         pinned: set[int] = set()
-        for thread in worker.threads():
+        try:
+            threads = worker.threads()
+        except psutil.Error:  # an engine that ended meanwhile
+            continue
+        for thread in threads:
             try:
                 pinned |= os.sched_getaffinity(thread.id)
             except OSError:  # a thread that ended meanwhile
                 pass
-        assert pinned == given, f"{worker.name()} threads run on cores {sorted(pinned)}, memrl gave {sorted(given)}"
+        checked += bool(pinned)
+        assert not pinned or pinned == given, f"{worker.name()} threads run on cores {sorted(pinned)}, memrl gave {sorted(given)}"
+    assert checked, "no live vLLM worker thread to check"
