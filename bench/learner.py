@@ -92,6 +92,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
 
     def learner(shared: bool, autocast: str = "off") -> Learner:
+        # only this key is restored (not mock.patch.dict: that would also undo the LOCAL_RANK etc. the learner sets)
         before = os.environ.get("MEMRL_AUTOCAST")
         os.environ["MEMRL_AUTOCAST"] = autocast  # memrl.device.learner_autocast, read as the learner starts
         try:

@@ -162,7 +162,8 @@ def main(argv: list[str] | None = None, backend=None) -> dict:
     out: dict = {}
     rows: list[tuple[str, dict, str]] = []
     # TRL trains in the precision memrl's learner uses on this CPU (memrl.device.learner_autocast) unless told
-    trl_bf16 = plan("cpu").autocast_dtype is not None if args.trl_bf16 is None else args.trl_bf16
+    dev = plan("cpu")
+    trl_bf16 = dev.autocast_dtype is not None if args.trl_bf16 is None else args.trl_bf16
 
     trl_error = None
     if args.trl:  # first: TRL's Accelerate must not find the torch.distributed world the memrl learner creates
@@ -199,7 +200,6 @@ def main(argv: list[str] | None = None, backend=None) -> dict:
         out["ratio_tok_s"] = out["vllm"]["tok_s"] / out["trl"]["tok_s"]
 
     print(f"machine: {machine()}")
-    dev = plan("cpu")
     print(f"precision: memrl engine {DTYPE_NAMES[dev.rollout_dtype]}, learner fp32 weights with autocast "
           f"{DTYPE_NAMES.get(dev.autocast_dtype, 'off')}; TRL bf16={trl_bf16}")
     print(f"model {args.model}, {args.prompts} prompts x G={args.group}, exactly {args.tokens} completion tokens, "
