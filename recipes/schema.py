@@ -189,7 +189,7 @@ class AlgorithmCfg(Section):
                            "recompute)")
     old_logprobs: Literal["auto", "engine", "recompute"] = Field(
         "auto", description="what the PPO ratio is taken against: engine = the sampling log-probs the engine "
-        "reported; recompute = the learner's own, from a no-grad forward before the update, with each token's "
+        "reported; recompute = the learner's own before the update (its update's forward, detached), with each token's "
         "policy-gradient term weighted by min(pi_learner / pi_engine, is_clip) (truncated importance sampling: "
         "corrects the engine/learner mismatch of bf16 engines; the mismatch is logged as mismatch_logp_abs and "
         "mismatch_k3); auto = recompute on GPU and wherever the engine's dtype is not the learner's (a bf16 CPU "

@@ -43,6 +43,7 @@ class Batch:
     adv: torch.Tensor  # (R,L) the context's (trajectory's) advantage on masked tokens, 0 elsewhere
     is_w: torch.Tensor  # (R,L) importance weight on the policy-gradient term only (`Part.is_weights`), 0 on padding
     seq: torch.Tensor  # (R,L) long: which context of the micro-batch each token belongs to (0, 1, ...; -1 on padding)
+    prox: torch.Tensor  # (R,L) 1 on the tokens of contexts trained against the proximal policy (`Learner.train_part`)
 
     @property
     def input_ids(self) -> torch.Tensor:
@@ -50,20 +51,21 @@ class Batch:
 
     def to(self, device: torch.device | str) -> Batch:
         return Batch({k: v.to(device) for k, v in self.inputs.items()}, *(x.to(device) for x in (
-            self.keep, self.mask, self.old_logp, self.weights, self.adv, self.is_w, self.seq)))
+            self.keep, self.mask, self.old_logp, self.weights, self.adv, self.is_w, self.seq, self.prox)))
 
 
 def _loss_tensors(rows: list[list[Context]], weights: list[list[torch.Tensor]], advs: list[list[float]], L: int,
-                  starts: list[list[int]], is_weights: list[list[torch.Tensor]] | None = None
-                  ) -> tuple[torch.Tensor, ...]:
-    """keep, mask, old_logp, weights, adv, is_w, seq (R,L) of rows whose contexts start at `starts` (end to end
-    from there); `is_weights` like `weights` (None: 1 on every token)."""
-    keep, mask, old, w, adv, is_w = (torch.zeros((len(rows), L)) for _ in range(6))
+                  starts: list[list[int]], is_weights: list[list[torch.Tensor]] | None = None,
+                  prox: list[list[bool]] | None = None) -> tuple[torch.Tensor, ...]:
+    """keep, mask, old_logp, weights, adv, is_w, seq, prox (R,L) of rows whose contexts start at `starts` (end to
+    end from there); `is_weights` like `weights` (None: 1 on every token), `prox` one flag per context (None: 0)."""
+    keep, mask, old, w, adv, is_w, px = (torch.zeros((len(rows), L)) for _ in range(7))
     seq = torch.full((len(rows), L), -1, dtype=torch.long)
     n = 0
     for r, row in enumerate(rows):
         row_is = is_weights[r] if is_weights is not None else [1.0] * len(row)
-        for c, s, wc, a, iw in zip(row, starts[r], weights[r], advs[r], row_is, strict=True):
+        row_px = prox[r] if prox is not None else [False] * len(row)
+        for c, s, wc, a, iw, p in zip(row, starts[r], weights[r], advs[r], row_is, row_px, strict=True):
             e = s + len(c)
             keep[r, s + 1:e] = 1.0
             mask[r, s:e] = torch.tensor(c.loss_mask, dtype=torch.float32)
@@ -72,14 +74,17 @@ def _loss_tensors(rows: list[list[Context]], weights: list[list[torch.Tensor]], 
             adv[r, s:e] = a
             is_w[r, s:e] = iw
             seq[r, s:e] = n
+            px[r, s:e] = float(p)
             n += 1
-    return keep, mask, old, w, adv * (mask > 0), is_w, seq
+    return keep, mask, old, w, adv * (mask > 0), is_w, seq, px
 
 
 def padded_batch(rows: list[list[Context]], weights: list[list[torch.Tensor]], advs: list[list[float]],
-                 pad_id: int, dtype: torch.dtype, is_weights: list[list[torch.Tensor]] | None = None) -> Batch:
+                 pad_id: int, dtype: torch.dtype, is_weights: list[list[torch.Tensor]] | None = None,
+                 prox: list[list[bool]] | None = None) -> Batch:
     """One context per row, right-padded; a 2D padding mask (the model adds the causal part). `is_weights`:
-    each context's (T_c,) importance weights on the policy-gradient term, shaped like `weights` (None: all 1)."""
+    each context's (T_c,) importance weights on the policy-gradient term, shaped like `weights` (None: all 1);
+    `prox`: whether each context is trained against the proximal policy (None: none is)."""
     ctxs = [c for (c,) in rows]
     L = max(len(c) for c in ctxs)
     ids = torch.full((len(ctxs), L), pad_id, dtype=torch.long)
@@ -88,13 +93,14 @@ def padded_batch(rows: list[list[Context]], weights: list[list[torch.Tensor]], a
         ids[r, :len(c)] = torch.tensor(c.token_ids)
         attn[r, :len(c)] = 1
     return Batch({"input_ids": ids, "attention_mask": attn},
-                 *_loss_tensors(rows, weights, advs, L, [[0]] * len(rows), is_weights))
+                 *_loss_tensors(rows, weights, advs, L, [[0]] * len(rows), is_weights, prox))
 
 
 def packed_batch(rows: list[list[Context]], weights: list[list[torch.Tensor]], advs: list[list[float]],
-                 pad_id: int, dtype: torch.dtype, is_weights: list[list[torch.Tensor]] | None = None) -> Batch:
+                 pad_id: int, dtype: torch.dtype, is_weights: list[list[torch.Tensor]] | None = None,
+                 prox: list[list[bool]] | None = None) -> Batch:
     """One trajectory per row, its contexts packed end to end (`rl.packing`), right-padded to the longest pack;
-    `is_weights` as in `padded_batch`.
+    `is_weights` and `prox` as in `padded_batch`.
 
     Each padding token is packed as its own 1-token context: it attends only to itself (no all-masked
     softmax row, so no NaN) and nothing attends to it; it carries zero loss weight.
@@ -105,7 +111,7 @@ def packed_batch(rows: list[list[Context]], weights: list[list[torch.Tensor]], a
     inputs = {k: torch.cat([p.model_inputs()[k] for p in packs]) for k in ("input_ids", "position_ids",
                                                                           "attention_mask")}
     starts = [[s for s, _ in p.segments[:len(row)]] for p, row in zip(packs, rows, strict=True)]
-    return Batch(inputs, *_loss_tensors(rows, weights, advs, L, starts, is_weights))
+    return Batch(inputs, *_loss_tensors(rows, weights, advs, L, starts, is_weights, prox))
 
 
 @dataclass(frozen=True)

@@ -226,50 +226,43 @@ class Learner(LearnerWeights):
         (`_step`), which also clears them.
         """
         self._set_lr(lr if lr is not None else lr_at(self.steps, self.cfg.lr, self.cfg.warmup_steps))
-        offpolicy = {}
-        recompute = self.recompute
-        if not sft and (recompute or (self.algo.max_staleness and version is not None)):
-            part, offpolicy = self.correct(part, version, every_context=recompute)
         self.engine.train()
-        totals, _ = self._passes(part, sft, backward=True)
-        for k, v in offpolicy.items():
-            totals[k] = totals.get(k, 0.0) + v
+        totals, _ = self._passes(part, sft, backward=True, prox=None if sft else self.proximal(part, version))
         stepped = self._step()
         grad_norm = float(self.engine.get_global_grad_norm() or 0.0) if stepped else float("nan")
         if stepped:
             self.steps += 1
         return totals, {"grad_norm": grad_norm, "skipped": float(not stepped), "lr": self._get_lr()}
 
-    @torch.no_grad()
-    def correct(self, part: Part, version: int | None, every_context: bool = False) -> tuple[Part, dict[str, float]]:
-        """The PPO ratio against the learner's own log-probs: the contexts of `part` sampled before `version`
-        (bounded staleness: decoupled PPO), or with `every_context` all of them (`algorithm.old_logprobs:
-        recompute`: the engine/learner mismatch). Each such context's tokens get the ratio against the proximal
-        policy (these weights, before the update: a no-grad forward) and their policy-gradient term (only: not the
-        KL or entropy terms, as in AReaL) times the importance weight min(pi_prox / pi_behav, is_clip)
-        (`Part.is_weights`), pi_behav being the engine's sampling log-probs. Other contexts are left as they are.
-        Every rank must call it (ZeRO-3 forwards are collectives); returns the corrected part and summed stats
-        (`losses.truncated_is_weights`; with `every_context` also mismatch_logp_abs = |pi_prox - pi_behav| and
-        mismatch_k3, the k3 estimate of the KL between them, summed over tokens)."""
-        stale = [i for i, v in enumerate(part.versions) if every_context or (version is not None and v < version)]
-        prox = self.context_logprobs([part.contexts[i] for i in stale])
-        contexts, is_weights = list(part.contexts), list(part.is_weights)
-        stats: dict[str, float] = {}
-        for i, lp in zip(stale, prox, strict=True):
-            c = part.contexts[i]
-            at = torch.tensor(c.loss_mask, dtype=torch.bool)
-            at[0] = False  # a context's first token has no prefix: never a loss token
-            behav = torch.tensor(c.logprobs)[at]
-            w, st = losses.truncated_is_weights(lp[at], behav, self.algo.is_clip)
-            if every_context:
-                st = {**st, "mismatch_logp_abs": float((lp[at] - behav).abs().sum()),
-                      "mismatch_k3": float(losses.kl_k3(behav, lp[at]).sum())}  # KL(engine || learner), engine samples
-            iw = is_weights[i].clone()
-            iw[at] = iw[at] * w
-            contexts[i], is_weights[i] = Context(c.token_ids, c.loss_mask, lp.tolist(), c.weight_version), iw
-            for k, v in st.items():
-                stats[k] = stats.get(k, 0.0) + v
-        return Part(contexts, part.traj, part.adv, part.weights, part.versions, is_weights), stats
+    def proximal(self, part: Part, version: int | None) -> list[bool] | None:
+        """Which contexts of `part` are trained against the proximal policy (decoupled PPO: `_correct`): all of them
+        with `algorithm.old_logprobs: recompute` (the engine/learner mismatch), else those sampled before
+        `version` when `algorithm.max_staleness` allows stale samples; None when none is."""
+        if self.recompute:
+            return [True] * len(part.contexts)
+        if self.algo.max_staleness and version is not None:
+            flags = [v < version for v in part.versions]
+            return flags if any(flags) else None
+        return None
+
+    def _correct(self, logp: torch.Tensor, behav: torch.Tensor, is_w: torch.Tensor, at: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+        """Decoupled PPO (AReaL) at the loss tokens `at` (M,) bool of contexts trained against the proximal policy:
+        the PPO ratio against pi_prox and the policy-gradient term (only: not the KL or entropy terms) times
+        min(pi_prox / pi_behav, is_clip) (`losses.truncated_is_weights`), pi_behav being the engine's sampling
+        log-probs `behav` (M,). pi_prox is these weights before the update, and every forward of a minibatch runs
+        before its optimizer step, so pi_prox is this very forward's `logp` (M,), detached: no second forward
+        recomputes it. Returns the old log-probs and importance weights (M,) to use, and summed stats (with
+        `old_logprobs: recompute` also mismatch_logp_abs = |pi_prox - pi_behav| and mismatch_k3, the k3 estimate
+        of the KL between them)."""
+        prox = logp.detach()
+        w, stats = losses.truncated_is_weights(prox[at], behav[at], self.algo.is_clip)
+        if self.recompute:
+            stats = {**stats, "mismatch_logp_abs": float((prox[at] - behav[at]).abs().sum()),
+                     "mismatch_k3": float(losses.kl_k3(behav[at], prox[at]).sum())}  # KL(engine || learner)
+        is_w = is_w.clone()
+        is_w[at] = is_w[at] * w
+        return torch.where(at, prox, behav), is_w, stats
 
     @torch.no_grad()
     def context_logprobs(self, contexts: list[Context]) -> list[torch.Tensor]:
@@ -305,9 +298,10 @@ class Learner(LearnerWeights):
                                  backward=False)
         return losses.finish_stats(totals)
 
-    def _passes(self, part: Part, sft: bool, backward: bool) -> tuple[dict[str, float], bool]:
-        """Forward (and backward) every micro-batch of `part`; returns summed stats and whether all losses were
-        finite. Every rank runs as many micro-batches as the rank with the most (padding with empty ones), since
+    def _passes(self, part: Part, sft: bool, backward: bool, prox: list[bool] | None = None
+                ) -> tuple[dict[str, float], bool]:
+        """Forward (and backward) every micro-batch of `part` (`prox`: which contexts are trained against the
+        proximal policy, `proximal`); returns summed stats and whether all losses were finite. Every rank runs as many micro-batches as the rank with the most (padding with empty ones), since
         ZeRO-3 gathers parameters collectively in each forward."""
         world = _world_size()
         rows = self.layout.rows(part.traj)
@@ -322,7 +316,8 @@ class Learner(LearnerWeights):
                 batch = self.layout.batch([[part.contexts[i] for i in rows[r]] for r in idx],
                                           [[part.weights[i] for i in rows[r]] for r in idx],
                                           [[part.adv[i] for i in rows[r]] for r in idx], self.pad_id,
-                                          self.device.dtype, [[part.is_weights[i] for i in rows[r]] for r in idx])
+                                          self.device.dtype, [[part.is_weights[i] for i in rows[r]] for r in idx],
+                                          None if prox is None else [[prox[i] for i in rows[r]] for r in idx])
             else:
                 batch = self._empty_batch()
             loss, stats = self._micro_loss(batch, sft)
@@ -376,11 +371,16 @@ class Learner(LearnerWeights):
             with torch.no_grad():
                 ref_logp = losses.selected_logprobs(self._logits(self.ref, b.inputs, sel), targets, T)
         entropy = losses.selected_entropy(logits if al.entropy_coef > 0 else logits.detach(), T)
-        return losses.objective(logp, losses.at_loss_tokens(b.old_logp, sel), losses.at_loss_tokens(b.adv, sel), w,
-                                clip_low=al.clip_low, clip_high=al.clip_high, dual_clip=al.dual_clip,
-                                ref_logp=ref_logp, kl_coef=al.kl_coef, entropy=entropy, entropy_coef=al.entropy_coef,
-                                is_weight=losses.at_loss_tokens(b.is_w, sel), seq=losses.at_loss_tokens(b.seq, sel),
-                                policy_loss=al.policy_loss)
+        old, is_w = losses.at_loss_tokens(b.old_logp, sel), losses.at_loss_tokens(b.is_w, sel)
+        at, corrected = losses.at_loss_tokens(b.prox, sel) > 0, {}
+        if bool(at.any()):
+            old, is_w, corrected = self._correct(logp, old, is_w, at)
+        loss, stats = losses.objective(logp, old, losses.at_loss_tokens(b.adv, sel), w,
+                                       clip_low=al.clip_low, clip_high=al.clip_high, dual_clip=al.dual_clip,
+                                       ref_logp=ref_logp, kl_coef=al.kl_coef, entropy=entropy,
+                                       entropy_coef=al.entropy_coef, is_weight=is_w,
+                                       seq=losses.at_loss_tokens(b.seq, sel), policy_loss=al.policy_loss)
+        return loss, {**stats, **corrected}
 
     def _step(self) -> bool:
         """Apply the accumulated gradients unless they are non-finite; returns whether it stepped.

@@ -253,7 +253,7 @@ class Trainer:
     def grpo_step(self, step: int) -> dict:
         """Rollout, advantages, learning, weight sync. With `algorithm.max_staleness` >= 1 the rollout of step + 1
         runs on the engines (at the weights before this update) while this step learns: the next step then
-        trains on trajectories one version old, corrected by the learner (`Learner.correct`). With
+        trains on trajectories one version old, corrected by the learner (`Learner._correct`). With
         `algorithm.partial_rollouts` the update does not wait for that rollout: it lands mid-episode, and the
         episodes' later turns (contexts) are sampled by the new weights, each context carrying its version."""
         al = self.recipe.algorithm
