@@ -175,6 +175,8 @@ def run_episodes(
                     ep.info["terminated"], ep.info["truncated"] = bool(terminated), bool(truncated)
                 ep.turns.append(_turn_record(prompt, gen, parsed, obs, reward))
                 agent.update(ep.state, prompt, gen, parsed, None if ep.done else obs)
+                if agent.memory_tag:  # what the agent carries into the next prompt (cut to memory_tokens)
+                    ep.turns[-1]["memory_kept"] = ep.state.memory
                 if ep.done:
                     _finish(ep)
                 else:
@@ -251,7 +253,7 @@ def _trajectory(ep: _Episode, group_id: int, version: int) -> Trajectory:
                       group_id=int(group_id), weight_version=version, failed=ep.error is not None, info=info)
 
 
-_KEEP = {"em", "f1", "objective_rewards", "objective_em", "objective_f1", "format_reward", "answers",
+_KEEP = {"em", "f1", "objective_rewards", "objective_em", "objective_f1", "format_reward", "answers", "chains",
          "objectives", "terminated", "truncated", "turn", "invalid_action", "context_full", "episode_seconds"}
 
 

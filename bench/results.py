@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from memrl.agents.audit import OUTCOMES, outcome_counts
 from memrl.agents.evaluate import bootstrap_ci
 from memrl.bench import gain as gain_mod
 from memrl.io import write_atomic
@@ -235,7 +236,9 @@ def collect(runs: Path, kv_bytes: int) -> dict:
     multihop = {"curves": {label: {n: pooled_row(by_run, kv_bytes) for n, by_run in sorted(pts.items())}
                            for label, pts in mh_points.items()},
                 "budgets": {run: budget(runs / run, summary) for runs_ in mh_summaries.values()
-                            for run, summary in runs_.items()}}
+                            for run, summary in runs_.items()},
+                "facts": {label: {n: outcome_counts([e for eps in by_run.values() for e in eps])
+                                  for n, by_run in sorted(pts.items())} for label, pts in mh_points.items()}}
     return {"curves": curves, "raw": raw, "summaries": summaries, "real": real, "gain": gain, "real_train": real_train,
             "gain_curves": {run: gain_mod.rewards(runs / run) for run in gain},
             "gain_heldout": {run: gain_mod.heldout_curve(runs / run, s) for run, s in gain.items()},
@@ -413,6 +416,23 @@ def multihop_section(mh: dict, out: Path) -> list[str]:
     for run, b in mh["budgets"].items():
         lines.append(f"| {run} | {b['sft_steps']} | {b['grpo_steps']} | {b['max_n']} | {b['train_tokens']:,} | "
                      f"{b['generated']:,} | {b['wall_s'] / 60:.1f} |")
+    return lines + fact_table(mh.get("facts", {}))
+
+
+def fact_table(facts: dict[str, dict[int, dict[str, int]]]) -> list[str]:
+    """Where the sweep's objectives lost their facts (`agents.audit`), per agent and N, seeds pooled; runs recorded
+    before the audit existed have no outcomes and are left out."""
+    rows = [(label, n, c) for label, pts in facts.items() for n, c in pts.items() if sum(c.values())]
+    if not rows:
+        return []
+    lines = ["", "Where each objective's facts were lost (sweep objectives, seeds pooled; `agents.audit`: the first "
+             "fact of the gold chain that was not found, not written to memory, cut by the memory budget, or "
+             "dropped before the last turn):", "", "| agent | N | objectives | " + " | ".join(OUTCOMES) + " |",
+             "|---|---|---|" + "---|" * len(OUTCOMES)]
+    for label, n, c in rows:
+        total = sum(c.values())
+        lines.append(f"| {label} | {n} | {total} | " + " | ".join(f"{c[o]} ({c[o] / total:.0%})" for o in OUTCOMES)
+                     + " |")
     return lines
 
 

@@ -193,8 +193,11 @@ class TurnEnv(TextEnv):
 
     def reset_info(self) -> dict:
         tasks = self.objectives()
-        return {"objectives": [t.question for t in tasks], "answers": [list(t.answers) for t in tasks],
+        info = {"objectives": [t.question for t in tasks], "answers": [list(t.answers) for t in tasks],
                 "tools": self.tools(), "max_turns": self.max_turns}
+        if any("entities" in t.meta for t in tasks):  # gold reasoning chains: where facts get lost (agents.audit)
+            info["chains"] = [list(t.meta["entities"]) if "entities" in t.meta else None for t in tasks]
+        return info
 
 
 class TaskEnv(TurnEnv):

@@ -250,6 +250,9 @@ def _write_multihop(root, ems: dict[str, dict[int, float]], peaks: dict[str, dic
         run = root / results.MULTIHOP_RUNS[agent][0]
         run.mkdir(parents=True)
         rows = [e for n in ems[agent] for e in _episodes(agent, n, ems[agent][n], peaks[agent][n])]
+        lost = "context full" if agent == "full_context" else "overwritten"
+        for r in rows:  # agents.audit's outcome of each objective (one per episode here)
+            r["facts"] = ["answered" if r["em"] else lost]
         (run / "sweep_episodes.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
         (run / "summary.json").write_text(json.dumps({"evals": {}, "timings": {"sft": 60.0, "grpo": 240.0}}))
         metrics = [{"phase": "sft", "step": s, "train_tokens": 100.0} for s in range(2)]
@@ -272,6 +275,10 @@ def test_results_page_has_the_multihop_comparison_with_ratios_verdicts_and_budge
     assert "**N = 8, mem1 EM >= full context: NOT SHOWN (the intervals overlap).**" in text  # 0.2 vs 0.1 on 40 tasks
     assert "| multihop-memsearcher-s0 | 2 | 3 | 3 | 3,200 | 1,500 | 5.0 |" in text
     assert "| full_context (trained) | 16 | 1 | 40 | 0.000 [0.000, 0.000] | 0.00 |" in text
+    # where the facts were lost (agents.audit): memsearcher answered 20 of its 40 N = 8 objectives, dropped 20
+    assert ("| memsearcher (trained) | 8 | 40 | 20 (50%) | 0 (0%) | 0 (0%) | 0 (0%) | 0 (0%) | 20 (50%) | 0 (0%) | "
+            "0 (0%) |") in text
+    assert "| full_context (trained) | 16 | 40 | 0 (0%) | " in text and "| 40 (100%) | 0 (0%) |" in text
     for png in ("results_multihop_em.png", "results_multihop_peak.png"):
         assert (tmp_path / "docs" / png).stat().st_size > 5000
     assert "multihop-mem1-s0/metrics.jsonl" in results.inputs()
