@@ -282,6 +282,16 @@ class SFTCfg(Section):
     steps: int = Field(0, ge=0, description="warm-start steps on oracle trajectories (0 = skip)")
     tasks_per_step: int = Field(8, ge=1)
     lr: float = Field(5e-5, gt=0)
+    objectives: list[int] = Field(default_factory=list, description="N values (objectives per episode) the oracle "
+                                  "episodes of each step cycle through, task by task (empty = env.objectives): a "
+                                  "policy warm-started at one N has never seen the prompt of another (e.g. the N = 1 "
+                                  "a curriculum starts at)")
+
+    @model_validator(mode="after")
+    def _check(self) -> SFTCfg:
+        if any(n < 1 for n in self.objectives):
+            raise ValueError(f"sft.objectives must be N >= 1, got {self.objectives}")
+        return self
 
 
 class TrainCfg(Section):

@@ -51,6 +51,13 @@ log = logging.getLogger(__name__)
 PRIOR_DRAWS = 1000  # training tasks the answer-prior baseline learns its constant guess from
 
 
+def oracle_envs(rc: Recipe) -> list:
+    """The training envs of one SFT step's oracle episodes: `sft.tasks_per_step` of them, cycling through the N of
+    `sft.objectives` task by task (env.objectives when empty)."""
+    ns = rc.sft.objectives or [None]  # None: env.objectives
+    return [build_env(rc.env.at(ns[i % len(ns)])) for i in range(rc.sft.tasks_per_step)]
+
+
 class Trainer:
     """One training run from a recipe: starts Ray, the learner ranks and the rollout workers, and runs the
     phases of `run` (module docstring), checkpointing after each so that `resume=True` picks up where a
@@ -178,7 +185,7 @@ class Trainer:
         """One SFT optimizer step on oracle trajectories of the tasks of `stream` (sft or control) at step `s`."""
         rc = self.recipe
         agent = make_agent(self.tokenizer, rc.agent)
-        envs = [build_env(rc.env.at()) for _ in range(rc.sft.tasks_per_step)]
+        envs = oracle_envs(rc)
         trajs = run_episodes(agent, envs, oracle_seeds(rc, stream, s), oracle_policy(agent, envs),
                              SamplingConfig(max_tokens=10**6, temperature=0.0))
         self.rollouts.sleep()  # colocated engines free the GPU while the learner trains (woken by the next sync)

@@ -313,3 +313,18 @@ def test_defaults_are_declared_once_in_the_schema():
         assert all(params[k].default is inspect.Parameter.empty for k in keys), fn
     fields = {f.name: f for f in dataclasses.fields(SamplingConfig)}
     assert all(fields[k].default is dataclasses.MISSING for k in ("max_tokens", "temperature"))
+
+
+def test_sft_objectives_cycle_the_warm_starts_oracle_episodes_through_the_curriculums_n():
+    """experiments/multihop warm-starts at N = 1, 2, 4 (task by task), the curriculum's N; empty = env.objectives."""
+    from memrl.recipes.schema import load_recipe
+    from memrl.rl.trainer import oracle_envs
+
+    rc = load_recipe("experiments/multihop")
+    assert rc.sft.objectives == [1, 2, 4] == rc.curriculum.objectives
+    envs = oracle_envs(rc)
+    assert [len(e.unwrapped.objectives()) if e.reset(seed=i) else 0 for i, e in enumerate(envs)] == [1, 2, 4] * 2 + [1, 2]
+    plain = load_recipe("quickstart")
+    assert {len(e.unwrapped.objectives()) if e.reset(seed=0) else 0 for e in oracle_envs(plain)} == {2}
+    with pytest.raises(ValueError, match="sft.objectives must be N >= 1"):
+        load_recipe("quickstart", ["sft.objectives=[0]"])
