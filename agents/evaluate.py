@@ -34,10 +34,18 @@ def bootstrap_ci(xs: Sequence[float], level: float = 0.95, resamples: int = 2000
     return float(lo), float(hi)
 
 
+def episode_em(info: dict) -> float:
+    """An episode's EM (its `info`, or its eval record) as the mean over its objectives (`objective_em`), whatever
+    `env.aggregate` made of them (`sum`, MEM1's, makes `info["em"]` the count of right answers); `em` when there
+    are no per-objective scores (a failed episode, a single-objective env that reports none)."""
+    per = info.get("objective_em")
+    return sum(per) / len(per) if per else float(info.get("em", 0.0) or 0.0)
+
+
 def summarize(trajs: Sequence[Trajectory]) -> dict:
     """EM, F1, reward (mean and stderr), format-error rate, turns and token accounting over episodes."""
     out: dict = {"episodes": len(trajs), "failed": sum(t.failed for t in trajs)}
-    em = [float(t.info.get("em", 0.0) or 0.0) for t in trajs]
+    em = [episode_em(t.info) for t in trajs]
     for key, values in (
         ("em", em),
         ("f1", [float(t.info.get("f1", 0.0) or 0.0) for t in trajs]),

@@ -19,6 +19,7 @@ import argparse
 import json
 
 from memrl.agents import SamplingConfig, VLLMBackend, backend_policy, make_agent, oracle_policy, run_episodes
+from memrl.agents.evaluate import episode_em
 from memrl.bench.common import machine
 from memrl.envs import build as build_env
 from memrl.models import load_tokenizer, resolve_model_dir
@@ -47,7 +48,7 @@ def measure(agent_name: str, n: int, tasks: int, tokenizer, policy_kind: str, ba
     trajs = run_episodes(agent, envs, [10_000_000 + i for i in range(tasks)], policy, cfg)
     peaks = [t.info["peak_context_tokens"] for t in trajs]
     return {"agent": agent_name, "objectives": n, "peak_tokens": sum(peaks) / len(peaks), "max_peak": max(peaks),
-            "em": sum(t.info.get("em", 0.0) for t in trajs) / len(trajs),
+            "em": sum(episode_em(t.info) for t in trajs) / len(trajs),
             "turns": sum(t.info["turns"] for t in trajs) / len(trajs)}
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from memrl.agents.audit import OUTCOMES, outcome_counts
-from memrl.agents.evaluate import bootstrap_ci
+from memrl.agents.evaluate import bootstrap_ci, episode_em
 from memrl.bench import gain as gain_mod
 from memrl.io import write_atomic
 from memrl.plots import figure, label_axes, log2_x, series
@@ -82,7 +82,7 @@ def points(records: list[dict]) -> dict[tuple[str, int], list[dict]]:
 def point_row(eps: list[dict], kv_bytes: int, intervals: bool = True) -> dict:
     """Mean and 95% bootstrap interval of EM/F1; mean peak tokens, peak KV MiB, seconds per episode.
     `intervals=False` leaves EM's and peak tokens' intervals to the caller (None here)."""
-    em = [float(e.get("em") or 0.0) for e in eps]
+    em = [episode_em(e) for e in eps]
     n = n_of(eps[0])
     peak = [e.get("peak_context_tokens", 0) for e in eps]
     secs = [e["episode_seconds"] for e in eps if "episode_seconds" in e]
@@ -122,7 +122,7 @@ def pooled_row(by_run: dict[str, list[dict]], kv_bytes: int) -> dict:
     the runs' means and their intervals from `nested_ci`; `per_run` keeps each run's EM and episode interval."""
     groups = list(by_run.values())
     row = point_row([e for eps in groups for e in eps], kv_bytes, intervals=False)
-    em = [[float(e.get("em") or 0.0) for e in eps] for eps in groups]
+    em = [[episode_em(e) for e in eps] for eps in groups]
     peak = [[e.get("peak_context_tokens", 0) for e in eps] for eps in groups]
     row.update(runs=len(groups), em=float(np.mean([np.mean(g) for g in em])), em_ci=nested_ci(em),
                peak_tokens=float(np.mean([np.mean(g) for g in peak])), peak_tokens_ci=nested_ci(peak))
@@ -218,7 +218,7 @@ def collect(runs: Path, kv_bytes: int) -> dict:
     for (a, n), eps in points(read_jsonl(runs / "untrained-sweep" / "episodes.jsonl")).items():
         by_point.setdefault(f"untrained {a}", {}).setdefault(n, {})["untrained"] = eps
     curves = {label: {n: pooled_row(by_run, kv_bytes) for n, by_run in pts.items()} for label, pts in by_point.items()}
-    raw = {label: [{n: [float(e.get("em") or 0.0) for e in by_run[run]] for n, by_run in pts.items()}
+    raw = {label: [{n: [episode_em(e) for e in by_run[run]] for n, by_run in pts.items()}
                    for run in next(iter(pts.values()))] for label, pts in by_point.items()}
     real = {}
     for ds in DATASETS:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
+from memrl.agents.evaluate import episode_em
 from memrl.io import write_atomic
 from memrl.records import Trajectory
 
@@ -38,7 +39,7 @@ def episode_view(traj: Trajectory, tokenizer) -> dict:
             "reward": rec["reward"],
         })
     return {"questions": list(traj.info.get("objectives") or []), "answers": traj.info.get("answers"),
-            "reward": traj.reward, "em": traj.info.get("em", 0.0), "failed": traj.failed,
+            "reward": traj.reward, "em": episode_em(traj.info), "failed": traj.failed,
             "error": traj.info.get("error"), "turns": turns}
 
 

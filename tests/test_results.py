@@ -288,3 +288,21 @@ def test_results_page_without_multihop_runs_says_which_step_makes_them(tmp_path)
     (tmp_path / "runs").mkdir()
     text = results.write(results.collect(tmp_path / "runs", 1024), tmp_path / "docs", 1024).read_text()
     assert "(runs missing: `recipes/experiments/run_all.sh` step 5)" in text
+
+
+def test_an_episodes_em_is_the_mean_over_its_objectives_whatever_the_aggregate():
+    """experiments/multihop sums the objectives (`env.aggregate: sum`): a record's `em` 2.0 at N = 4 is 2 right
+    answers, EM 0.5; a record with no per-objective scores keeps its `em`."""
+    assert results.episode_em({"em": 2.0, "objective_em": [1.0, 1.0, 0.0, 0.0]}) == 0.5
+    assert results.episode_em({"em": 0.25, "objective_em": [1.0, 0.0, 0.0, 0.0]}) == 0.25
+    assert results.episode_em({"em": 1.0}) == 1.0 and results.episode_em({}) == 0.0
+    row = results.point_row([{"em": 2.0, "objective_em": [1.0, 1.0, 0.0, 0.0], "objectives": 4,
+                              "peak_context_tokens": 10}] * 3, 1024)
+    assert row["em"] == 0.5 and row["em_sum"] == 2.0
+    from memrl.agents.evaluate import summarize
+    from memrl.records import Trajectory
+
+    info = {"em": 2.0, "objective_em": [1.0, 1.0, 0.0, 0.0], "objectives": ["q1", "q2", "q3", "q4"]}
+    out = summarize([Trajectory([], 2.0, info=info), Trajectory([], 0.0, info={**info, "em": 0.0,
+                                                                               "objective_em": [0.0] * 4})])
+    assert out["em"] == 0.25 and out["em_sum"] == 1.0 and out["em_per_episode"] == [0.5, 0.0]
