@@ -112,6 +112,14 @@ def main(argv: list[str] | None = None) -> dict:
     if args.bf16:
         cast = learner(bool(args.prefix), "bfloat16")
         rows["memrl learner (DeepSpeed), bf16 autocast"] = timed(lambda: cast.train_step(trajs), args.repeats)
+    # what `algorithm.old_logprobs: recompute` (the default `auto` here unless engine and learner are both fp32)
+    # ran before each update until session 18: a no-grad forward over the step's contexts for the proximal
+    # log-probs, which the learner now takes from the update's own forward (Learner._correct)
+    default, default_row = ((cast, "memrl learner (DeepSpeed), bf16 autocast") if args.bf16 else
+                            (shared, "memrl learner (DeepSpeed), shared prefix") if args.prefix else
+                            (full, "memrl learner (DeepSpeed), full forward"))
+    contexts = [c for t in trajs for c in t.contexts]
+    proximal = timed(lambda: default.context_logprobs(contexts), args.repeats)
     model = load_model(args.model)
     if args.train_layers is not None:
         freeze_below(model, args.train_layers)
@@ -139,6 +147,10 @@ def main(argv: list[str] | None = None) -> dict:
     for name, t in rows.items():
         print(f"| {name} | {t:.2f} | {tokens / t:.0f} |")
     print(f"overhead ratio memrl / plain: {out['overhead_ratio']:.3f}")
+    out["proximal_forward_s"] = proximal
+    print(f"the separate no-grad proximal forward the mismatch correction ran before session 18 (learner "
+          f"recomputes: {default.recompute}): {proximal:.2f} s; the default step without it / with it: "
+          f"{rows[default_row] / (rows[default_row] + proximal):.3f}")
     if args.prefix:
         out["shared_over_full"] = (rows["memrl learner (DeepSpeed), shared prefix"]
                                    / rows["memrl learner (DeepSpeed), full forward"])

@@ -147,3 +147,15 @@ def test_lora_bench_compares_learner_and_sync_at_tiny_size(capsys):
     for key in ("ratio_step", "ratio_peak_rss", "ratio_sync_blob", "ratio_sync_native", "adapter_blob_s",
                 "full_blob_s", "full_native_s"):
         assert math.isfinite(out[key]) and out[key] > 0, key
+
+
+def test_learner_bench_prints_every_path_and_the_proximal_forward_it_no_longer_runs(capsys):
+    """`memrl bench learner` at tiny size: full forward, shared prefix, bf16 autocast and the plain loop rows, and
+    the separate no-grad proximal forward that the mismatch correction ran before each update until session 18."""
+    from memrl.bench import learner
+
+    out = learner.main(["--model", "tiny:0", "--contexts", "4", "--length", "64", "--prompt-share", "0.5",
+                        "--prefix", "16", "--bf16", "--repeats", "1"])
+    text = capsys.readouterr().out
+    assert len(out["rows"]) == 5 and all(t > 0 for t in out["rows"].values())
+    assert out["proximal_forward_s"] > 0 and "the separate no-grad proximal forward" in text
