@@ -4,7 +4,7 @@
 #   bash recipes/experiments/run_all.sh            (about 5 hours on 2 CPU cores: step 0 ~1 h 15 min, step 1
 #   ~3 h (9 runs: memsearcher 14-20 min each, mem1 15-32, full context 17-29; the sweep grows with the turns the
 #   trained policy takes), steps 2-3 ~45 min, step 4 ~25 min; measured step by step; step 5 (9 multihop runs)
-#   ~5-6 h more, estimated from one 32 min pilot run)
+#   ~6 h more: 35-50 min a run, measured on seed 0 in session 18)
 # After each step its inputs are archived into docs/results_data/ (committed; runs/ is scratch space that a
 # machine reset loses), so a campaign spread over several sittings keeps what finished. Each trained agent's
 # real-data evals run right after its training, while its checkpoint is still there.
