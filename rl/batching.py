@@ -144,7 +144,8 @@ class Part:
     weights: list[torch.Tensor]  # C tensors (T_c,): per-token loss weights computed over the WHOLE minibatch
     versions: list[int]  # (C,) the weight version that sampled each context
     is_weights: list[torch.Tensor]  # C tensors (T_c,): importance weight on each token's policy-gradient term only
-    #   (`losses.objective(is_weight=...)`): 1.0 for fresh contexts, min(pi_prox / pi_behav, is_clip) for stale ones
+    #   (`losses.objective(is_weight=...)`), 1.0 from `minibatch`; the learner multiplies in min(pi_prox / pi_behav,
+    #   is_clip) in the forward for the contexts it corrects (`Learner._correct`)
 
     @property
     def tokens(self) -> int:

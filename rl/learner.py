@@ -301,8 +301,9 @@ class Learner(LearnerWeights):
     def _passes(self, part: Part, sft: bool, backward: bool, prox: list[bool] | None = None
                 ) -> tuple[dict[str, float], bool]:
         """Forward (and backward) every micro-batch of `part` (`prox`: which contexts are trained against the
-        proximal policy, `proximal`); returns summed stats and whether all losses were finite. Every rank runs as many micro-batches as the rank with the most (padding with empty ones), since
-        ZeRO-3 gathers parameters collectively in each forward."""
+        proximal policy, `proximal`); returns summed stats and whether all losses were finite. Every rank runs as
+        many micro-batches as the rank with the most (padding with empty ones), since ZeRO-3 gathers parameters
+        collectively in each forward."""
         world = _world_size()
         rows = self.layout.rows(part.traj)
         row_len = [sum(len(part.contexts[i]) for i in row) for row in rows]
