@@ -37,7 +37,7 @@ from memrl.rl import checkpoint
 from memrl.rl.curriculum import Curriculum
 from memrl.rl.export import export
 from memrl.rl.learner_group import LearnerGroup, check_resources
-from memrl.rl.metrics import MetricsWriter
+from memrl.rl.metrics import MetricsWriter, read_metrics
 from memrl.rl.placement import Placement
 from memrl.rl.rollout import RolloutManager
 from memrl.rl.services import start_retrieval, stop_retrieval
@@ -114,7 +114,9 @@ class Trainer:
             self.sync_weights()
         elif resume:
             log.warning("--resume: no intact checkpoint under %s; starting fresh", self.out / "checkpoints")
-        self.viewer = Viewer(self.out / "viewer.html", recipe.name)
+        if ckpt is None:  # a fresh start in an old run's directory: its finished sweep points are not ours
+            (self.out / "sweep_rows.jsonl").unlink(missing_ok=True)
+        self.viewer = Viewer(self.out / "viewer.html", recipe.name, resume=ckpt is not None)
         self.curriculum = Curriculum(recipe.curriculum, seed=recipe.seed) if recipe.curriculum.objectives else None
         if ckpt is not None and self.curriculum is not None and state.get("curriculum"):
             self.curriculum.load_state_dict(state["curriculum"])
@@ -148,9 +150,10 @@ class Trainer:
             self.evals["answer_prior"] = self.answer_prior()
         if not self.handoff_done:
             self._timed("handoff", self.handoff)
-        self._timed("grpo", self.grpo)
-        self.evals["after_grpo"] = self._eval("after_grpo")
-        self._checkpoint()
+        if self.step < rc.train.steps or "after_grpo" not in self.evals:  # a resumed finished run keeps its eval
+            self._timed("grpo", self.grpo)
+            self.evals["after_grpo"] = self._eval("after_grpo")
+            self._checkpoint()
         if "sweep" not in self.evals:
             self.evals["sweep"] = self._timed("eval_sweep", self.sweep)
         summary = {"evals": self.evals, "timings": self.timings, "steps": self.step, "out": str(self.out)}
@@ -362,14 +365,32 @@ class Trainer:
         rc = self.recipe
         agents = [rc.agent.name] + ([rc.train.baseline_agent] if rc.train.baseline_agent not in (None, rc.agent.name)
                                     else [])
-        rows, episodes = [], []
+        rows, episodes = self._sweep_done()
+        done = {(r["agent"], r["objectives"]) for r in rows}
         for name in agents:
             for n in tqdm(rc.train.eval_objectives or [rc.env.objectives], desc=f"sweep {name}",
                           disable=not rc.logging.progress):
+                if (name, n) in done:  # a resumed sweep keeps the points it finished on these weights
+                    continue
                 row = self.evaluate(name, n, tasks=rc.train.sweep_tasks, record=episodes, view=f"sweep: {name}, N={n}")
-                rows.append({"agent": name, "objectives": n, **row})
-                write_jsonl(self.out / "sweep_episodes.jsonl", episodes)
+                rows.append({"agent": name, "objectives": n, "weights_step": self.learner.steps, **row})
+                write_jsonl(self.out / "sweep_episodes.jsonl", episodes)  # episodes first: rows name finished points
+                write_jsonl(self.out / "sweep_rows.jsonl", rows)
         return rows
+
+    def _sweep_done(self) -> tuple[list[dict], list[dict]]:
+        """The sweep points an earlier, killed process finished on the same weights (rows tagged with the optimizer
+        step they were measured at) and their episodes; nothing when there are none or the weights moved on."""
+        rows_path, eps_path = self.out / "sweep_rows.jsonl", self.out / "sweep_episodes.jsonl"
+        if not rows_path.exists() or not eps_path.exists():
+            return [], []
+        rows = [r for r in read_metrics(rows_path) if r.get("weights_step") == self.learner.steps]
+        done = {(r["agent"], r["objectives"]) for r in rows}
+        episodes = [e for e in read_metrics(eps_path) if (e.get("agent"), e.get("objectives")) in done]
+        if rows:
+            log.info("sweep: resuming after %d finished points (%s)", len(rows),
+                     ", ".join(f"{a} N={n}" for a, n in sorted(done)))
+        return rows, episodes
 
     @property
     def version(self) -> int:

@@ -11,6 +11,7 @@ writes the page; the trainer calls `Viewer.add` after each eval and the page is 
 from __future__ import annotations
 
 import html
+import json
 from pathlib import Path
 
 from memrl.agents.evaluate import episode_em
@@ -44,14 +45,18 @@ def episode_view(traj: Trajectory, tokenizer) -> dict:
 
 
 class Viewer:
-    """The page of one run: eval points in the order they ran, a few episodes each."""
+    """The page of one run: eval points in the order they ran, a few episodes each. The points are also kept as
+    JSON beside the page (`<page>.json`), so that a resumed run (`resume=True`) adds to the page its killed
+    process wrote instead of starting an empty one."""
 
-    def __init__(self, path: Path, title: str) -> None:
+    def __init__(self, path: Path, title: str, resume: bool = False) -> None:
         self.path, self.title = Path(path), title
-        self.points: dict[str, list[dict]] = {}
+        self.data = self.path.with_suffix(".json")
+        self.points: dict[str, list[dict]] = json.loads(self.data.read_text()) if resume and self.data.exists() else {}
 
     def add(self, point: str, trajs: list[Trajectory], tokenizer, episodes: int = EPISODES_PER_POINT) -> None:
         self.points[point] = [episode_view(t, tokenizer) for t in trajs[:episodes]]
+        write_atomic(self.data, json.dumps(self.points, default=str).encode())
         write_atomic(self.path, render(self.title, self.points).encode())
 
 

@@ -40,9 +40,11 @@ def test_quickstart_tiny_writes_every_artifact_and_an_exported_model_that_matche
         summary = trainer.run()
         report = write_report(trainer)
         learner_weights = trainer.learner.state_dict()  # from learner rank 0 (a Ray actor)
+        resumed_sweep = _sweep_resumes(trainer, out)
     finally:
         trainer.close()
 
+    assert resumed_sweep
     recs = read_metrics(out / "metrics.jsonl")
     assert {"sft", "grpo"} <= {r["phase"] for r in recs}
     grpo = [r for r in recs if r["phase"] == "grpo"]
@@ -114,3 +116,29 @@ def test_quickstart_tiny_writes_every_artifact_and_an_exported_model_that_matche
               "sweep: full_context, N=1", "sweep: full_context, N=2", "control"]
     assert all(f">{p}</h2>" in dom for p in points) and dom.count('class="ep"') == 5 * 3 + 4 * 2
     assert dom.count('class="turn"') > dom.count('class="ep"')
+
+
+def _sweep_resumes(trainer, out) -> bool:
+    """A sweep killed during its last point, run again on the same weights, keeps the points it finished (rows and
+    episodes as written, timings included) and measures only the missing one; rows measured on other weights
+    (another optimizer step) are measured again."""
+    from memrl.io import write_jsonl
+
+    rows, episodes = read_metrics(out / "sweep_rows.jsonl"), read_metrics(out / "sweep_episodes.jsonl")
+    assert [(r["agent"], r["objectives"]) for r in rows] == [(r["agent"], r["objectives"])
+                                                              for r in trainer.evals["sweep"]]
+    assert all(r["weights_step"] == trainer.learner.steps for r in rows)
+    write_jsonl(out / "sweep_rows.jsonl", rows[:-1])  # killed before the last point's row was written
+    again = trainer.sweep()
+    last = (rows[-1]["agent"], rows[-1]["objectives"])
+    assert again[:-1] == rows[:-1] and (again[-1]["agent"], again[-1]["objectives"]) == last
+    kept = [e for e in episodes if (e["agent"], e["objectives"]) != last]
+    redone = [e for e in read_metrics(out / "sweep_episodes.jsonl") if (e["agent"], e["objectives"]) == last]
+    assert read_metrics(out / "sweep_episodes.jsonl")[:len(kept)] == kept  # the same records, not re-measured
+    assert len(redone) == len([e for e in episodes if (e["agent"], e["objectives"]) == last])
+    assert [e["em"] for e in redone] == [e["em"] for e in episodes if (e["agent"], e["objectives"]) == last]
+    write_jsonl(out / "sweep_rows.jsonl", [{**r, "weights_step": r["weights_step"] - 1} for r in again])
+    moved = trainer.sweep()  # rows of older weights: every point measured again
+    assert len(moved) == len(rows) and all(r["weights_step"] == trainer.learner.steps for r in moved)
+    assert all(a["wall_s"] != b["wall_s"] for a, b in zip(moved, again, strict=True))  # timed anew
+    return True

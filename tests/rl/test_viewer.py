@@ -70,3 +70,16 @@ def test_the_page_renders_in_a_headless_browser_with_every_episode(episodes, tin
     turns = sum(len(t.info["turn_log"]) for ts in episodes.values() for t in ts)
     assert dom.count("class=\"turn\"") == turns
     assert "memory viewer" in dom and "sweep: full_context, N=2" in dom
+
+
+def test_a_resumed_run_adds_to_the_page_its_killed_process_wrote(episodes, tiny_tokenizer, tmp_path):
+    first = Viewer(tmp_path / "viewer.html", "tiny")
+    first.add("after_sft", episodes["memsearcher"], tiny_tokenizer)
+    resumed = Viewer(tmp_path / "viewer.html", "tiny", resume=True)  # a new process, after a kill
+    resumed.add("sweep: full_context, N=2", episodes["full_context"], tiny_tokenizer)
+    assert list(resumed.points) == ["after_sft", "sweep: full_context, N=2"]
+    page = (tmp_path / "viewer.html").read_text()
+    assert ">after_sft</h2>" in page and ">sweep: full_context, N=2</h2>" in page
+    fresh = Viewer(tmp_path / "viewer.html", "tiny")  # a fresh run (no --resume) starts its own page
+    fresh.add("after_sft", episodes["memsearcher"], tiny_tokenizer)
+    assert list(fresh.points) == ["after_sft"] and ">sweep: full_context" not in (tmp_path / "viewer.html").read_text()
