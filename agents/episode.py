@@ -152,7 +152,7 @@ def run_episodes(
                 parsed = agent.parse(gen.text, ep.state)
                 if gen.finish_reason == CONTEXT_FULL:  # no room left to answer: ends like running out of turns
                     ep.done = True
-                    ep.info.update(terminated=False, truncated=True, context_full=True)
+                    ep.info.update(terminated=False, truncated=True, context_full=True, **_unanswered(ep.info))
                     ep.turns.append(_turn_record(prompt, gen, parsed, None, 0.0))
                     agent.update(ep.state, prompt, gen, parsed, None)
                     _finish(ep)
@@ -217,6 +217,17 @@ def _collect(futures: dict, episodes: list[_Episode], timeout: float, wait_all: 
         elif now >= (ep.deadline or deadline):
             _fail(ep, f"env call timed out after {timeout:.0f}s")
             yield fut, i, None
+
+
+def _unanswered(info: dict) -> dict:
+    """The scores of an episode the env did not get to end (its context filled): every objective unanswered, as
+    the env scores running out of turns (so the evals and `agents.audit` count its objectives)."""
+    n = len(info.get("objectives") or [])
+    if not n:
+        return {}
+    zeros = [0.0] * n
+    return {"objective_em": zeros, "objective_f1": list(zeros), "objective_rewards": list(zeros), "em": 0.0,
+            "f1": 0.0, "format_reward": 0.0}
 
 
 def _finish(ep: _Episode) -> None:

@@ -54,6 +54,8 @@ def test_prompt_that_fills_the_context_window_ends_only_its_episode(vllm_tiny, t
                          SamplingConfig(max_tokens=8, temperature=1.0, seed=0))
     assert not trajs[1].failed and trajs[1].reward == 0.0 and trajs[1].info["context_full"]
     assert trajs[1].info["truncated"] and not trajs[1].info["terminated"]
+    n = len(trajs[1].info["objectives"])  # scored like running out of turns: every objective unanswered
+    assert n >= 1 and trajs[1].info["objective_em"] == [0.0] * n and trajs[1].info["objective_f1"] == [0.0] * n
     assert trajs[0].info["terminated"] and not trajs[0].info.get("context_full")
 
 
