@@ -270,7 +270,17 @@ def budget(run: Path, summary: dict) -> dict:
             "train_tokens": int(sum(r.get("train_tokens", 0) for r in sft + grpo)),
             "generated": int(sum(r.get("generated_tokens", 0) for r in grpo)),
             "max_n": max((int(r.get("curriculum_max_n", 0)) for r in grpo), default=0),
-            "wall_s": float(sum(summary.get("timings", {}).values()))}
+            "wall_s": wall_seconds(summary)}
+
+
+def wall_seconds(summary: dict) -> float:
+    """A run's wall time over every phase. The sweep counts as the sum of its points' own times (each row's
+    `wall_s`): a sweep resumed after a kill times only its last process in `timings`, its rows hold every point."""
+    timings = dict(summary.get("timings", {}))
+    rows = summary.get("evals", {}).get("sweep") or []
+    if rows and all("wall_s" in r for r in rows):
+        timings["eval_sweep"] = sum(r["wall_s"] for r in rows)
+    return float(sum(timings.values()))
 
 
 def separate(a: tuple[float, float, float], b: tuple[float, float, float]) -> bool:

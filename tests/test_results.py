@@ -254,7 +254,9 @@ def _write_multihop(root, ems: dict[str, dict[int, float]], peaks: dict[str, dic
         for r in rows:  # agents.audit's outcome of each objective (one per episode here)
             r["facts"] = ["answered" if r["em"] else lost]
         (run / "sweep_episodes.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-        (run / "summary.json").write_text(json.dumps({"evals": {}, "timings": {"sft": 60.0, "grpo": 240.0}}))
+        sweep = [{"agent": agent, "objectives": n, "wall_s": 30.0} for n in ems[agent]]  # a resumed sweep's rows
+        (run / "summary.json").write_text(json.dumps({"evals": {"sweep": sweep}, "timings": {
+            "sft": 60.0, "grpo": 240.0, "eval_sweep": 30.0}}))  # its last process timed only the last point
         metrics = [{"phase": "sft", "step": s, "train_tokens": 100.0} for s in range(2)]
         metrics += [{"phase": "grpo", "step": s, "train_tokens": 1000.0, "generated_tokens": 500.0,
                      "curriculum_max_n": float(1 + s)} for s in range(3)]
@@ -273,7 +275,7 @@ def test_results_page_has_the_multihop_comparison_with_ratios_verdicts_and_budge
     assert "**Peak context at N = 16, mem1 / full context: 0.050**" in text
     assert "**N = 8, memsearcher EM >= full context: CONFIRMED (intervals separate).** 0.500 [" in text
     assert "**N = 8, mem1 EM >= full context: NOT SHOWN (the intervals overlap).**" in text  # 0.2 vs 0.1 on 40 tasks
-    assert "| multihop-memsearcher-s0 | 2 | 3 | 3 | 3,200 | 1,500 | 5.0 |" in text
+    assert "| multihop-memsearcher-s0 | 2 | 3 | 3 | 3,200 | 1,500 | 6.5 |" in text  # 60 + 240 + 3 points x 30 s
     assert "| full_context (trained) | 16 | 1 | 40 | 0.000 [0.000, 0.000] | 0.00 |" in text
     # where the facts were lost (agents.audit): memsearcher answered 20 of its 40 N = 8 objectives, dropped 20
     assert ("| memsearcher (trained) | 8 | 40 | 20 (50%) | 0 (0%) | 0 (0%) | 0 (0%) | 0 (0%) | 20 (50%) | 0 (0%) | "
