@@ -72,3 +72,16 @@ for seed in 0 1 2; do
     rm -rf "runs/$run/checkpoints"
   done
 done
+# 6. the lr tuning of experiments/multihop (session 19, on the TUNING set, no sweep): one SFT warm start (memsearcher,
+#    seed 1) and GRPO at the recipe's lr 1e-4; then GRPO at lr 1e-5 forked from the same after-SFT checkpoint
+tune="--set seed=1 --set agent.name=memsearcher --set train.held_out=tune --set train.eval_objectives=[] \
+  --set train.keep_checkpoints=10"
+have tune-lr1e-4-s1/summary.json || memrl train experiments/multihop $tune --set name=tune-lr1e-4-s1 --resume
+if ! have tune-lr1e-5-s1/summary.json; then
+  mkdir -p runs/tune-lr1e-5-s1/checkpoints
+  [ -d runs/tune-lr1e-5-s1/checkpoints/step_000000 ] || \
+    cp -r runs/tune-lr1e-4-s1/checkpoints/step_000000 runs/tune-lr1e-5-s1/checkpoints/
+  [ -f runs/tune-lr1e-5-s1/metrics.jsonl ] || \
+    grep '"phase": "sft"' runs/tune-lr1e-4-s1/metrics.jsonl > runs/tune-lr1e-5-s1/metrics.jsonl  # the shared SFT
+  memrl train experiments/multihop $tune --set name=tune-lr1e-5-s1 --set learner.lr=1.0e-5 --resume
+fi
