@@ -57,6 +57,12 @@ GAIN_RUNS = tuple(run for runs in GAIN_SETS.values() for run in runs)
 # N; the agents differ only in agent.name (`--set agent.name=A`), runs named multihop-<agent>-s<seed>
 MULTIHOP_AGENTS = ("memsearcher", "mem1", "full_context")
 MULTIHOP_RUNS = {agent: tuple(f"multihop-{agent}-s{seed}" for seed in SEEDS) for agent in MULTIHOP_AGENTS}
+# title -> (suffix of its plots' file names, agent -> runs); the shipped recipe first, then the seed-0 runs made at
+# learner.lr 1e-4 before the lr was chosen on the tuning set (session 19)
+MULTIHOP_SETS = {
+    "experiments/multihop as shipped (learner.lr 1e-5, chosen on the tuning set), seeds 0-2": ("", MULTIHOP_RUNS),
+    "SUPERSEDED: learner.lr 1e-4 (before the lr was tuned; every agent's training reward collapsed after the first "
+    "GRPO update), seed 0 only": ("_lr1e-4", {a: (f"multihop-lr1e-4-{a}-s0",) for a in MULTIHOP_AGENTS})}
 DATASETS = ("musique", "hotpotqa")
 REAL_TRAIN = "searchqa"  # experiments/searchqa: trained on the real train split, evaluated on the eval split
 RESAMPLES = 2000
@@ -158,7 +164,8 @@ def slope_ci(runs: list[dict[int, list[float]]], seed: int = 0, min_n: int = FIT
 DODGE = 1.04  # x factor between neighbouring curves on the log-N axis
 
 
-def plot(rows: dict, key: str, ylabel: str, path: Path, ci_key: str | None = None) -> None:
+def plot(rows: dict, key: str, ylabel: str, path: Path, ci_key: str | None = None,
+         trained: str = "trained at N = 2") -> None:
     """`key` of each curve in `rows` (label -> N -> point row, as `collect`'s curves) vs N on a log 2 axis, with
     the `ci_key` (low, high) intervals as error bars when given; untrained curves dashed, curves nudged apart in x
     (`DODGE`) so equal ones stay visible."""
@@ -174,7 +181,7 @@ def plot(rows: dict, key: str, ylabel: str, path: Path, ci_key: str | None = Non
             series(ax, xs, ys, err, linestyle="--" if label.startswith("untrained") else "-", label=label)
         log2_x(ax, sorted({n for pts in rows.values() for n in pts}))
         # an empty page (no runs yet) gets empty axes and no legend
-        label_axes(ax, "objectives per episode (N); trained at N = 2", ylabel, legend_size=8)
+        label_axes(ax, f"objectives per episode (N); {trained}", ylabel, legend_size=8)
 
 
 def inputs() -> list[str]:
@@ -186,7 +193,7 @@ def inputs() -> list[str]:
                                                                "recipe.yaml")]
     for ds in DATASETS:
         rel += [f"untrained-{ds}/summary.json", *[f"{run}/{ds}/summary.json" for run in REAL_RUNS.values()]]
-    rel += [f"{run}/{name}" for runs in MULTIHOP_RUNS.values() for run in runs
+    rel += [f"{run}/{name}" for _, run_map in MULTIHOP_SETS.values() for runs in run_map.values() for run in runs
             for name in ("summary.json", "sweep_episodes.jsonl", "metrics.jsonl", "recipe.yaml", "viewer.html")]
     return rel
 
@@ -232,17 +239,23 @@ def collect(runs: Path, kv_bytes: int) -> dict:
             if (runs / run / "summary.json").exists()}
     trained = runs / REAL_TRAIN / "summary.json"
     real_train = json.loads(trained.read_text()) if trained.exists() else None
-    mh_points, mh_summaries = trained_points(runs, MULTIHOP_RUNS)
-    multihop = {"curves": {label: {n: pooled_row(by_run, kv_bytes) for n, by_run in sorted(pts.items())}
-                           for label, pts in mh_points.items()},
-                "budgets": {run: budget(runs / run, summary) for runs_ in mh_summaries.values()
-                            for run, summary in runs_.items()},
-                "facts": {label: {n: outcome_counts([e for eps in by_run.values() for e in eps])
-                                  for n, by_run in sorted(pts.items())} for label, pts in mh_points.items()}}
+    multihop = {title: multihop_set(runs, run_map, kv_bytes) for title, (_, run_map) in MULTIHOP_SETS.items()}
     return {"curves": curves, "raw": raw, "summaries": summaries, "real": real, "gain": gain, "real_train": real_train,
             "gain_curves": {run: gain_mod.rewards(runs / run) for run in gain},
             "gain_heldout": {run: gain_mod.heldout_curve(runs / run, s) for run, s in gain.items()},
             "multihop": multihop}
+
+
+def multihop_set(runs: Path, run_map: dict[str, tuple[str, ...]], kv_bytes: int) -> dict:
+    """One set of experiments/multihop runs: `curves` (label -> N -> `pooled_row`), every finished run's `budgets`
+    and `facts` (label -> N -> `agents.audit` outcome counts, seeds pooled)."""
+    points_, summaries = trained_points(runs, run_map)
+    return {"curves": {label: {n: pooled_row(by_run, kv_bytes) for n, by_run in sorted(pts.items())}
+                       for label, pts in points_.items()},
+            "budgets": {run: budget(runs / run, summary) for runs_ in summaries.values()
+                        for run, summary in runs_.items()},
+            "facts": {label: {n: outcome_counts([e for eps in by_run.values() for e in eps])
+                              for n, by_run in sorted(pts.items())} for label, pts in points_.items()}}
 
 
 def trained_points(runs: Path, run_map: dict[str, tuple[str, ...]]) -> tuple[dict, dict]:
@@ -402,15 +415,29 @@ def real_train_table(summary: dict | None) -> list[str]:
     return lines
 
 
-def multihop_section(mh: dict, out: Path) -> list[str]:
-    """experiments/multihop (issue 32): EM and peak-context plots, the per-(agent, N) table, the N = max peak-context
-    ratios and EM comparisons at N >= 8 (NOT SHOWN where intervals overlap), and every run's budget."""
+def multihop_sections(sets: dict[str, dict], out: Path) -> list[str]:
+    """Each set of `MULTIHOP_SETS` that has finished runs, under its title (the shipped recipe's says which step
+    makes it when it has none)."""
+    lines = []
+    for title, (suffix, _) in MULTIHOP_SETS.items():
+        mh = sets.get(title, {"curves": {}})
+        if mh["curves"] or not suffix:
+            lines += [f"**{title}**", "", *multihop_section(mh, out, suffix), ""]
+    return lines
+
+
+def multihop_section(mh: dict, out: Path, suffix: str = "") -> list[str]:
+    """experiments/multihop (issue 32): EM and peak-context plots (results_multihop<suffix>_{em,peak}.png), the
+    per-(agent, N) table, the N = max peak-context ratios and EM comparisons at N >= 8 (NOT SHOWN where intervals
+    overlap), and every run's budget."""
     curves = mh["curves"]
     if not curves:
         return ["(runs missing: `recipes/experiments/run_all.sh` step 5)"]
-    plot(curves, "em", "EM (mean over objectives), 95% bootstrap", out / "results_multihop_em.png", "em_ci")
-    plot(curves, "peak_tokens", "peak context tokens per episode", out / "results_multihop_peak.png", "peak_tokens_ci")
-    lines = ["![EM vs N, multihop](results_multihop_em.png)", "![peak tokens vs N, multihop](results_multihop_peak.png)",
+    em_png, peak_png = f"results_multihop{suffix}_em.png", f"results_multihop{suffix}_peak.png"
+    trained = "trained at N = 1-4 (curriculum)"
+    plot(curves, "em", "EM (mean over objectives), 95% bootstrap", out / em_png, "em_ci", trained)
+    plot(curves, "peak_tokens", "peak context tokens per episode", out / peak_png, "peak_tokens_ci", trained)
+    lines = [f"![EM vs N, multihop]({em_png})", f"![peak tokens vs N, multihop]({peak_png})",
              "", "| agent | N | seeds | episodes | EM [95% CI] | EM sum | answered | context full | peak tokens [95% CI] | "
              "max tokens | peak KV MiB |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for label, pts in curves.items():
@@ -518,7 +545,7 @@ def write(data: dict, out: Path, kv_bytes: int) -> Path:
         sweep="\n".join(lines),
         real="\n".join(real), kv_bytes=kv_bytes, gain=gain, notes=notes.read_text() if notes.exists() else "",
         real_train="\n".join(real_train_table(data.get("real_train"))),
-        multihop="\n".join(multihop_section(data.get("multihop", {"curves": {}, "budgets": {}}), out)))
+        multihop="\n".join(multihop_sections(data.get("multihop", {}), out)))
     path = out / "RESULTS.md"
     path.write_text(text)
     return path

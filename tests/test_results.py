@@ -244,10 +244,12 @@ def test_results_page_has_the_real_data_training_run(tmp_path):
     assert "| after GRPO | 40 | 0.100 ± 0.030 [0.050, 0.160] |" in text and "### Trained on real questions" in text
 
 
-def _write_multihop(root, ems: dict[str, dict[int, float]], peaks: dict[str, dict[int, int]]):
-    """One finished experiments/multihop run per agent: its sweep, summary and training metrics."""
+def _write_multihop(root, ems: dict[str, dict[int, float]], peaks: dict[str, dict[int, int]], old: bool = False):
+    """One finished experiments/multihop run per agent (the superseded lr 1e-4 set's when `old`): its sweep, summary
+    and training metrics."""
+    run_map = list(results.MULTIHOP_SETS.values())[1 if old else 0][1]
     for agent in results.MULTIHOP_AGENTS:
-        run = root / results.MULTIHOP_RUNS[agent][0]
+        run = root / run_map[agent][0]
         run.mkdir(parents=True)
         rows = [e for n in ems[agent] for e in _episodes(agent, n, ems[agent][n], peaks[agent][n])]
         lost = "context full" if agent == "full_context" else "overwritten"
@@ -284,6 +286,21 @@ def test_results_page_has_the_multihop_comparison_with_ratios_verdicts_and_budge
     for png in ("results_multihop_em.png", "results_multihop_peak.png"):
         assert (tmp_path / "docs" / png).stat().st_size > 5000
     assert "multihop-mem1-s0/metrics.jsonl" in results.inputs()
+    assert "multihop-lr1e-4-mem1-s0/sweep_episodes.jsonl" in results.inputs()
+    assert "SUPERSEDED: learner.lr 1e-4" not in text  # a set without runs is left out
+
+
+def test_results_page_keeps_the_superseded_multihop_set_apart(tmp_path):
+    """The seed-0 runs at lr 1e-4 get their own title, table and plots; the shipped recipe's set, still without runs,
+    says which step makes it."""
+    ems = {a: {16: 0.0} for a in results.MULTIHOP_AGENTS}
+    peaks = {"memsearcher": {16: 577}, "mem1": {16: 923}, "full_context": {16: 6120}}
+    _write_multihop(tmp_path / "runs", ems, peaks, old=True)
+    text = results.write(results.collect(tmp_path / "runs", 1024), tmp_path / "docs", 1024).read_text()
+    shipped, superseded = text.index("**experiments/multihop as shipped"), text.index("**SUPERSEDED: learner.lr 1e-4")
+    assert shipped < text.index("(runs missing: `recipes/experiments/run_all.sh` step 5)") < superseded
+    assert "**Peak context at N = 16, memsearcher / full context: 0.094**" in text[superseded:]
+    assert "| multihop-lr1e-4-mem1-s0 |" in text and (tmp_path / "docs" / "results_multihop_lr1e-4_em.png").exists()
 
 
 def test_results_page_without_multihop_runs_says_which_step_makes_them(tmp_path):
