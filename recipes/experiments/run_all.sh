@@ -61,8 +61,8 @@ archive
 have searchqa/summary.json || memrl train experiments/searchqa --resume
 archive
 # 5. the papers' comparison where memory is needed (issue 32): experiments/multihop (2-hop objectives, topk 1, a
-#    curriculum over N = 1 -> 2 -> 4, summed objectives, the same 8192-token window for all) for each agent on seeds
-#    0, 1, 2; each run ends with its sweep at N = 1, 2, 4, 8, 16 on unseen held-out tasks
+#    curriculum over N = 1 -> 2 -> 4, summed objectives, the same 8192-token window for all, lr 1e-5 as chosen in
+#    step 6) for each agent on seeds 0, 1, 2; each run ends with its sweep at N = 1, 2, 4, 8, 16 on unseen held-out tasks
 for seed in 0 1 2; do
   for agent in memsearcher mem1 full_context; do
     run=multihop-$agent-s$seed
@@ -72,11 +72,13 @@ for seed in 0 1 2; do
     rm -rf "runs/$run/checkpoints"
   done
 done
-# 6. the lr tuning of experiments/multihop (session 19, on the TUNING set, no sweep): one SFT warm start (memsearcher,
-#    seed 1) and GRPO at the recipe's lr 1e-4; then GRPO at lr 1e-5 forked from the same after-SFT checkpoint
+# 6. the lr tuning of experiments/multihop (session 19, on the TUNING set, no sweep), which chose step 5's lr 1e-5: one
+#    SFT warm start (memsearcher, seed 1) and GRPO at lr 1e-4 (the recipe's until then); then GRPO at lr 1e-5 forked
+#    from the same after-SFT checkpoint
 tune="--set seed=1 --set agent.name=memsearcher --set train.held_out=tune --set train.eval_objectives=[] \
   --set train.keep_checkpoints=10"
-have tune-lr1e-4-s1/summary.json || memrl train experiments/multihop $tune --set name=tune-lr1e-4-s1 --resume
+have tune-lr1e-4-s1/summary.json || memrl train experiments/multihop $tune --set name=tune-lr1e-4-s1 \
+  --set learner.lr=1.0e-4 --resume
 if ! have tune-lr1e-5-s1/summary.json; then
   mkdir -p runs/tune-lr1e-5-s1/checkpoints
   [ -d runs/tune-lr1e-5-s1/checkpoints/step_000000 ] || \
