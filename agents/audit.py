@@ -15,6 +15,9 @@ failed at the first of these stages, checked fact by fact along the chain (e_1, 
 - `context full` (the full-context agent whose context reached the engine's window) or `not answered`: every
   fact was found (and kept) but the answer given was wrong or none was given.
 
+Each lost objective also records the hop of its lost fact (`lost_hops`): at hop 2 and beyond the search needed
+the previous hop's answer, so a loss there is where the dependent search, the part that needs memory, failed.
+
 Names match case-insensitively as substrings (the KB's names are invented, so a hit is the name itself).
 `tests/agents/test_audit.py` checks each outcome on hand-written episodes.
 """
@@ -55,17 +58,42 @@ def objective_outcomes(turns: Sequence[dict], chains: Sequence[Sequence[str] | N
     """One outcome per objective (None where its chain is unknown): `turns` the episode's turn records
     (`info["turn_log"]`: observation, memory, memory_kept), `chains` the gold entity chains, `solved` the
     per-objective EM. The agent counts as a memory agent when its turns carry `memory_kept`."""
+    return [outcome for outcome, _ in _audit(turns, chains, solved, context_full)]
+
+
+def lost_hops(turns: Sequence[dict], chains: Sequence[Sequence[str] | None], solved: Sequence[float]) -> list[int | None]:
+    """Per objective, the hop (1 .. h) whose fact was the first lost (the outcome's fact: hop 1 is what the search
+    for the question's own entity returns, hop 2 what the dependent search for hop 1's answer returns), or None
+    (answered, every fact found and kept, or no chain). Same arguments as `objective_outcomes`."""
+    return [hop for _, hop in _audit(turns, chains, solved)]
+
+
+def _audit(turns: Sequence[dict], chains: Sequence[Sequence[str] | None], solved: Sequence[float],
+           context_full: bool = False) -> list[tuple[str | None, int | None]]:
     memory_agent = any("memory_kept" in turn for turn in turns)
-    out: list[str | None] = []
+    out: list[tuple[str | None, int | None]] = []
     for chain, em in zip(chains, solved, strict=True):
         if not chain:
-            out.append(None)
+            out.append((None, None))
         elif em >= 1.0:
-            out.append("answered")
+            out.append(("answered", None))
         else:
-            lost = next((s for s in (_fact_lost(turns, f, memory_agent) for f in chain[1:]) if s), None)
-            out.append(lost or ("context full" if context_full else "not answered"))
+            lost = next(((s, hop) for hop, f in enumerate(chain[1:], 1) if (s := _fact_lost(turns, f, memory_agent))),
+                        None)
+            out.append(lost or ("context full" if context_full else "not answered", None))
     return out
+
+
+def hop_counts(records: Sequence[dict]) -> dict[str, dict[int, int]]:
+    """Objectives per (outcome, hop of the lost fact) over episode records that carry `lost_hops` (recorded since
+    session 20); outcomes without a lost fact (answered, not answered, context full) are left out."""
+    counts: dict[str, dict[int, int]] = {}
+    for r in records:
+        for outcome, hop in zip(r.get("facts") or [], r.get("lost_hops") or [], strict=False):
+            if outcome is not None and hop is not None:
+                counts.setdefault(outcome, {}).setdefault(hop, 0)
+                counts[outcome][hop] += 1
+    return counts
 
 
 def outcome_counts(records: Sequence[dict]) -> dict[str, int]:

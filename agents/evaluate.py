@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from memrl.agents.audit import objective_outcomes
+from memrl.agents.audit import lost_hops, objective_outcomes
 from memrl.records import Trajectory
 
 
@@ -92,8 +92,9 @@ def episode_records(trajs: Sequence[Trajectory], kv_bytes_per_token: int | None 
         info["questions"] = info.pop("objectives", None)  # the objective texts; `objectives` is N
         row = {"reward": t.reward, "failed": t.failed, **info, **fields}
         if info.get("chains") and info.get("objective_em"):  # where each objective lost its facts (agents.audit)
-            row["facts"] = objective_outcomes(t.info.get("turn_log") or [], info["chains"], info["objective_em"],
-                                              bool(info.get("context_full")))
+            turns = t.info.get("turn_log") or []
+            row["facts"] = objective_outcomes(turns, info["chains"], info["objective_em"], bool(info.get("context_full")))
+            row["lost_hops"] = lost_hops(turns, info["chains"], info["objective_em"])
         if kv_bytes_per_token:
             row["peak_kv_bytes"] = info.get("peak_context_tokens", 0) * kv_bytes_per_token
         rows.append(row)

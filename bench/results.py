@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from memrl.agents.audit import OUTCOMES, outcome_counts
+from memrl.agents.audit import OUTCOMES, hop_counts, outcome_counts
 from memrl.agents.evaluate import bootstrap_ci, episode_em
 from memrl.bench import gain as gain_mod
 from memrl.io import write_atomic
@@ -255,7 +255,9 @@ def multihop_set(runs: Path, run_map: dict[str, tuple[str, ...]], kv_bytes: int)
             "budgets": {run: budget(runs / run, summary) for runs_ in summaries.values()
                         for run, summary in runs_.items()},
             "facts": {label: {n: outcome_counts([e for eps in by_run.values() for e in eps])
-                              for n, by_run in sorted(pts.items())} for label, pts in points_.items()}}
+                              for n, by_run in sorted(pts.items())} for label, pts in points_.items()},
+            "hops": {label: {n: hop_counts([e for eps in by_run.values() for e in eps])
+                             for n, by_run in sorted(pts.items())} for label, pts in points_.items()}}
 
 
 def trained_points(runs: Path, run_map: dict[str, tuple[str, ...]]) -> tuple[dict, dict]:
@@ -453,23 +455,30 @@ def multihop_section(mh: dict, out: Path, suffix: str = "") -> list[str]:
     for run, b in mh["budgets"].items():
         lines.append(f"| {run} | {b['sft_steps']} | {b['grpo_steps']} | {b['max_n']} | {b['train_tokens']:,} | "
                      f"{b['generated']:,} | {b['wall_s'] / 60:.1f} |")
-    return lines + fact_table(mh.get("facts", {}))
+    return lines + fact_table(mh.get("facts", {}), mh.get("hops", {}))
 
 
-def fact_table(facts: dict[str, dict[int, dict[str, int]]]) -> list[str]:
+def fact_table(facts: dict[str, dict[int, dict[str, int]]],
+               hops: dict[str, dict[int, dict[str, dict[int, int]]]] | None = None) -> list[str]:
     """Where the sweep's objectives lost their facts (`agents.audit`), per agent and N, seeds pooled; runs recorded
-    before the audit existed have no outcomes and are left out."""
+    before the audit existed have no outcomes and are left out. The last column: of the lost objectives whose hop
+    was recorded (`lost_hops`, since session 20), how many lost it at hop 2 (the dependent search's fact)."""
     rows = [(label, n, c) for label, pts in facts.items() for n, c in pts.items() if sum(c.values())]
     if not rows:
         return []
     lines = ["", "Where each objective's facts were lost (sweep objectives, seeds pooled; `agents.audit`: the first "
              "fact of the gold chain that was not found, not written to memory, cut by the memory budget, or "
-             "dropped before the last turn):", "", "| agent | N | objectives | " + " | ".join(OUTCOMES) + " |",
-             "|---|---|---|" + "---|" * len(OUTCOMES)]
+             "dropped before the last turn; \"lost at hop 2\": the fact that only the search for the first hop's "
+             "answer returns, i.e. the first hop was found and kept):", "",
+             "| agent | N | objectives | " + " | ".join(OUTCOMES) + " | lost at hop 2 |",
+             "|---|---|---|" + "---|" * (len(OUTCOMES) + 1)]
     for label, n, c in rows:
         total = sum(c.values())
+        by_hop = [k for per_hop in ((hops or {}).get(label, {}).get(n) or {}).values() for k in per_hop.items()]
+        lost = sum(k for _, k in by_hop)
+        hop2 = f"{sum(k for h, k in by_hop if h >= 2)} of {lost}" if lost else "-"
         lines.append(f"| {label} | {n} | {total} | " + " | ".join(f"{c[o]} ({c[o] / total:.0%})" for o in OUTCOMES)
-                     + " |")
+                     + f" | {hop2} |")
     return lines
 
 

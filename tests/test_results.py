@@ -253,8 +253,8 @@ def _write_multihop(root, ems: dict[str, dict[int, float]], peaks: dict[str, dic
         run.mkdir(parents=True)
         rows = [e for n in ems[agent] for e in _episodes(agent, n, ems[agent][n], peaks[agent][n])]
         lost = "context full" if agent == "full_context" else "overwritten"
-        for r in rows:  # agents.audit's outcome of each objective (one per episode here)
-            r["facts"] = ["answered" if r["em"] else lost]
+        for r in rows:  # agents.audit's outcome of each objective (one per episode here), lost at hop 2
+            r["facts"], r["lost_hops"] = ["answered" if r["em"] else lost], [None if r["em"] or agent == "full_context" else 2]
         (run / "sweep_episodes.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
         sweep = [{"agent": agent, "objectives": n, "wall_s": 30.0} for n in ems[agent]]  # a resumed sweep's rows
         (run / "summary.json").write_text(json.dumps({"evals": {"sweep": sweep}, "timings": {
@@ -281,8 +281,9 @@ def test_results_page_has_the_multihop_comparison_with_ratios_verdicts_and_budge
     assert "| full_context (trained) | 16 | 1 | 40 | 0.000 [0.000, 0.000] | 0.00 |" in text
     # where the facts were lost (agents.audit): memsearcher answered 20 of its 40 N = 8 objectives, dropped 20
     assert ("| memsearcher (trained) | 8 | 40 | 20 (50%) | 0 (0%) | 0 (0%) | 0 (0%) | 0 (0%) | 20 (50%) | 0 (0%) | "
-            "0 (0%) |") in text
-    assert "| full_context (trained) | 16 | 40 | 0 (0%) | " in text and "| 40 (100%) | 0 (0%) |" in text
+            "0 (0%) | 20 of 20 |") in text
+    # full context's "context full" has no lost fact, so no hop
+    assert "| full_context (trained) | 16 | 40 | 0 (0%) | " in text and "| 40 (100%) | 0 (0%) | - |" in text
     for png in ("results_multihop_em.png", "results_multihop_peak.png"):
         assert (tmp_path / "docs" / png).stat().st_size > 5000
     assert "multihop-mem1-s0/metrics.jsonl" in results.inputs()

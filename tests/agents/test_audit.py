@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from memrl.agents import SamplingConfig, make_agent, oracle_policy, run_episodes
-from memrl.agents.audit import objective_outcomes, outcome_counts
+from memrl.agents.audit import hop_counts, lost_hops, objective_outcomes, outcome_counts
 from memrl.agents.evaluate import episode_records
 from memrl.envs import build as build_env
 from memrl.recipes.schema import AgentCfg, EnvCfg
@@ -45,6 +45,24 @@ def test_each_stage_of_a_lost_fact_by_hand():
                          "not answered"), 0), "answered": 1, "not found": 2}
 
 
+def test_the_hop_of_the_lost_fact_tells_the_dependent_search_from_the_first():
+    found_bo = "<information>The mentor of Ana Lim is Bo Tan.</information>"
+    miss = "<information>No results.</information>"
+    # hop 1 never found; hop 1 found and kept but the search for Bo Tan never made (hop 2); hop 1 found, not written
+    episodes = [[turn(miss, ""), turn(miss, ""), turn("", "")],
+                [turn(found_bo, ""), turn(miss, "Bo Tan"), turn("", "Bo Tan")],
+                [turn(found_bo, ""), turn(miss, "Ana Lim"), turn("", "")]]
+    assert [outcome(e) for e in episodes] == ["not found", "not found", "not written"]
+    assert [lost_hops(e, [CHAIN], [0.0])[0] for e in episodes] == [1, 2, 1]
+    answered = [turn(found_bo, "Bo Tan"), turn("<information>Bo Tan was born in Velmora.</information>", "Bo Tan"),
+                turn("", "Bo Tan, Velmora")]
+    assert lost_hops(answered, [CHAIN], [1.0]) == [None] and lost_hops(answered, [CHAIN], [0.0]) == [None]
+    assert lost_hops([turn()], [None], [0.0]) == [None]
+    records = [{"facts": ["not found", "not written"], "lost_hops": [1, 1]}, {"facts": ["not found"], "lost_hops": [2]},
+               {"facts": ["answered"], "lost_hops": [None]}, {"facts": ["not found"]}]  # the last: recorded before
+    assert hop_counts(records) == {"not found": {1: 1, 2: 1}, "not written": {1: 1}}
+
+
 ENV = EnvCfg(kwargs={"min_hops": 2, "max_hops": 2, "topk": 1, "max_turns": 4}, objectives=2)
 
 
@@ -56,7 +74,7 @@ def test_oracle_episodes_record_their_chains_and_answer_every_objective(tiny_tok
     records = episode_records(trajs)
     for r in records:
         assert len(r["chains"]) == 2 and all(len(c) == 3 for c in r["chains"])
-        assert r["facts"] == ["answered", "answered"]
+        assert r["facts"] == ["answered", "answered"] and r["lost_hops"] == [None, None]
     memory = name != "full_context"
     assert all(("memory_kept" in t) == memory for tr in trajs for t in tr.info["turn_log"])
 
