@@ -101,7 +101,7 @@ def _turn_record(prompt: list[int], gen: Generation, parsed, observation: str | 
     reply and reward, and the token counts of the context it saw and of what it wrote."""
     return {"completion": gen.text, "memory": parsed.memory, "action": parsed.action, "ok": parsed.ok,
             "observation": observation, "reward": float(reward), "prompt_tokens": len(prompt),
-            "completion_tokens": len(gen.token_ids)}
+            "completion_tokens": len(gen.token_ids), "finish_reason": gen.finish_reason}
 
 
 def run_episodes(
@@ -259,6 +259,8 @@ def _trajectory(ep: _Episode, group_id: int, version: int) -> Trajectory:
         info.update(turns=state.turn, parse_failures=state.parse_failures, format_errors=state.format_errors,
                     memory=state.memory)
     info["error"] = ep.error
+    # generations that ran into max_tokens before a stop string: a memory that never closes (a repetition loop)
+    info["length_stops"] = sum(t["finish_reason"] == "length" for t in ep.turns)
     info["turn_log"] = ep.turns
     return Trajectory(contexts=state.contexts if state else [], reward=0.0 if ep.error else ep.reward,
                       group_id=int(group_id), weight_version=version, failed=ep.error is not None, info=info)

@@ -58,6 +58,7 @@ def summarize(trajs: Sequence[Trajectory]) -> dict:
     out["em_per_episode"] = em
     turns = sum(t.info.get("turns", 0) for t in trajs)
     out["format_error_rate"] = sum(t.info.get("format_errors", 0) for t in trajs) / max(1, turns)
+    out["length_stop_rate"] = sum(t.info.get("length_stops", 0) for t in trajs) / max(1, turns)
     out["answered_rate"] = sum(bool(t.info.get("terminated")) for t in trajs) / max(1, len(trajs))
     out["mean_turns"] = turns / max(1, len(trajs))
     peaks = [t.info.get("peak_context_tokens", 0) for t in trajs]

@@ -92,6 +92,8 @@ def point_row(eps: list[dict], kv_bytes: int, intervals: bool = True) -> dict:
     n = n_of(eps[0])
     peak = [e.get("peak_context_tokens", 0) for e in eps]
     secs = [e["episode_seconds"] for e in eps if "episode_seconds" in e]
+    turns = sum(e.get("turns", 0) for e in eps)
+    cut = [e for e in eps if "length_stops" in e]  # recorded since session 20
 
     def ci(values):
         return bootstrap_ci(values, resamples=RESAMPLES) if intervals else None
@@ -104,6 +106,9 @@ def point_row(eps: list[dict], kv_bytes: int, intervals: bool = True) -> dict:
         "episode_s": float(np.mean(secs)) if secs else None,
         "context_full": float(np.mean([bool(e.get("context_full")) for e in eps])),
         "answered": float(np.mean([bool(e.get("terminated")) for e in eps])),
+        "format_errors": sum(e.get("format_errors", 0) for e in eps) / max(1, turns),
+        "length_stops": (sum(e["length_stops"] for e in cut) / max(1, sum(e.get("turns", 0) for e in cut))
+                         if cut else None),
     }
 
 
@@ -440,12 +445,17 @@ def multihop_section(mh: dict, out: Path, suffix: str = "") -> list[str]:
     plot(curves, "em", "EM (mean over objectives), 95% bootstrap", out / em_png, "em_ci", trained)
     plot(curves, "peak_tokens", "peak context tokens per episode", out / peak_png, "peak_tokens_ci", trained)
     lines = [f"![EM vs N, multihop]({em_png})", f"![peak tokens vs N, multihop]({peak_png})",
-             "", "| agent | N | seeds | episodes | EM [95% CI] | EM sum | answered | context full | peak tokens [95% CI] | "
-             "max tokens | peak KV MiB |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "", "Format errors and cut turns are per turn; a cut turn's generation ran into `max_tokens` before any "
+             "stop string (recorded since session 20; `-` before).", "",
+             "| agent | N | seeds | episodes | EM [95% CI] | EM sum | answered | format errors | cut turns | "
+             "context full | peak tokens [95% CI] | max tokens | peak KV MiB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for label, pts in curves.items():
         for n, r in pts.items():
+            cut = "-" if r.get("length_stops") is None else f"{r['length_stops']:.2f}"
             lines.append(f"| {label} | {n} | {r['runs']} | {r['episodes']} | {fmt_ci(r['em'], r['em_ci'])} | "
-                         f"{r['em_sum']:.2f} | {r['answered']:.2f} | {r['context_full']:.2f} | {r['peak_tokens']:.0f} "
+                         f"{r['em_sum']:.2f} | {r['answered']:.2f} | {r['format_errors']:.2f} | {cut} | "
+                         f"{r['context_full']:.2f} | {r['peak_tokens']:.0f} "
                          f"[{r['peak_tokens_ci'][0]:.0f}, {r['peak_tokens_ci'][1]:.0f}] | {r['max_tokens']} | "
                          f"{r['peak_kv_mib']:.1f} |")
     lines += ["", *multihop_verdicts(curves), "", "Budget of every run (tokens trained: SFT + GRPO learner tokens; "

@@ -307,7 +307,7 @@ class Trainer:
             "reward_mean": sum(rewards) / len(rewards), "reward_std": float(torch.tensor(rewards).std()),
             "episodes": len(rewards),
             "em": summary["em"], "f1": summary["f1"], "format_error_rate": summary["format_error_rate"],
-            "peak_context_tokens": summary["peak_context_tokens"], "mean_turns": summary["mean_turns"],
+            "length_stop_rate": summary["length_stop_rate"], "peak_context_tokens": summary["peak_context_tokens"], "mean_turns": summary["mean_turns"],
             "failed_episodes": summary["failed"], "worker_restarts": rstats.restarts,
             "rollout_tokens_per_s": rstats.tokens_per_s, "generated_tokens": rstats.generated_tokens,
             "time_rollout": t_roll, "time_learn": t_learn, "time_sync": t_sync, "time_step": dt,

@@ -244,9 +244,10 @@ def test_results_page_has_the_real_data_training_run(tmp_path):
     assert "| after GRPO | 40 | 0.100 ± 0.030 [0.050, 0.160] |" in text and "### Trained on real questions" in text
 
 
-def _write_multihop(root, ems: dict[str, dict[int, float]], peaks: dict[str, dict[int, int]], old: bool = False):
+def _write_multihop(root, ems: dict[str, dict[int, float]], peaks: dict[str, dict[int, int]], old: bool = False,
+                    cut: bool = False):
     """One finished experiments/multihop run per agent (the superseded lr 1e-4 set's when `old`): its sweep, summary
-    and training metrics."""
+    and training metrics; 4 turns an episode, one of them a format error (and with `cut`, cut by max_tokens)."""
     run_map = list(results.MULTIHOP_SETS.values())[1 if old else 0][1]
     for agent in results.MULTIHOP_AGENTS:
         run = root / run_map[agent][0]
@@ -254,6 +255,7 @@ def _write_multihop(root, ems: dict[str, dict[int, float]], peaks: dict[str, dic
         rows = [e for n in ems[agent] for e in _episodes(agent, n, ems[agent][n], peaks[agent][n])]
         lost = "context full" if agent == "full_context" else "overwritten"
         for r in rows:  # agents.audit's outcome of each objective (one per episode here), lost at hop 2
+            r.update(turns=4, format_errors=1, **({"length_stops": 1} if cut else {}))
             r["facts"], r["lost_hops"] = ["answered" if r["em"] else lost], [None if r["em"] or agent == "full_context" else 2]
         (run / "sweep_episodes.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
         sweep = [{"agent": agent, "objectives": n, "wall_s": 30.0} for n in ems[agent]]  # a resumed sweep's rows
@@ -278,7 +280,7 @@ def test_results_page_has_the_multihop_comparison_with_ratios_verdicts_and_budge
     assert "**N = 8, memsearcher EM >= full context: CONFIRMED (intervals separate).** 0.500 [" in text
     assert "**N = 8, mem1 EM >= full context: NOT SHOWN (the intervals overlap).**" in text  # 0.2 vs 0.1 on 40 tasks
     assert "| multihop-memsearcher-s0 | 2 | 3 | 3 | 3,200 | 1,500 | 6.5 |" in text  # 60 + 240 + 3 points x 30 s
-    assert "| full_context (trained) | 16 | 1 | 40 | 0.000 [0.000, 0.000] | 0.00 |" in text
+    assert "| full_context (trained) | 16 | 1 | 40 | 0.000 [0.000, 0.000] | 0.00 | 1.00 | 0.25 | - |" in text
     # where the facts were lost (agents.audit): memsearcher answered 20 of its 40 N = 8 objectives, dropped 20
     assert ("| memsearcher (trained) | 8 | 40 | 20 (50%) | 0 (0%) | 0 (0%) | 0 (0%) | 0 (0%) | 20 (50%) | 0 (0%) | "
             "0 (0%) | 20 of 20 |") in text
@@ -296,11 +298,12 @@ def test_results_page_keeps_the_superseded_multihop_set_apart(tmp_path):
     says which step makes it."""
     ems = {a: {16: 0.0} for a in results.MULTIHOP_AGENTS}
     peaks = {"memsearcher": {16: 577}, "mem1": {16: 923}, "full_context": {16: 6120}}
-    _write_multihop(tmp_path / "runs", ems, peaks, old=True)
+    _write_multihop(tmp_path / "runs", ems, peaks, old=True, cut=True)
     text = results.write(results.collect(tmp_path / "runs", 1024), tmp_path / "docs", 1024).read_text()
     shipped, superseded = text.index("**experiments/multihop as shipped"), text.index("**SUPERSEDED: learner.lr 1e-4")
     assert shipped < text.index("(runs missing: `recipes/experiments/run_all.sh` step 5)") < superseded
     assert "**Peak context at N = 16, memsearcher / full context: 0.094**" in text[superseded:]
+    assert "| mem1 (trained) | 16 | 1 | 40 | 0.000 [0.000, 0.000] | 0.00 | 1.00 | 0.25 | 0.25 | 0.00 | 923 [" in text
     assert "| multihop-lr1e-4-mem1-s0 |" in text and (tmp_path / "docs" / "results_multihop_lr1e-4_em.png").exists()
 
 

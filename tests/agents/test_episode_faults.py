@@ -77,3 +77,27 @@ def test_a_tool_call_that_never_returns_does_not_hold_the_rollout(policy, tiny_t
     assert not returned.is_set()  # run_episodes came back while the env call was still blocked
     release.set()
     assert trajs[0].failed and "timed out" in trajs[0].info["error"]
+
+
+def test_turns_cut_by_max_tokens_are_counted(tiny_tokenizer):
+    """A generation that runs into max_tokens before any stop string (a memory that never closes: the repetition
+    loop of a small model at large N) counts in `length_stops` and in the eval's `length_stop_rate`."""
+    from memrl.agents.backends import Generation
+    from memrl.agents.evaluate import episode_records, summarize
+    from memrl.testing import LettersEnv
+
+    texts = iter([("<memory>Q1: a. Q2: a. Q3: a. Q4:", "length"), ("<memory>a</memory><answer>b</answer>", "stop")])
+
+    def scripted(prompts, episodes, cfg):
+        out = []
+        for _ in prompts:
+            text, why = next(texts)
+            ids = tiny_tokenizer.encode(text, add_special_tokens=False)
+            out.append(Generation(ids, [0.0] * len(ids), text, why))
+        return out
+
+    agent = make_agent(tiny_tokenizer, AgentCfg(name="memsearcher"))
+    [traj] = run_episodes(agent, [LettersEnv(turns=2)], [0], scripted, SamplingConfig(max_tokens=8, temperature=0.0))
+    assert traj.info["turns"] == 2 and traj.info["length_stops"] == 1
+    assert [t["finish_reason"] for t in traj.info["turn_log"]] == ["length", "stop"]
+    assert summarize([traj])["length_stop_rate"] == 0.5 and episode_records([traj])[0]["length_stops"] == 1

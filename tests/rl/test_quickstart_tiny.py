@@ -52,6 +52,8 @@ def test_quickstart_tiny_writes_every_artifact_and_an_exported_model_that_matche
         ns = [n for n in (1, 2) if f"reward_n{n}" in r]
         assert ns and sum(r[f"tasks_n{n}"] for n in ns) == 2 and r["curriculum_max_n"] == 2
         assert r["episodes"] == 4 and all(0.0 <= r[f"reward_n{n}"] <= 1.0 for n in ns)
+        assert 0.0 <= r["length_stop_rate"] <= 1.0
+    assert any(r["length_stop_rate"] > 0 for r in grpo)  # a random tiny model at max_tokens 16 rarely closes a tag
     assert set(summary["evals"]) >= {"zero_shot", "after_sft", "step_1", "after_grpo", "sweep", "control",
                                      "answer_prior"}
     grpo_updates = recipe.train.steps * recipe.algorithm.minibatches
