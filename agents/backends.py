@@ -42,6 +42,9 @@ class SamplingConfig:
     top_p: float = 1.0
     stop: tuple[str, ...] = ()  # generation ends after the first of these strings (kept in the output)
     seed: int | None = None
+    # > 1 lowers the logits of every token already in the prompt or the output (CTRL's penalty, as vLLM and
+    # transformers apply it: a positive logit divided by it, a negative one multiplied); 1 = off
+    repetition_penalty: float = 1.0
 
 
 CONTEXT_FULL = "context"  # finish_reason of a prompt that already fills the engine's context window
@@ -82,6 +85,7 @@ class HFBackend:
         logps: list[float] = []
         finish = "length"
         for _ in range(cfg.max_tokens):
+            logits = _penalized(logits, [*prompt, *tokens], cfg.repetition_penalty)
             probs = _sampling_probs(logits, cfg)
             tok = int(torch.argmax(logits)) if cfg.temperature <= 0 else int(torch.multinomial(probs, 1, generator=gen))
             tokens.append(tok)
@@ -92,6 +96,15 @@ class HFBackend:
             out = self.model(input_ids=torch.tensor([[tok]], device=device), past_key_values=past, use_cache=True)
             past, logits = out.past_key_values, out.logits[0, -1]
         return Generation(tokens, logps, self.tokenizer.decode(tokens), finish)
+
+
+def _penalized(logits: torch.Tensor, seen: list[int], penalty: float) -> torch.Tensor:
+    """`logits` with the repetition penalty applied to the `seen` token ids (SamplingConfig.repetition_penalty)."""
+    if penalty == 1.0 or not seen:
+        return logits
+    ids = torch.tensor(sorted(set(seen)), device=logits.device)
+    picked = logits[ids]
+    return logits.index_put((ids,), torch.where(picked > 0, picked / penalty, picked * penalty))
 
 
 def _sampling_probs(logits: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
@@ -390,7 +403,7 @@ def _params(cfg: SamplingConfig, max_tokens: int):
     from vllm.sampling_params import RequestOutputKind
 
     return SamplingParams(max_tokens=max_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                          stop=list(cfg.stop) or None, include_stop_str_in_output=True, logprobs=0, seed=cfg.seed,
+                          repetition_penalty=cfg.repetition_penalty, stop=list(cfg.stop) or None, include_stop_str_in_output=True, logprobs=0, seed=cfg.seed,
                           output_kind=RequestOutputKind.FINAL_ONLY)
 
 

@@ -20,7 +20,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -188,8 +188,7 @@ def run_episodes(
 
 
 def _turn_config(sampling: SamplingConfig, stop: tuple[str, ...], seed: int | None) -> SamplingConfig:
-    return SamplingConfig(sampling.max_tokens, sampling.temperature, sampling.top_p,
-                          tuple(dict.fromkeys([*sampling.stop, *stop])), seed)
+    return replace(sampling, stop=tuple(dict.fromkeys([*sampling.stop, *stop])), seed=seed)
 
 
 def _collect(futures: dict, episodes: list[_Episode], timeout: float, wait_all: bool, block: bool = True):

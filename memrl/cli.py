@@ -113,7 +113,8 @@ def _eval(args: argparse.Namespace) -> int:
     if args.env_kwargs is not None:
         env["kwargs"] = json.loads(args.env_kwargs)
     rollout = {"max_tokens": args.max_tokens} if args.max_tokens is not None else {}
-    train = {"held_out": args.held_out} if args.held_out is not None else {}
+    train = {k: v for k, v in (("held_out", args.held_out), ("eval_repetition_penalty", args.repetition_penalty))
+             if v is not None}
     recipe = recipe.model_copy(update={"env": recipe.env.model_copy(update=env),
                                        "rollout": recipe.rollout.model_copy(update=rollout),
                                        "train": recipe.train.model_copy(update=train)})
@@ -243,6 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--held-out", choices=["confirm", "tune"], default=None,
                    help="held-out set (split eval): confirm (env.eval_seed_offset, reported results; default) or tune "
                         "(env.tune_seed_offset, for choosing settings)")
+    p.add_argument("--repetition-penalty", type=float, default=None,
+                   help="repetition penalty of the greedy episodes (default 1 = off, or the recipe's "
+                        "train.eval_repetition_penalty)")
     p.add_argument("--out", default="runs/eval")
     p.set_defaults(func=_eval)
     p = sub.add_parser("bench", help="run a benchmark (prints a table and ratios vs a baseline)")

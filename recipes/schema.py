@@ -306,6 +306,9 @@ class TrainCfg(Section):
     eval_max_tokens: int | None = Field(
         None, ge=1, description="tokens per generation in held-out evals and the sweep (default rollout.max_tokens): "
         "room for N answers, and a memory, in one turn at large N")
+    eval_repetition_penalty: float = Field(
+        1.0, ge=1.0, description="repetition penalty of the greedy held-out evals and the sweep (1 = off; vLLM's "
+        "and transformers' CTRL penalty over the prompt and the output); training rollouts never use one")
     checkpoint_every: int = Field(5, ge=1, description="write a checkpoint every N steps")
     keep_checkpoints: int = Field(2, ge=1, description="checkpoints kept on disk")
     baseline_agent: AgentName | None = Field(
@@ -429,6 +432,13 @@ class Recipe(Section):
         env = self.env
         start = env.eval_seed_offset if self.train.held_out == "confirm" else env.tune_seed_offset
         return [start + i for i in range(count)]
+
+    @property
+    def eval_sampling(self) -> dict:
+        """Keyword arguments of the held-out evals' SamplingConfig: greedy, `eval_max_tokens` a turn, the eval's
+        repetition penalty."""
+        return {"max_tokens": self.eval_max_tokens, "temperature": 0.0,
+                "repetition_penalty": self.train.eval_repetition_penalty}
 
     @property
     def eval_max_tokens(self) -> int:

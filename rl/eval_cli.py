@@ -46,7 +46,7 @@ def run_eval(model: str, agents: list[str], objectives: list[int], episodes: int
             for n in tqdm(objectives, desc=f"eval {agent}"):
                 trajs, stats = worker.rollout(seeds, list(range(episodes)), recipe.env.at(n, held_out=True),
                                               recipe.agent.named(agent),
-                                              SamplingConfig(recipe.eval_max_tokens, temperature=0.0))
+                                              SamplingConfig(**recipe.eval_sampling))
                 row, recs = eval_point(trajs, stats, kvb, agent=agent, objectives=n, model=str(model))
                 rows.append({"agent": agent, "objectives": n, "model": str(model), **row})
                 records.extend(recs)

@@ -348,7 +348,7 @@ class Trainer:
         episodes go to the run's memory viewer (viewer.html) under that name."""
         rc = self.recipe
         seeds = rc.held_out_seeds(tasks or rc.train.eval_tasks)
-        sampling = SamplingConfig(rc.eval_max_tokens, temperature=0.0)
+        sampling = SamplingConfig(**rc.eval_sampling)
         trajs, stats = self.rollouts.rollout(seeds, list(range(len(seeds))), rc.env.at(objectives, held_out=True),
                                              rc.agent.named(agent_name), sampling, env_timeout=rc.rollout.env_timeout)
         out, records = eval_point(trajs, stats, self.kv_bytes, agent=agent_name,

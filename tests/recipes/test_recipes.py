@@ -328,3 +328,11 @@ def test_sft_objectives_cycle_the_warm_starts_oracle_episodes_through_the_curric
     assert {len(e.unwrapped.objectives()) if e.reset(seed=0) else 0 for e in oracle_envs(plain)} == {2}
     with pytest.raises(ValueError, match="sft.objectives must be N >= 1"):
         load_recipe("quickstart", ["sft.objectives=[0]"])
+
+
+def test_held_out_evals_are_greedy_with_the_recipes_repetition_penalty():
+    recipe = load_recipe("quickstart", ["train.eval_repetition_penalty=1.2", "train.eval_max_tokens=64"])
+    assert recipe.eval_sampling == {"max_tokens": 64, "temperature": 0.0, "repetition_penalty": 1.2}
+    assert Recipe().eval_sampling["repetition_penalty"] == 1.0  # off by default
+    with pytest.raises(RecipeError, match="eval_repetition_penalty"):
+        load_recipe("quickstart", ["train.eval_repetition_penalty=0.5"])
