@@ -63,6 +63,9 @@ MULTIHOP_SETS = {
     "experiments/multihop as shipped (learner.lr 1e-5, chosen on the tuning set), seeds 0-2": ("", MULTIHOP_RUNS),
     "SUPERSEDED: learner.lr 1e-4 (before the lr was tuned; every agent's training reward collapsed after the first "
     "GRPO update), seed 0 only": ("_lr1e-4", {a: (f"multihop-lr1e-4-{a}-s0",) for a in MULTIHOP_AGENTS})}
+# The one change tried against the never-closing memories (session 20, run_all.sh step 7): memsearcher-s0's trained
+# model, greedy at N = 8 on the TUNING set, with repetition penalties (memrl eval --repetition-penalty)
+REPPEN = tuple(f"reppen-tune/{p}" for p in ("1.0", "1.1", "1.3"))
 DATASETS = ("musique", "hotpotqa")
 REAL_TRAIN = "searchqa"  # experiments/searchqa: trained on the real train split, evaluated on the eval split
 RESAMPLES = 2000
@@ -200,6 +203,7 @@ def inputs() -> list[str]:
         rel += [f"untrained-{ds}/summary.json", *[f"{run}/{ds}/summary.json" for run in REAL_RUNS.values()]]
     rel += [f"{run}/{name}" for _, run_map in MULTIHOP_SETS.values() for runs in run_map.values() for run in runs
             for name in ("summary.json", "sweep_episodes.jsonl", "metrics.jsonl", "recipe.yaml", "viewer.html")]
+    rel += [f"{run}/episodes.jsonl" for run in REPPEN]
     return rel
 
 
@@ -248,7 +252,7 @@ def collect(runs: Path, kv_bytes: int) -> dict:
     return {"curves": curves, "raw": raw, "summaries": summaries, "real": real, "gain": gain, "real_train": real_train,
             "gain_curves": {run: gain_mod.rewards(runs / run) for run in gain},
             "gain_heldout": {run: gain_mod.heldout_curve(runs / run, s) for run, s in gain.items()},
-            "multihop": multihop}
+            "multihop": multihop, "reppen": reppen_table(runs)}
 
 
 def multihop_set(runs: Path, run_map: dict[str, tuple[str, ...]], kv_bytes: int) -> dict:
@@ -468,6 +472,32 @@ def multihop_section(mh: dict, out: Path, suffix: str = "") -> list[str]:
     return lines + fact_table(mh.get("facts", {}), mh.get("hops", {}))
 
 
+def reppen_table(runs: Path) -> list[str]:
+    """`REPPEN`'s evals, one row per penalty: EM, answered, format errors and cut turns per turn, turns, the share
+    of objectives whose facts were not found."""
+    rows = []
+    for run in REPPEN:
+        eps = read_jsonl(runs / run / "episodes.jsonl")
+        if not eps:
+            continue
+        turns = sum(e["turns"] for e in eps)
+        facts = outcome_counts(eps)
+        rows.append(f"| {run.rsplit('/', 1)[1]} | {len(eps)} | {fmt_ci(*em_and_ci(eps))} | "
+                    f"{np.mean([bool(e.get('terminated')) for e in eps]):.2f} | "
+                    f"{sum(e['format_errors'] for e in eps) / turns:.2f} | "
+                    f"{sum(e.get('length_stops', 0) for e in eps) / turns:.2f} | {turns / len(eps):.1f} | "
+                    f"{facts['not found'] / max(1, sum(facts.values())):.0%} |")
+    if not rows:
+        return ["(runs missing: `recipes/experiments/run_all.sh` step 7)"]
+    return ["| repetition penalty | episodes | EM [95% CI] | answered | format errors | cut turns | turns | facts not "
+            "found |", "|---|---|---|---|---|---|---|---|", *rows]
+
+
+def em_and_ci(eps: list[dict]) -> tuple[float, tuple[float, float]]:
+    em = [episode_em(e) for e in eps]
+    return float(np.mean(em)), bootstrap_ci(em, resamples=RESAMPLES)
+
+
 def fact_table(facts: dict[str, dict[int, dict[str, int]]],
                hops: dict[str, dict[int, dict[str, dict[int, int]]]] | None = None) -> list[str]:
     """Where the sweep's objectives lost their facts (`agents.audit`), per agent and N, seeds pooled; runs recorded
@@ -564,7 +594,8 @@ def write(data: dict, out: Path, kv_bytes: int) -> Path:
         sweep="\n".join(lines),
         real="\n".join(real), kv_bytes=kv_bytes, gain=gain, notes=notes.read_text() if notes.exists() else "",
         real_train="\n".join(real_train_table(data.get("real_train"))),
-        multihop="\n".join(multihop_sections(data.get("multihop", {}), out)))
+        multihop="\n".join(multihop_sections(data.get("multihop", {}), out)),
+        reppen="\n".join(data.get("reppen", [])))
     path = out / "RESULTS.md"
     path.write_text(text)
     return path

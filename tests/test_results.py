@@ -329,3 +329,18 @@ def test_an_episodes_em_is_the_mean_over_its_objectives_whatever_the_aggregate()
     out = summarize([Trajectory([], 2.0, info=info), Trajectory([], 0.0, info={**info, "em": 0.0,
                                                                                "objective_em": [0.0] * 4})])
     assert out["em"] == 0.25 and out["em_sum"] == 1.0 and out["em_per_episode"] == [0.5, 0.0]
+
+
+def test_results_page_has_the_repetition_penalty_rows(tmp_path):
+    """run_all.sh step 7: one row per penalty that ran (EM, answered, format errors and cut turns per turn, turns,
+    the share of objectives whose facts were not found); the step is named while none has."""
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    assert results.reppen_table(runs) == ["(runs missing: `recipes/experiments/run_all.sh` step 7)"]
+    eps = [{"objective_em": [1.0, 0.0], "terminated": i == 0, "turns": 4, "format_errors": 2, "length_stops": 1,
+            "facts": ["answered", "not found"]} for i in range(2)]
+    (runs / "reppen-tune/1.1").mkdir(parents=True)
+    (runs / "reppen-tune/1.1/episodes.jsonl").write_text("".join(json.dumps(e) + "\n" for e in eps))
+    text = results.write(results.collect(runs, 1024), tmp_path / "docs", 1024).read_text()
+    assert "| 1.1 | 2 | 0.500 [0.500, 0.500] | 0.50 | 0.50 | 0.25 | 4.0 | 50% |" in text
+    assert "reppen-tune/1.3/episodes.jsonl" in results.inputs()

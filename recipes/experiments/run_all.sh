@@ -87,3 +87,9 @@ if ! have tune-lr1e-5-s1/summary.json; then
     grep '"phase": "sft"' runs/tune-lr1e-4-s1/metrics.jsonl > runs/tune-lr1e-5-s1/metrics.jsonl  # the shared SFT
   memrl train experiments/multihop $tune --set name=tune-lr1e-5-s1 --set learner.lr=1.0e-5 --resume
 fi
+# 7. the one change tried against memsearcher's never-closing memories at large N (session 20, TUNING set, N = 8,
+#    16 tasks): a repetition penalty in the greedy eval of seed 0's trained model, 1.0 (off) vs 1.1 vs 1.3
+for p in 1.0 1.1 1.3; do
+  have reppen-tune/$p/summary.json || memrl eval --recipe experiments/multihop --model runs/multihop-memsearcher-s0/model \
+    --agent memsearcher --episodes 16 --held-out tune --objectives 8 --repetition-penalty $p --out runs/reppen-tune/$p
+done
