@@ -112,7 +112,15 @@ def point_row(eps: list[dict], kv_bytes: int, intervals: bool = True) -> dict:
         "format_errors": sum(e.get("format_errors", 0) for e in eps) / max(1, turns),
         "length_stops": (sum(e["length_stops"] for e in cut) / max(1, sum(e.get("turns", 0) for e in cut))
                          if cut else None),
+        "cut_episodes": cut_episodes(cut) if cut else None,
     }
+
+
+def cut_episodes(eps: list[dict]) -> tuple[int, int]:
+    """Episodes with at least one cut turn, and how many of them still answered: a greedy memory that ran into
+    max_tokens is carried into the next turn and tends to be written again, so a cut rarely ends alone."""
+    hit = [e for e in eps if e.get("length_stops", 0) > 0]
+    return len(hit), sum(bool(e.get("terminated")) for e in hit)
 
 
 def nested_ci(groups: list[list[float]], resamples: int = RESAMPLES, seed: int = 0) -> tuple[float, float]:
@@ -450,15 +458,17 @@ def multihop_section(mh: dict, out: Path, suffix: str = "") -> list[str]:
     plot(curves, "peak_tokens", "peak context tokens per episode", out / peak_png, "peak_tokens_ci", trained)
     lines = [f"![EM vs N, multihop]({em_png})", f"![peak tokens vs N, multihop]({peak_png})",
              "", "Format errors and cut turns are per turn; a cut turn's generation ran into `max_tokens` before any "
-             "stop string (recorded since session 20; `-` before).", "",
+             "stop string (recorded since session 20; `-` before); *cut episodes*: episodes with at least one cut "
+             "turn (in brackets: how many of them still answered).", "",
              "| agent | N | seeds | episodes | EM [95% CI] | EM sum | answered | format errors | cut turns | "
-             "context full | peak tokens [95% CI] | max tokens | peak KV MiB |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "cut episodes (answered) | context full | peak tokens [95% CI] | max tokens | peak KV MiB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for label, pts in curves.items():
         for n, r in pts.items():
             cut = "-" if r.get("length_stops") is None else f"{r['length_stops']:.2f}"
+            cut_eps = "-" if r.get("cut_episodes") is None else "{} ({})".format(*r["cut_episodes"])
             lines.append(f"| {label} | {n} | {r['runs']} | {r['episodes']} | {fmt_ci(r['em'], r['em_ci'])} | "
-                         f"{r['em_sum']:.2f} | {r['answered']:.2f} | {r['format_errors']:.2f} | {cut} | "
+                         f"{r['em_sum']:.2f} | {r['answered']:.2f} | {r['format_errors']:.2f} | {cut} | {cut_eps} | "
                          f"{r['context_full']:.2f} | {r['peak_tokens']:.0f} "
                          f"[{r['peak_tokens_ci'][0]:.0f}, {r['peak_tokens_ci'][1]:.0f}] | {r['max_tokens']} | "
                          f"{r['peak_kv_mib']:.1f} |")

@@ -280,7 +280,7 @@ def test_results_page_has_the_multihop_comparison_with_ratios_verdicts_and_budge
     assert "**N = 8, memsearcher EM >= full context: CONFIRMED (intervals separate).** 0.500 [" in text
     assert "**N = 8, mem1 EM >= full context: NOT SHOWN (the intervals overlap).**" in text  # 0.2 vs 0.1 on 40 tasks
     assert "| multihop-memsearcher-s0 | 2 | 3 | 3 | 3,200 | 1,500 | 6.5 |" in text  # 60 + 240 + 3 points x 30 s
-    assert "| full_context (trained) | 16 | 1 | 40 | 0.000 [0.000, 0.000] | 0.00 | 1.00 | 0.25 | - |" in text
+    assert "| full_context (trained) | 16 | 1 | 40 | 0.000 [0.000, 0.000] | 0.00 | 1.00 | 0.25 | - | - | 0.00 |" in text
     # where the facts were lost (agents.audit): memsearcher answered 20 of its 40 N = 8 objectives, dropped 20
     assert ("| memsearcher (trained) | 8 | 40 | 20 (50%) | 0 (0%) | 0 (0%) | 0 (0%) | 0 (0%) | 20 (50%) | 0 (0%) | "
             "0 (0%) | 20 of 20 |") in text
@@ -303,7 +303,7 @@ def test_results_page_keeps_the_superseded_multihop_set_apart(tmp_path):
     shipped, superseded = text.index("**experiments/multihop as shipped"), text.index("**SUPERSEDED: learner.lr 1e-4")
     assert shipped < text.index("(runs missing: `recipes/experiments/run_all.sh` step 5)") < superseded
     assert "**Peak context at N = 16, memsearcher / full context: 0.094**" in text[superseded:]
-    assert "| mem1 (trained) | 16 | 1 | 40 | 0.000 [0.000, 0.000] | 0.00 | 1.00 | 0.25 | 0.25 | 0.00 | 923 [" in text
+    assert "| mem1 (trained) | 16 | 1 | 40 | 0.000 [0.000, 0.000] | 0.00 | 1.00 | 0.25 | 0.25 | 40 (40) | 0.00 | 923 [" in text
     assert "| multihop-lr1e-4-mem1-s0 |" in text and (tmp_path / "docs" / "results_multihop_lr1e-4_em.png").exists()
 
 
@@ -344,3 +344,12 @@ def test_results_page_has_the_repetition_penalty_rows(tmp_path):
     text = results.write(results.collect(runs, 1024), tmp_path / "docs", 1024).read_text()
     assert "| 1.1 | 2 | 0.500 [0.500, 0.500] | 0.50 | 0.50 | 0.25 | 4.0 | 50% |" in text
     assert "reppen-tune/1.3/episodes.jsonl" in results.inputs()
+
+
+def test_cut_episodes_counts_episodes_with_a_cut_turn_and_those_of_them_that_answered():
+    eps = [{"length_stops": 2, "terminated": False}, {"length_stops": 1, "terminated": True},
+           {"length_stops": 0, "terminated": True}, {"length_stops": 3}]
+    assert results.cut_episodes(eps) == (3, 1)
+    assert results.point_row([{**e, "objectives": 1, "objective_em": [0.0], "turns": 4} for e in eps],
+                             1024)["cut_episodes"] == (3, 1)
+    assert results.point_row([{"objectives": 1, "objective_em": [0.0], "turns": 4}], 1024)["cut_episodes"] is None
