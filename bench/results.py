@@ -66,6 +66,7 @@ MULTIHOP_SETS = {
 # The one change tried against the never-closing memories (session 20, run_all.sh step 7): memsearcher-s0's trained
 # model, greedy at N = 8 on the TUNING set, with repetition penalties (memrl eval --repetition-penalty)
 REPPEN = tuple(f"reppen-tune/{p}" for p in ("1.0", "1.1", "1.3"))
+TEMPERATURE = tuple(f"temp-tune/{t}" for t in ("0.0", "0.7"))  # run_all.sh step 8: greedy vs sampled eval
 DATASETS = ("musique", "hotpotqa")
 REAL_TRAIN = "searchqa"  # experiments/searchqa: trained on the real train split, evaluated on the eval split
 RESAMPLES = 2000
@@ -211,7 +212,7 @@ def inputs() -> list[str]:
         rel += [f"untrained-{ds}/summary.json", *[f"{run}/{ds}/summary.json" for run in REAL_RUNS.values()]]
     rel += [f"{run}/{name}" for _, run_map in MULTIHOP_SETS.values() for runs in run_map.values() for run in runs
             for name in ("summary.json", "sweep_episodes.jsonl", "metrics.jsonl", "recipe.yaml", "viewer.html")]
-    rel += [f"{run}/episodes.jsonl" for run in REPPEN]
+    rel += [f"{run}/{name}" for run in (*REPPEN, *TEMPERATURE) for name in ("episodes.jsonl", "summary.json")]
     return rel
 
 
@@ -260,7 +261,7 @@ def collect(runs: Path, kv_bytes: int) -> dict:
     return {"curves": curves, "raw": raw, "summaries": summaries, "real": real, "gain": gain, "real_train": real_train,
             "gain_curves": {run: gain_mod.rewards(runs / run) for run in gain},
             "gain_heldout": {run: gain_mod.heldout_curve(runs / run, s) for run, s in gain.items()},
-            "multihop": multihop, "reppen": reppen_table(runs)}
+            "multihop": multihop, "reppen": reppen_table(runs), "temperature": temperature_table(runs)}
 
 
 def multihop_set(runs: Path, run_map: dict[str, tuple[str, ...]], kv_bytes: int) -> dict:
@@ -483,10 +484,21 @@ def multihop_section(mh: dict, out: Path, suffix: str = "") -> list[str]:
 
 
 def reppen_table(runs: Path) -> list[str]:
-    """`REPPEN`'s evals, one row per penalty: EM, answered, format errors and cut turns per turn, turns, the share
-    of objectives whose facts were not found."""
+    """`REPPEN`'s evals (run_all.sh step 7), one row per penalty (`tuning_table`)."""
+    return tuning_table(runs, REPPEN, "repetition penalty", 7)
+
+
+def temperature_table(runs: Path) -> list[str]:
+    """`TEMPERATURE`'s evals (run_all.sh step 8), one row per eval temperature (`tuning_table`)."""
+    return tuning_table(runs, TEMPERATURE, "eval temperature", 8)
+
+
+def tuning_table(runs: Path, evals: tuple[str, ...], setting: str, step: int) -> list[str]:
+    """One row per eval of a setting tried on the tuning set (the setting is the eval directory's name): EM,
+    answered, format errors and cut turns per turn, episodes with a cut turn (answered), turns, the share of
+    objectives whose facts were not found."""
     rows = []
-    for run in REPPEN:
+    for run in evals:
         eps = read_jsonl(runs / run / "episodes.jsonl")
         if not eps:
             continue
@@ -495,12 +507,13 @@ def reppen_table(runs: Path) -> list[str]:
         rows.append(f"| {run.rsplit('/', 1)[1]} | {len(eps)} | {fmt_ci(*em_and_ci(eps))} | "
                     f"{np.mean([bool(e.get('terminated')) for e in eps]):.2f} | "
                     f"{sum(e['format_errors'] for e in eps) / turns:.2f} | "
-                    f"{sum(e.get('length_stops', 0) for e in eps) / turns:.2f} | {turns / len(eps):.1f} | "
+                    f"{sum(e.get('length_stops', 0) for e in eps) / turns:.2f} | "
+                    "{} ({}) | ".format(*cut_episodes(eps)) + f"{turns / len(eps):.1f} | "
                     f"{facts['not found'] / max(1, sum(facts.values())):.0%} |")
     if not rows:
-        return ["(runs missing: `recipes/experiments/run_all.sh` step 7)"]
-    return ["| repetition penalty | episodes | EM [95% CI] | answered | format errors | cut turns | turns | facts not "
-            "found |", "|---|---|---|---|---|---|---|---|", *rows]
+        return [f"(runs missing: `recipes/experiments/run_all.sh` step {step})"]
+    return [f"| {setting} | episodes | EM [95% CI] | answered | format errors | cut turns | cut episodes (answered) | "
+            "turns | facts not found |", "|---|---|---|---|---|---|---|---|---|", *rows]
 
 
 def em_and_ci(eps: list[dict]) -> tuple[float, tuple[float, float]]:
@@ -605,7 +618,7 @@ def write(data: dict, out: Path, kv_bytes: int) -> Path:
         real="\n".join(real), kv_bytes=kv_bytes, gain=gain, notes=notes.read_text() if notes.exists() else "",
         real_train="\n".join(real_train_table(data.get("real_train"))),
         multihop="\n".join(multihop_sections(data.get("multihop", {}), out)),
-        reppen="\n".join(data.get("reppen", [])))
+        reppen="\n".join(data.get("reppen", [])), temperature="\n".join(data.get("temperature", [])))
     path = out / "RESULTS.md"
     path.write_text(text)
     return path

@@ -113,8 +113,8 @@ def _eval(args: argparse.Namespace) -> int:
     if args.env_kwargs is not None:
         env["kwargs"] = json.loads(args.env_kwargs)
     rollout = {"max_tokens": args.max_tokens} if args.max_tokens is not None else {}
-    train = {k: v for k, v in (("held_out", args.held_out), ("eval_repetition_penalty", args.repetition_penalty))
-             if v is not None}
+    train = {k: v for k, v in (("held_out", args.held_out), ("eval_repetition_penalty", args.repetition_penalty),
+                               ("eval_temperature", args.temperature)) if v is not None}
     recipe = recipe.model_copy(update={"env": recipe.env.model_copy(update=env),
                                        "rollout": recipe.rollout.model_copy(update=rollout),
                                        "train": recipe.train.model_copy(update=train)})
@@ -247,6 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repetition-penalty", type=float, default=None,
                    help="repetition penalty of the greedy episodes (default 1 = off, or the recipe's "
                         "train.eval_repetition_penalty)")
+    p.add_argument("--temperature", type=float, default=None,
+                   help="sample the episodes at this temperature, each with its own seed (default 0 = greedy, or the "
+                        "recipe's train.eval_temperature); a diagnostic: reported evals are greedy")
     p.add_argument("--out", default="runs/eval")
     p.set_defaults(func=_eval)
     p = sub.add_parser("bench", help="run a benchmark (prints a table and ratios vs a baseline)")

@@ -309,6 +309,10 @@ class TrainCfg(Section):
     eval_repetition_penalty: float = Field(
         1.0, ge=1.0, description="repetition penalty of the greedy held-out evals and the sweep (1 = off; vLLM's "
         "and transformers' CTRL penalty over the prompt and the output); training rollouts never use one")
+    eval_temperature: float = Field(
+        0.0, ge=0.0, description="sampling temperature of the held-out evals and the sweep: 0 = greedy (every reported "
+        "result); > 0 samples each episode with its own seed (the run's seed mixed with the task's), a diagnostic of "
+        "what greedy decoding does")
     checkpoint_every: int = Field(5, ge=1, description="write a checkpoint every N steps")
     keep_checkpoints: int = Field(2, ge=1, description="checkpoints kept on disk")
     baseline_agent: AgentName | None = Field(
@@ -435,9 +439,9 @@ class Recipe(Section):
 
     @property
     def eval_sampling(self) -> dict:
-        """Keyword arguments of the held-out evals' SamplingConfig: greedy, `eval_max_tokens` a turn, the eval's
-        repetition penalty."""
-        return {"max_tokens": self.eval_max_tokens, "temperature": 0.0,
+        """Keyword arguments of the held-out evals' SamplingConfig: `eval_max_tokens` a turn, the eval's temperature
+        (greedy by default) and repetition penalty."""
+        return {"max_tokens": self.eval_max_tokens, "temperature": self.train.eval_temperature,
                 "repetition_penalty": self.train.eval_repetition_penalty}
 
     @property

@@ -27,12 +27,13 @@ COLUMNS = ["agent", "objectives", "episodes", "em", "em_stderr", "em_sum", "f1",
 
 def run_eval(model: str, agents: list[str], objectives: list[int], episodes: int, out: Path,
              recipe: Recipe) -> list[dict]:
-    """Greedy episodes of each agent at each N on the same held-out seeds, with the recipe's env, agent
+    """Greedy (or, with train.eval_temperature, sampled) episodes of each agent at each N on the same held-out seeds, with the recipe's env, agent
     budgets, turn budget, generation budget, engine window and held-out seeds (so a trained model is
     evaluated as it was trained); writes episodes.jsonl, summary.json/.md and (for sweeps) the
     peak-context plot under `out`."""
     from memrl.models import kv_bytes_per_token, resolve_model_dir
     from memrl.rl.rollout import RolloutWorker
+    from memrl.rl.streams import eval_sample_seeds
 
     r = recipe.rollout
     out.mkdir(parents=True, exist_ok=True)
@@ -46,7 +47,8 @@ def run_eval(model: str, agents: list[str], objectives: list[int], episodes: int
             for n in tqdm(objectives, desc=f"eval {agent}"):
                 trajs, stats = worker.rollout(seeds, list(range(episodes)), recipe.env.at(n, held_out=True),
                                               recipe.agent.named(agent),
-                                              SamplingConfig(**recipe.eval_sampling))
+                                              SamplingConfig(**recipe.eval_sampling),
+                                              sample_seeds=eval_sample_seeds(recipe, seeds))
                 row, recs = eval_point(trajs, stats, kvb, agent=agent, objectives=n, model=str(model))
                 rows.append({"agent": agent, "objectives": n, "model": str(model), **row})
                 records.extend(recs)

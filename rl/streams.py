@@ -45,3 +45,13 @@ def task_seeds(recipe: Recipe, step: int) -> tuple[list[int], list[int]]:
 def oracle_seeds(recipe: Recipe, stream: str, step: int) -> list[int]:
     """Task seeds of one SFT step of the warm start (`stream` "sft") or of the RL control ("control")."""
     return stream_seeds(recipe.env.train_seed_offset, recipe.seed, stream, step, recipe.sft.tasks_per_step)
+
+
+def eval_sample_seeds(recipe: Recipe, seeds: list[int]) -> list[int] | None:
+    """Per-episode sampling seeds of a sampled held-out eval (`train.eval_temperature` > 0), mixed from the run seed
+    and each task's seed, so that it repeats and moves with the run seed; None for the (default) greedy evals."""
+    if recipe.train.eval_temperature == 0:
+        return None
+    from memrl.agents import sampling_seed
+
+    return [sampling_seed(recipe.seed, s) for s in seeds]

@@ -42,7 +42,7 @@ from memrl.rl.placement import Placement
 from memrl.rl.rollout import RolloutManager
 from memrl.rl.services import start_retrieval, stop_retrieval
 from memrl.rl.step import assign_advantages, merge_minibatch_metrics
-from memrl.rl.streams import oracle_seeds, stream_seeds, task_seeds
+from memrl.rl.streams import eval_sample_seeds, oracle_seeds, stream_seeds, task_seeds
 from memrl.rl.sync import WeightSync, backend_name
 from memrl.rl.trackers import make_trackers
 from memrl.rl.viewer import Viewer
@@ -350,7 +350,8 @@ class Trainer:
         seeds = rc.held_out_seeds(tasks or rc.train.eval_tasks)
         sampling = SamplingConfig(**rc.eval_sampling)
         trajs, stats = self.rollouts.rollout(seeds, list(range(len(seeds))), rc.env.at(objectives, held_out=True),
-                                             rc.agent.named(agent_name), sampling, env_timeout=rc.rollout.env_timeout)
+                                             rc.agent.named(agent_name), sampling, env_timeout=rc.rollout.env_timeout,
+                                             sample_seeds=eval_sample_seeds(rc, seeds))
         out, records = eval_point(trajs, stats, self.kv_bytes, agent=agent_name,
                                   objectives=objectives or rc.env.objectives)
         out["context_tokens_per_turn"] = mean_per_turn(trajs)

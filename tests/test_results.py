@@ -342,8 +342,13 @@ def test_results_page_has_the_repetition_penalty_rows(tmp_path):
     (runs / "reppen-tune/1.1").mkdir(parents=True)
     (runs / "reppen-tune/1.1/episodes.jsonl").write_text("".join(json.dumps(e) + "\n" for e in eps))
     text = results.write(results.collect(runs, 1024), tmp_path / "docs", 1024).read_text()
-    assert "| 1.1 | 2 | 0.500 [0.500, 0.500] | 0.50 | 0.50 | 0.25 | 4.0 | 50% |" in text
+    assert "| 1.1 | 2 | 0.500 [0.500, 0.500] | 0.50 | 0.50 | 0.25 | 2 (1) | 4.0 | 50% |" in text
     assert "reppen-tune/1.3/episodes.jsonl" in results.inputs()
+    assert "(runs missing: `recipes/experiments/run_all.sh` step 8)" in text  # the eval-temperature diagnostic
+    (runs / "temp-tune/0.7").mkdir(parents=True)
+    (runs / "temp-tune/0.7/episodes.jsonl").write_text("".join(json.dumps(e) + "\n" for e in eps))
+    assert results.temperature_table(runs)[2] == "| 0.7 | 2 | 0.500 [0.500, 0.500] | 0.50 | 0.50 | 0.25 | 2 (1) | 4.0 | 50% |"
+    assert "temp-tune/0.0/episodes.jsonl" in results.inputs()
 
 
 def test_cut_episodes_counts_episodes_with_a_cut_turn_and_those_of_them_that_answered():

@@ -93,3 +93,10 @@ for p in 1.0 1.1 1.3; do
   have reppen-tune/$p/summary.json || memrl eval --recipe experiments/multihop --model runs/multihop-memsearcher-s0/model \
     --agent memsearcher --episodes 16 --held-out tune --objectives 8 --repetition-penalty $p --out runs/reppen-tune/$p
 done
+# 8. is the absorbing loop (a cut memory written again, byte for byte, turn after turn) a property of greedy decoding?
+#    (session 21, TUNING set, N = 8, 8 tasks, mem1 seed 0's trained model): greedy vs sampled at the training
+#    temperature 0.7, each episode with its own seed. A diagnostic: every reported eval stays greedy.
+for t in 0.0 0.7; do
+  have temp-tune/$t/summary.json || memrl eval --recipe experiments/multihop --model runs/multihop-mem1-s0/model \
+    --agent mem1 --episodes 8 --held-out tune --objectives 8 --temperature $t --out runs/temp-tune/$t
+done

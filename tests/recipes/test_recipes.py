@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from memrl.cli import main
 from memrl.recipes.schema import Recipe, RecipeError, dump, load_recipe, read_yaml, shipped_recipes
+from memrl.rl.streams import eval_sample_seeds
 
 EXPERIMENTS = ("experiments/mem1-n2", "experiments/memsearcher-n2", "experiments/full-context-n2")
 PAPER_RECIPES = ("mem1", "memsearcher", "search-r1")
@@ -336,3 +337,18 @@ def test_held_out_evals_are_greedy_with_the_recipes_repetition_penalty():
     assert Recipe().eval_sampling["repetition_penalty"] == 1.0  # off by default
     with pytest.raises(RecipeError, match="eval_repetition_penalty"):
         load_recipe("quickstart", ["train.eval_repetition_penalty=0.5"])
+    assert eval_sample_seeds(recipe, [7, 8]) is None  # greedy: no per-episode seeds
+
+
+def test_a_sampled_eval_gives_each_task_its_own_seed_that_moves_with_the_runs_seed():
+    from memrl.agents import sampling_seed
+
+    recipe = load_recipe("quickstart", ["train.eval_temperature=0.7", "seed=3"])
+    assert recipe.eval_sampling["temperature"] == 0.7
+    seeds = eval_sample_seeds(recipe, [100, 101, 102])
+    assert seeds == [sampling_seed(3, 100), sampling_seed(3, 101), sampling_seed(3, 102)] and len(set(seeds)) == 3
+    assert seeds == eval_sample_seeds(recipe, [100, 101, 102])  # repeats
+    other = eval_sample_seeds(load_recipe("quickstart", ["train.eval_temperature=0.7", "seed=4"]), [100, 101, 102])
+    assert not set(other) & set(seeds)
+    with pytest.raises(RecipeError, match="eval_temperature"):
+        load_recipe("quickstart", ["train.eval_temperature=-0.1"])

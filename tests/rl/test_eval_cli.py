@@ -42,3 +42,17 @@ def test_eval_with_recipe_writes_rows_episode_records_and_plot(tmp_path, tiny_di
         assert r["em_per_episode"] == [float(x.get("em") or 0.0) for x in mine]
     assert (out / "peak_context_vs_objectives.png").stat().st_size > 0
     assert "| mem1 | 2 | 3 |" in capsys.readouterr().out
+
+
+def test_a_sampled_eval_repeats_with_the_same_seed(tmp_path, tiny_dir):
+    """`memrl eval --temperature`: each episode samples with its own seed (the recipe's seed and the task's), so the
+    same command gives the same episodes."""
+    def run(name):
+        out = tmp_path / name
+        assert main(["eval", "--recipe", "quickstart", "--model", str(tiny_dir), "--agent", "mem1", "--objectives", "2",
+                     "--episodes", "3", "--max-tokens", "8", "--temperature", "1.0", "--out", str(out)]) == 0
+        keep = ("questions", "turns", "generated_tokens", "prefilled_tokens", "peak_context_tokens", "em", "format_errors")
+        return [{k: r.get(k) for k in keep} for r in map(json.loads, (out / "episodes.jsonl").read_text().splitlines())]
+
+    first = run("a")
+    assert len(first) == 3 and first == run("b")
