@@ -105,7 +105,7 @@ def _eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from memrl.plan import check_model
-    from memrl.recipes.schema import Recipe, load_recipe
+    from memrl.recipes.schema import Recipe, load_recipe, revalidate
     from memrl.rl.eval_cli import run_eval, table
 
     recipe = load_recipe(args.recipe) if args.recipe else Recipe()
@@ -118,6 +118,7 @@ def _eval(args: argparse.Namespace) -> int:
     recipe = recipe.model_copy(update={"env": recipe.env.model_copy(update=env),
                                        "rollout": recipe.rollout.model_copy(update=rollout),
                                        "train": recipe.train.model_copy(update=train)})
+    recipe = revalidate(recipe, "memrl eval")  # the flags above bypass the schema's bounds (e.g. --temperature -1)
     check_model(args.model, "--model")
     rows = run_eval(args.model, args.agent.split(","), [int(x) for x in args.objectives.split(",")], args.episodes,
                     Path(args.out), recipe)

@@ -565,6 +565,15 @@ def load_recipe(name_or_path: str | Path, overrides: list[str] | None = None) ->
         raise RecipeError(explain(exc, source=str(name_or_path))) from None
 
 
+def revalidate(recipe: Recipe, source: str) -> Recipe:
+    """`recipe` checked again by the schema (after `model_copy` updates, which skip validation); RecipeError names
+    the bad key."""
+    try:
+        return Recipe.model_validate(recipe.model_dump())
+    except ValidationError as exc:
+        raise RecipeError(explain(exc, source=source)) from None
+
+
 def _fields_at(loc: tuple) -> list[str]:
     model: type[BaseModel] = Recipe
     for part in loc[:-1]:

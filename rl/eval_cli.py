@@ -27,10 +27,10 @@ COLUMNS = ["agent", "objectives", "episodes", "em", "em_stderr", "em_sum", "f1",
 
 def run_eval(model: str, agents: list[str], objectives: list[int], episodes: int, out: Path,
              recipe: Recipe) -> list[dict]:
-    """Greedy (or, with train.eval_temperature, sampled) episodes of each agent at each N on the same held-out seeds, with the recipe's env, agent
-    budgets, turn budget, generation budget, engine window and held-out seeds (so a trained model is
-    evaluated as it was trained); writes episodes.jsonl, summary.json/.md and (for sweeps) the
-    peak-context plot under `out`."""
+    """Greedy (or, with train.eval_temperature, sampled) episodes of each agent at each N on the same held-out
+    seeds, with the recipe's env, agent budgets, turn budget, generation budget, engine window and held-out seeds
+    (so a trained model is evaluated as it was trained); writes episodes.jsonl, summary.json/.md and (for sweeps)
+    the peak-context plot under `out`."""
     from memrl.models import kv_bytes_per_token, resolve_model_dir
     from memrl.rl.rollout import RolloutWorker
     from memrl.rl.streams import eval_sample_seeds

@@ -54,3 +54,21 @@ def test_built_wheel_installs_in_a_fresh_venv_and_runs_help(tmp_path):
     subprocess.run([venv / "bin" / "pip", "install", "-q", "--no-deps", str(wheel)], check=True)
     out = subprocess.run([venv / "bin" / "memrl", "--help"], check=True, capture_output=True, text=True)
     assert "usage: memrl" in out.stdout
+
+
+def test_eval_flags_are_checked_by_the_recipe_schema(capsys):
+    """`memrl eval`'s flags update the recipe past pydantic's validation; they are checked again, naming the key."""
+    from memrl.cli import main
+
+    assert main(["eval", "--recipe", "quickstart", "--temperature", "-1", "--out", "unused"]) == 2
+    assert "train.eval_temperature: Input should be greater than or equal to 0 (got -1.0)" in capsys.readouterr().err
+    assert main(["eval", "--recipe", "quickstart", "--repetition-penalty", "0.5", "--out", "unused"]) == 2
+    assert "train.eval_repetition_penalty" in capsys.readouterr().err
+
+
+def test_every_shipped_recipe_survives_revalidation_unchanged():
+    from memrl.recipes.schema import load_recipe, revalidate, shipped_recipes
+
+    for name in shipped_recipes():
+        recipe = load_recipe(name)
+        assert revalidate(recipe, name) == recipe, name
