@@ -403,7 +403,8 @@ def _params(cfg: SamplingConfig, max_tokens: int):
     from vllm.sampling_params import RequestOutputKind
 
     return SamplingParams(max_tokens=max_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                          repetition_penalty=cfg.repetition_penalty, stop=list(cfg.stop) or None, include_stop_str_in_output=True, logprobs=0, seed=cfg.seed,
+                          repetition_penalty=cfg.repetition_penalty, stop=list(cfg.stop) or None,
+                          include_stop_str_in_output=True, logprobs=0, seed=cfg.seed,
                           output_kind=RequestOutputKind.FINAL_ONLY)
 
 

@@ -118,8 +118,8 @@ def point_row(eps: list[dict], kv_bytes: int, intervals: bool = True) -> dict:
 
 
 def cut_episodes(eps: list[dict]) -> tuple[int, int]:
-    """Episodes with at least one cut turn, and how many of them still answered: a greedy memory that ran into
-    max_tokens is carried into the next turn and tends to be written again, so a cut rarely ends alone."""
+    """Episodes with at least one cut turn, and how many of them still answered: a memory that ran into max_tokens
+    tends to be written again at the next turn (greedy or sampled), so a cut rarely ends alone."""
     hit = [e for e in eps if e.get("length_stops", 0) > 0]
     return len(hit), sum(bool(e.get("terminated")) for e in hit)
 
