@@ -67,6 +67,9 @@ MULTIHOP_SETS = {
 # model, greedy at N = 8 on the TUNING set, with repetition penalties (memrl eval --repetition-penalty)
 REPPEN = tuple(f"reppen-tune/{p}" for p in ("1.0", "1.1", "1.3"))
 TEMPERATURE = tuple(f"temp-tune/{t}" for t in ("0.0", "0.7"))  # run_all.sh step 8: greedy vs sampled eval
+# run_all.sh step 9: memsearcher warm-started (SFT only, seed 1) on oracle episodes of N = 1, 2, 4 (the recipe's) vs
+# N = 1, 2, 4, 8, each evaluated greedy at N = 8 on the TUNING set
+SFT_OBJECTIVES = tuple(f"sft-tune/{ns}" for ns in ("1-2-4", "1-2-4-8"))
 DATASETS = ("musique", "hotpotqa")
 REAL_TRAIN = "searchqa"  # experiments/searchqa: trained on the real train split, evaluated on the eval split
 RESAMPLES = 2000
@@ -212,7 +215,8 @@ def inputs() -> list[str]:
         rel += [f"untrained-{ds}/summary.json", *[f"{run}/{ds}/summary.json" for run in REAL_RUNS.values()]]
     rel += [f"{run}/{name}" for _, run_map in MULTIHOP_SETS.values() for runs in run_map.values() for run in runs
             for name in ("summary.json", "sweep_episodes.jsonl", "metrics.jsonl", "recipe.yaml", "viewer.html")]
-    rel += [f"{run}/{name}" for run in (*REPPEN, *TEMPERATURE) for name in ("episodes.jsonl", "summary.json")]
+    rel += [f"{run}/{name}" for run in (*REPPEN, *TEMPERATURE, *SFT_OBJECTIVES)
+            for name in ("episodes.jsonl", "summary.json")]
     return rel
 
 
@@ -261,7 +265,8 @@ def collect(runs: Path, kv_bytes: int) -> dict:
     return {"curves": curves, "raw": raw, "summaries": summaries, "real": real, "gain": gain, "real_train": real_train,
             "gain_curves": {run: gain_mod.rewards(runs / run) for run in gain},
             "gain_heldout": {run: gain_mod.heldout_curve(runs / run, s) for run, s in gain.items()},
-            "multihop": multihop, "reppen": reppen_table(runs), "temperature": temperature_table(runs)}
+            "multihop": multihop, "reppen": reppen_table(runs), "temperature": temperature_table(runs),
+            "sft_objectives": sft_objectives_table(runs)}
 
 
 def multihop_set(runs: Path, run_map: dict[str, tuple[str, ...]], kv_bytes: int) -> dict:
@@ -493,6 +498,11 @@ def temperature_table(runs: Path) -> list[str]:
     return tuning_table(runs, TEMPERATURE, "eval temperature", 8)
 
 
+def sft_objectives_table(runs: Path) -> list[str]:
+    """`SFT_OBJECTIVES`' evals (run_all.sh step 9), one row per warm start's N (`tuning_table`)."""
+    return tuning_table(runs, SFT_OBJECTIVES, "SFT on N =", 9)
+
+
 def tuning_table(runs: Path, evals: tuple[str, ...], setting: str, step: int) -> list[str]:
     """One row per eval of a setting tried on the tuning set (the setting is the eval directory's name): EM,
     answered, format errors and cut turns per turn, episodes with a cut turn (answered), turns, the share of
@@ -618,7 +628,8 @@ def write(data: dict, out: Path, kv_bytes: int) -> Path:
         real="\n".join(real), kv_bytes=kv_bytes, gain=gain, notes=notes.read_text() if notes.exists() else "",
         real_train="\n".join(real_train_table(data.get("real_train"))),
         multihop="\n".join(multihop_sections(data.get("multihop", {}), out)),
-        reppen="\n".join(data.get("reppen", [])), temperature="\n".join(data.get("temperature", [])))
+        reppen="\n".join(data.get("reppen", [])), temperature="\n".join(data.get("temperature", [])),
+        sft_objectives="\n".join(data.get("sft_objectives", [])))
     path = out / "RESULTS.md"
     path.write_text(text)
     return path

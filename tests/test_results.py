@@ -349,6 +349,13 @@ def test_results_page_has_the_repetition_penalty_rows(tmp_path):
     (runs / "temp-tune/0.7/episodes.jsonl").write_text("".join(json.dumps(e) + "\n" for e in eps))
     assert results.temperature_table(runs)[2] == "| 0.7 | 2 | 0.500 [0.500, 0.500] | 0.50 | 0.50 | 0.25 | 2 (1) | 4.0 | 50% |"
     assert "temp-tune/0.0/episodes.jsonl" in results.inputs()
+    assert "(runs missing: `recipes/experiments/run_all.sh` step 9)" in text  # the warm start's N
+    (runs / "sft-tune/1-2-4-8").mkdir(parents=True)
+    (runs / "sft-tune/1-2-4-8/episodes.jsonl").write_text("".join(json.dumps(e) + "\n" for e in eps))
+    assert results.sft_objectives_table(runs)[0].startswith("| SFT on N = | episodes |")
+    assert results.sft_objectives_table(runs)[2] == ("| 1-2-4-8 | 2 | 0.500 [0.500, 0.500] | 0.50 | 0.50 | 0.25 | "
+                                                     "2 (1) | 4.0 | 50% |")
+    assert "sft-tune/1-2-4/summary.json" in results.inputs()
 
 
 def test_cut_episodes_counts_episodes_with_a_cut_turn_and_those_of_them_that_answered():

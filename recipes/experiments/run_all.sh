@@ -100,3 +100,16 @@ for t in 0.0 0.7; do
   have temp-tune/$t/summary.json || memrl eval --recipe experiments/multihop --model runs/multihop-mem1-s0/model \
     --agent mem1 --episodes 8 --held-out tune --objectives 8 --temperature $t --out runs/temp-tune/$t
 done
+# 9. the warm start never showed a memory of more than 4 questions: does one that also shows N = 8 remove the loop?
+#    (session 22, TUNING set, N = 8, 16 tasks, greedy) memsearcher, seed 1, SFT only (40 steps, no GRPO) on oracle
+#    episodes of N = 1, 2, 4 (the recipe's) vs N = 1, 2, 4, 8; the two arms differ only in sft.objectives (session 22
+#    evaluated step 5's multihop-memsearcher-s1 after-SFT checkpoint as the 1-2-4 arm: the same recipe, seed and SFT)
+for ns in 1,2,4 1,2,4,8; do
+  d=${ns//,/-}
+  have "sft-tune/$d/summary.json" && continue
+  have "sft$d-s1/summary.json" || memrl train experiments/multihop --set seed=1 --set agent.name=memsearcher \
+    --set name="sft$d-s1" --set "sft.objectives=[$ns]" --set train.steps=0 --set train.held_out=tune \
+    --set "train.eval_objectives=[]" --set env.objectives=1 --set train.eval_tasks=1 --set train.sweep_tasks=1 --resume
+  memrl eval --recipe experiments/multihop --model "runs/sft$d-s1/model" --agent memsearcher --episodes 16 \
+    --held-out tune --objectives 8 --out "runs/sft-tune/$d"
+done
