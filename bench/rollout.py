@@ -81,10 +81,11 @@ class RecordingBatch:
         return gens
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None, backend: VLLMBackend | None = None) -> dict:
     """`python -m memrl.bench.rollout`: LettersEnv episodes through memrl (streaming, then turn-synchronous),
     each replayed as one raw generate call of the same lengths; prints the table and returns the streaming
-    tokens/s of both, their ratio, the turn-synchronous ratio and the log-prob gap (`logprob_gap`)."""
+    tokens/s of both, their ratio, the turn-synchronous ratio and the log-prob gap (`logprob_gap`). `backend`
+    reuses an already started engine holding --model's weights (tests)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument("--episodes", type=int, default=64)
@@ -94,7 +95,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
 
     model_dir = resolve_model_dir(args.model)
-    backend = VLLMBackend(model_dir, rollout=RolloutCfg(max_model_len=2048, kv_cache_gib=2))
+    backend = backend or VLLMBackend(model_dir, rollout=RolloutCfg(max_model_len=2048, kv_cache_gib=2))
     agent = make_agent(backend.tokenizer, AgentCfg(name=args.agent, memory_tokens=64))
     envs = [LettersEnv(turns=args.turns) for _ in range(args.episodes)]
     cfg = SamplingConfig(max_tokens=args.max_tokens, temperature=1.0)

@@ -18,8 +18,9 @@ def _table_rows(text: str, first_cell: str) -> list[list[str]]:
 
 
 def _bench_tiny(tiny: list[str], *drop: str) -> list[str]:
-    """The quickstart-tiny overrides for a bench run: without its curriculum, name, extra evals and `drop`."""
-    skip = ("curriculum.", "name=", "train.zero_shot", "train.eval_every", *drop)
+    """The quickstart-tiny overrides for a bench run: without its curriculum, name, extra evals, `drop`, and its
+    every-tracker setting (offline W&B and MLflow start with each Trainer; test_trackers covers them)."""
+    skip = ("curriculum.", "name=", "train.zero_shot", "train.eval_every", "logging.loggers", "logging.wandb_mode", *drop)
     return [o for o in tiny if not o.startswith(skip)] + ["rollout.rollout_timeout=300"]
 
 
@@ -58,10 +59,11 @@ def test_trl_compare_prints_both_sides_and_a_finite_ratio(capsys, vllm_tiny):
     assert math.isfinite(out["ratio_step_time"])
 
 
-def test_rollout_bench_prints_both_schedules_and_the_ratio(capsys, tiny_dir):
+def test_rollout_bench_prints_both_schedules_and_the_ratio(capsys, tiny_dir, vllm_tiny):
     from memrl.bench import rollout
 
-    out = rollout.main(["--model", str(tiny_dir), "--episodes", "6", "--turns", "2", "--max-tokens", "6"])
+    out = rollout.main(["--model", str(tiny_dir), "--episodes", "6", "--turns", "2", "--max-tokens", "6"],
+                       backend=vllm_tiny)
     text = capsys.readouterr().out
     for schedule in ("streaming", "turn-synchronous"):
         (row,) = _table_rows(text, schedule)

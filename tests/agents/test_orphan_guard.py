@@ -80,8 +80,8 @@ if __name__ == "__main__":  # vLLM spawns its engine core: the owner must be imp
 
 
 def _kill_owner_of_an_engine(tmp_path, tiny_dir, mode: str) -> list[str]:
-    """Start a process owning a vLLM engine, SIGKILL it, and return the names of its descendants still
-    running 10 s later (killed here afterwards, whatever happens)."""
+    """Start a process owning a vLLM engine, SIGKILL it, and return the names of its descendants still running
+    10 guard polls later (killed here afterwards, whatever happens); guarded, it stops waiting once none is."""
     script = tmp_path / "owner.py"
     script.write_text(OWNER)
     owner = subprocess.Popen([sys.executable, str(script), mode, str(tiny_dir)], stdout=subprocess.PIPE,
@@ -98,7 +98,9 @@ def _kill_owner_of_an_engine(tmp_path, tiny_dir, mode: str) -> list[str]:
     finally:
         owner.kill()
         owner.wait()
-    time.sleep(10 * orphan_guard.POLL_S)
+    deadline = time.monotonic() + 10 * orphan_guard.POLL_S
+    while time.monotonic() < deadline and (mode == "unguarded" or any(orphan_guard._alive(k) for k in kids)):
+        time.sleep(0.1)
     alive = [k for k in kids if orphan_guard._alive(k)]
     names = [k.name() for k in alive]
     for k in alive:
