@@ -464,7 +464,8 @@ def multihop_section(mh: dict, out: Path, suffix: str = "") -> list[str]:
     plot(curves, "peak_tokens", "peak context tokens per episode", out / peak_png, "peak_tokens_ci", trained)
     lines = [f"![EM vs N, multihop]({em_png})", f"![peak tokens vs N, multihop]({peak_png})",
              "", "Format errors and cut turns are per turn; a cut turn's generation ran into `max_tokens` before any "
-             "stop string (recorded since session 20; `-` before); *cut episodes*: episodes with at least one cut "
+             "stop string (recorded since session 20: `-` where no seed's run has it, and over the seeds that do where "
+             "only some have it, memsearcher-s0 and full_context-s0 not); *cut episodes*: episodes with at least one cut "
              "turn (in brackets: how many of them still answered).", "",
              "| agent | N | seeds | episodes | EM [95% CI] | EM sum | answered | format errors | cut turns | "
              "cut episodes (answered) | context full | peak tokens [95% CI] | max tokens | peak KV MiB |",
