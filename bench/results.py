@@ -63,13 +63,15 @@ MULTIHOP_SETS = {
     "experiments/multihop as shipped (learner.lr 1e-5, chosen on the tuning set), seeds 0-2": ("", MULTIHOP_RUNS),
     "SUPERSEDED: learner.lr 1e-4 (before the lr was tuned; every agent's training reward collapsed after the first "
     "GRPO update), seed 0 only": ("_lr1e-4", {a: (f"multihop-lr1e-4-{a}-s0",) for a in MULTIHOP_AGENTS})}
-# The one change tried against the never-closing memories (session 20, run_all.sh step 7): memsearcher-s0's trained
-# model, greedy at N = 8 on the TUNING set, with repetition penalties (memrl eval --repetition-penalty)
-REPPEN = tuple(f"reppen-tune/{p}" for p in ("1.0", "1.1", "1.3"))
-TEMPERATURE = tuple(f"temp-tune/{t}" for t in ("0.0", "0.7"))  # run_all.sh step 8: greedy vs sampled eval
-# run_all.sh step 9: memsearcher warm-started (SFT only, seed 1) on oracle episodes of N = 1, 2, 4 (the recipe's) vs
-# N = 1, 2, 4, 8, each evaluated greedy at N = 8 on the TUNING set
-SFT_OBJECTIVES = tuple(f"sft-tune/{ns}" for ns in ("1-2-4", "1-2-4-8"))
+# Settings tried on the TUNING set at N = 8 (greedy unless said): template key -> (eval directories, the setting's
+# column title, run_all.sh step). Step 7, the one change tried against the never-closing memories (session 20):
+# memsearcher-s0's trained model with repetition penalties; step 8: mem1-s0's greedy vs sampled; step 9: memsearcher
+# warm-started (SFT only, seed 1) on oracle episodes of N = 1, 2, 4 (the recipe's) vs N = 1, 2, 4, 8
+TUNING = {
+    "reppen": (tuple(f"reppen-tune/{p}" for p in ("1.0", "1.1", "1.3")), "repetition penalty", 7),
+    "temperature": (tuple(f"temp-tune/{t}" for t in ("0.0", "0.7")), "eval temperature", 8),
+    "sft_objectives": (tuple(f"sft-tune/{ns}" for ns in ("1-2-4", "1-2-4-8")), "SFT on N =", 9),
+}
 DATASETS = ("musique", "hotpotqa")
 REAL_TRAIN = "searchqa"  # experiments/searchqa: trained on the real train split, evaluated on the eval split
 RESAMPLES = 2000
@@ -215,7 +217,7 @@ def inputs() -> list[str]:
         rel += [f"untrained-{ds}/summary.json", *[f"{run}/{ds}/summary.json" for run in REAL_RUNS.values()]]
     rel += [f"{run}/{name}" for _, run_map in MULTIHOP_SETS.values() for runs in run_map.values() for run in runs
             for name in ("summary.json", "sweep_episodes.jsonl", "metrics.jsonl", "recipe.yaml", "viewer.html")]
-    rel += [f"{run}/{name}" for run in (*REPPEN, *TEMPERATURE, *SFT_OBJECTIVES)
+    rel += [f"{run}/{name}" for evals, _, _ in TUNING.values() for run in evals
             for name in ("episodes.jsonl", "summary.json")]
     return rel
 
@@ -265,8 +267,7 @@ def collect(runs: Path, kv_bytes: int) -> dict:
     return {"curves": curves, "raw": raw, "summaries": summaries, "real": real, "gain": gain, "real_train": real_train,
             "gain_curves": {run: gain_mod.rewards(runs / run) for run in gain},
             "gain_heldout": {run: gain_mod.heldout_curve(runs / run, s) for run, s in gain.items()},
-            "multihop": multihop, "reppen": reppen_table(runs), "temperature": temperature_table(runs),
-            "sft_objectives": sft_objectives_table(runs)}
+            "multihop": multihop, **{key: tuning_table(runs, *spec) for key, spec in TUNING.items()}}
 
 
 def multihop_set(runs: Path, run_map: dict[str, tuple[str, ...]], kv_bytes: int) -> dict:
@@ -464,9 +465,8 @@ def multihop_section(mh: dict, out: Path, suffix: str = "") -> list[str]:
     plot(curves, "peak_tokens", "peak context tokens per episode", out / peak_png, "peak_tokens_ci", trained)
     lines = [f"![EM vs N, multihop]({em_png})", f"![peak tokens vs N, multihop]({peak_png})",
              "", "Format errors and cut turns are per turn; a cut turn's generation ran into `max_tokens` before any "
-             "stop string (recorded since session 20: `-` where no seed's run has it, and over the seeds that do where "
-             "only some have it, memsearcher-s0 and full_context-s0 not); *cut episodes*: episodes with at least one cut "
-             "turn (in brackets: how many of them still answered).", "",
+             "stop string (recorded since session 20: `-` where no seed's run has it, else over the seeds that do); "
+             "*cut episodes*: episodes with at least one cut turn (in brackets: how many of them still answered).", "",
              "| agent | N | seeds | episodes | EM [95% CI] | EM sum | answered | format errors | cut turns | "
              "cut episodes (answered) | context full | peak tokens [95% CI] | max tokens | peak KV MiB |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -487,21 +487,6 @@ def multihop_section(mh: dict, out: Path, suffix: str = "") -> list[str]:
         lines.append(f"| {run} | {b['sft_steps']} | {b['grpo_steps']} | {b['max_n']} | {b['train_tokens']:,} | "
                      f"{b['generated']:,} | {b['wall_s'] / 60:.1f} |")
     return lines + fact_table(mh.get("facts", {}), mh.get("hops", {}))
-
-
-def reppen_table(runs: Path) -> list[str]:
-    """`REPPEN`'s evals (run_all.sh step 7), one row per penalty (`tuning_table`)."""
-    return tuning_table(runs, REPPEN, "repetition penalty", 7)
-
-
-def temperature_table(runs: Path) -> list[str]:
-    """`TEMPERATURE`'s evals (run_all.sh step 8), one row per eval temperature (`tuning_table`)."""
-    return tuning_table(runs, TEMPERATURE, "eval temperature", 8)
-
-
-def sft_objectives_table(runs: Path) -> list[str]:
-    """`SFT_OBJECTIVES`' evals (run_all.sh step 9), one row per warm start's N (`tuning_table`)."""
-    return tuning_table(runs, SFT_OBJECTIVES, "SFT on N =", 9)
 
 
 def tuning_table(runs: Path, evals: tuple[str, ...], setting: str, step: int) -> list[str]:
@@ -629,8 +614,7 @@ def write(data: dict, out: Path, kv_bytes: int) -> Path:
         real="\n".join(real), kv_bytes=kv_bytes, gain=gain, notes=notes.read_text() if notes.exists() else "",
         real_train="\n".join(real_train_table(data.get("real_train"))),
         multihop="\n".join(multihop_sections(data.get("multihop", {}), out)),
-        reppen="\n".join(data.get("reppen", [])), temperature="\n".join(data.get("temperature", [])),
-        sft_objectives="\n".join(data.get("sft_objectives", [])))
+        **{key: "\n".join(data.get(key, [])) for key in TUNING})
     path = out / "RESULTS.md"
     path.write_text(text)
     return path

@@ -336,7 +336,8 @@ def test_results_page_has_the_repetition_penalty_rows(tmp_path):
     the share of objectives whose facts were not found); the step is named while none has."""
     runs = tmp_path / "runs"
     runs.mkdir()
-    assert results.reppen_table(runs) == ["(runs missing: `recipes/experiments/run_all.sh` step 7)"]
+    table = results.tuning_table(runs, *results.TUNING["reppen"])
+    assert table == ["(runs missing: `recipes/experiments/run_all.sh` step 7)"]
     eps = [{"objective_em": [1.0, 0.0], "terminated": i == 0, "turns": 4, "format_errors": 2, "length_stops": 1,
             "facts": ["answered", "not found"]} for i in range(2)]
     (runs / "reppen-tune/1.1").mkdir(parents=True)
@@ -347,14 +348,15 @@ def test_results_page_has_the_repetition_penalty_rows(tmp_path):
     assert "(runs missing: `recipes/experiments/run_all.sh` step 8)" in text  # the eval-temperature diagnostic
     (runs / "temp-tune/0.7").mkdir(parents=True)
     (runs / "temp-tune/0.7/episodes.jsonl").write_text("".join(json.dumps(e) + "\n" for e in eps))
-    assert results.temperature_table(runs)[2] == "| 0.7 | 2 | 0.500 [0.500, 0.500] | 0.50 | 0.50 | 0.25 | 2 (1) | 4.0 | 50% |"
+    table = results.tuning_table(runs, *results.TUNING["temperature"])
+    assert table[2] == "| 0.7 | 2 | 0.500 [0.500, 0.500] | 0.50 | 0.50 | 0.25 | 2 (1) | 4.0 | 50% |"
     assert "temp-tune/0.0/episodes.jsonl" in results.inputs()
     assert "(runs missing: `recipes/experiments/run_all.sh` step 9)" in text  # the warm start's N
     (runs / "sft-tune/1-2-4-8").mkdir(parents=True)
     (runs / "sft-tune/1-2-4-8/episodes.jsonl").write_text("".join(json.dumps(e) + "\n" for e in eps))
-    assert results.sft_objectives_table(runs)[0].startswith("| SFT on N = | episodes |")
-    assert results.sft_objectives_table(runs)[2] == ("| 1-2-4-8 | 2 | 0.500 [0.500, 0.500] | 0.50 | 0.50 | 0.25 | "
-                                                     "2 (1) | 4.0 | 50% |")
+    sft_table = results.tuning_table(runs, *results.TUNING["sft_objectives"])
+    assert sft_table[0].startswith("| SFT on N = | episodes |")
+    assert sft_table[2] == "| 1-2-4-8 | 2 | 0.500 [0.500, 0.500] | 0.50 | 0.50 | 0.25 | 2 (1) | 4.0 | 50% |"
     assert "sft-tune/1-2-4/summary.json" in results.inputs()
 
 
