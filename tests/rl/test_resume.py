@@ -13,11 +13,12 @@ import pytest
 
 from memrl.rl import checkpoint
 
+STEPS = 5  # killed once its step-2 checkpoint is written: mid-run, with steps before and after the kill
 SETS = [
     "name=resume", "model.name=tiny:0", "env.id=memrl.testing:LettersEnv", "env.objectives=1", "env.kwargs={}",
     "agent.memory_tokens=16", "rollout.max_tokens=8", "rollout.max_model_len=1024", "algorithm.group_size=2",
-    "algorithm.tasks_per_step=2", "learner.lr=1e-3", "train.eval_tasks=2", "train.steps=8",
-    "train.checkpoint_every=2", "train.keep_checkpoints=3", "train.baseline_agent=null", "train.eval_objectives=[]",
+    "algorithm.tasks_per_step=2", "learner.lr=1e-3", "train.eval_tasks=2", f"train.steps={STEPS}",
+    "train.checkpoint_every=1", "train.keep_checkpoints=3", "train.baseline_agent=null", "train.eval_objectives=[]",
     "sft.steps=0", "resources.num_cpus=2", "logging.progress=false",
     "train.eval_every=0", "train.control=false",
 ]
@@ -52,24 +53,31 @@ def new_orphan_engines():
         os.kill(pid, signal.SIGKILL)
 
 
+def _latest_step(out: Path) -> int:
+    """The step of the run's newest intact checkpoint (-1 before the first)."""
+    latest = checkpoint.latest(out / "checkpoints")
+    return -1 if latest is None else int(latest.name.split("_")[-1])
+
+
 @pytest.mark.slow
 def test_kill_9_then_resume_loses_and_repeats_no_step(tmp_path, new_orphan_engines):
     out = tmp_path / "run"
     proc = _train(out)
     deadline = time.time() + 600
-    while checkpoint.latest(out / "checkpoints") is None or "step_000004" not in str(
-            checkpoint.latest(out / "checkpoints")):
+    while _latest_step(out) < 2:
         assert proc.poll() is None, proc.stdout.read()
-        assert time.time() < deadline, "no checkpoint at step 4 within 10 minutes"
-        time.sleep(0.5)
+        assert time.time() < deadline, "no checkpoint at step 2 within 10 minutes"
+        time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and everything it started, mid-run
     proc.wait()
+    killed_at = checkpoint.latest(out / "checkpoints")
+    assert 2 <= _latest_step(out) < STEPS, killed_at
     resumed = _train(out, "--resume")
     log, _ = resumed.communicate(timeout=900)
     assert resumed.returncode == 0, log
-    assert "resumed from" in log and "step_000004" in log
+    assert f"resumed from {killed_at}" in log, log[-5000:]
     rows = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if r["phase"] == "grpo"]
-    assert [r["step"] for r in rows] == list(range(8))
+    assert [r["step"] for r in rows] == list(range(STEPS))
     versions = [r["weight_version"] for r in rows]  # the resumed run goes on counting, never reuses a version
     assert all(a < b for a, b in pairwise(versions)), versions
     assert not new_orphan_engines(), "the SIGKILLed run left its vLLM EngineCore running"
