@@ -53,10 +53,9 @@ def new_orphan_engines():
         os.kill(pid, signal.SIGKILL)
 
 
-def _latest_step(out: Path) -> int:
-    """The step of the run's newest intact checkpoint (-1 before the first)."""
-    latest = checkpoint.latest(out / "checkpoints")
-    return -1 if latest is None else int(latest.name.split("_")[-1])
+def _step(ckpt: Path | None) -> int:
+    """The step of a checkpoint directory (`step_000004` -> 4; -1 for none yet)."""
+    return -1 if ckpt is None else int(ckpt.name.split("_")[-1])
 
 
 @pytest.mark.slow
@@ -64,14 +63,14 @@ def test_kill_9_then_resume_loses_and_repeats_no_step(tmp_path, new_orphan_engin
     out = tmp_path / "run"
     proc = _train(out)
     deadline = time.time() + 600
-    while _latest_step(out) < 2:
+    while _step(checkpoint.latest(out / "checkpoints")) < 2:
         assert proc.poll() is None, proc.stdout.read()
         assert time.time() < deadline, "no checkpoint at step 2 within 10 minutes"
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and everything it started, mid-run
     proc.wait()
     killed_at = checkpoint.latest(out / "checkpoints")
-    assert 2 <= _latest_step(out) < STEPS, killed_at
+    assert 2 <= _step(killed_at) < STEPS, killed_at
     resumed = _train(out, "--resume")
     log, _ = resumed.communicate(timeout=900)
     assert resumed.returncode == 0, log
