@@ -249,8 +249,7 @@ def collect(runs: Path, kv_bytes: int) -> dict:
     for (a, n), eps in points(read_jsonl(runs / "untrained-sweep" / "episodes.jsonl")).items():
         by_point.setdefault(f"untrained {a}", {}).setdefault(n, {})["untrained"] = eps
     curves = {label: {n: pooled_row(by_run, kv_bytes) for n, by_run in pts.items()} for label, pts in by_point.items()}
-    raw = {label: [{n: [episode_em(e) for e in by_run[run]] for n, by_run in pts.items()}
-                   for run in next(iter(pts.values()))] for label, pts in by_point.items()}
+    raw = episode_ems(by_point)
     real = {}
     for ds in DATASETS:
         for label, path in [("untrained", runs / f"untrained-{ds}" / "summary.json"),
@@ -270,9 +269,16 @@ def collect(runs: Path, kv_bytes: int) -> dict:
             "multihop": multihop, **{key: tuning_table(runs, *spec) for key, spec in TUNING.items()}}
 
 
+def episode_ems(by_point: dict[str, dict[int, dict[str, list[dict]]]]) -> dict[str, list[dict[int, list[float]]]]:
+    """label -> per run, N -> its episodes' EMs (the input of `slope_ci`), from label -> N -> run -> episodes."""
+    return {label: [{n: [episode_em(e) for e in by_run[run]] for n, by_run in pts.items()}
+                    for run in next(iter(pts.values()))] for label, pts in by_point.items()}
+
+
 def multihop_set(runs: Path, run_map: dict[str, tuple[str, ...]], kv_bytes: int) -> dict:
-    """One set of experiments/multihop runs: `curves` (label -> N -> `pooled_row`), every finished run's `budgets`
-    and `facts` (label -> N -> `agents.audit` outcome counts, seeds pooled)."""
+    """One set of experiments/multihop runs: `curves` (label -> N -> `pooled_row`), every finished run's `budgets`,
+    `facts` (label -> N -> `agents.audit` outcome counts, seeds pooled), `hops` and `raw` (`episode_ems`, for
+    H1-H3 on this set)."""
     points_, summaries = trained_points(runs, run_map)
     return {"curves": {label: {n: pooled_row(by_run, kv_bytes) for n, by_run in sorted(pts.items())}
                        for label, pts in points_.items()},
@@ -281,7 +287,8 @@ def multihop_set(runs: Path, run_map: dict[str, tuple[str, ...]], kv_bytes: int)
             "facts": {label: {n: outcome_counts([e for eps in by_run.values() for e in eps])
                               for n, by_run in sorted(pts.items())} for label, pts in points_.items()},
             "hops": {label: {n: hop_counts([e for eps in by_run.values() for e in eps])
-                             for n, by_run in sorted(pts.items())} for label, pts in points_.items()}}
+                             for n, by_run in sorted(pts.items())} for label, pts in points_.items()},
+            "raw": episode_ems(points_)}
 
 
 def trained_points(runs: Path, run_map: dict[str, tuple[str, ...]]) -> tuple[dict, dict]:
@@ -352,8 +359,13 @@ def h3_word(trained: dict[str, dict[int, dict]], hi_n: int) -> str:
 
 
 def verdicts(data: dict) -> list[str]:
-    """H1-H3 in words with their numbers; a hypothesis whose runs are missing is marked PENDING."""
-    curves, raw = data["curves"], data["raw"]
+    """H1-H3 of the comparison (`collect`'s curves and raw episode EMs)."""
+    return hypotheses(data["curves"], data["raw"])
+
+
+def hypotheses(curves: dict[str, dict[int, dict]], raw: dict[str, list[dict[int, list[float]]]]) -> list[str]:
+    """H1-H3 in words with their numbers, from curves (label -> N -> pooled row) and raw episode EMs (label -> per
+    run, N -> EMs); a hypothesis whose runs are missing is marked PENDING, H3 also when no curve has N = 2."""
     trained = {a: curves[f"{a} (trained)"] for a in RUNS if f"{a} (trained)" in curves}
     memory = {a: c for a, c in trained.items() if a != "full_context"}
     out = []
@@ -388,6 +400,9 @@ def verdicts(data: dict) -> list[str]:
     else:
         out.append("- **H2, trained memory agents lose less EM per added objective than full context: PENDING** "
                    "(the trained full-context run has not finished).")
+    if not all(2 in c for c in trained.values()):
+        out.append(f"- **H3, training at N = 2 generalizes to N = {hi_n}: PENDING** (no sweep point at N = 2).")
+        return out
     h3 = []
     for a, c in trained.items():
         un = curves.get(f"untrained {a}", {}).get(hi_n)
@@ -479,7 +494,9 @@ def multihop_section(mh: dict, out: Path, suffix: str = "") -> list[str]:
                          f"{r['context_full']:.2f} | {r['peak_tokens']:.0f} "
                          f"[{r['peak_tokens_ci'][0]:.0f}, {r['peak_tokens_ci'][1]:.0f}] | {r['max_tokens']} | "
                          f"{r['peak_kv_mib']:.1f} |")
-    lines += ["", *multihop_verdicts(curves), "", "Budget of every run (tokens trained: SFT + GRPO learner tokens; "
+    lines += ["", *multihop_verdicts(curves), "", "H1-H3 on this set (the criteria of the old comparison's Verdicts "
+              "section below, here on unseen tasks, pooled over this set's seeds):", "", *hypotheses(curves, mh["raw"]),
+              "", "Budget of every run (tokens trained: SFT + GRPO learner tokens; "
               "generated: GRPO rollouts; wall: every phase, evals and the sweep included):", "",
               "| run | SFT steps | GRPO steps | largest N reached | tokens trained | tokens generated | wall min |",
               "|---|---|---|---|---|---|---|"]

@@ -280,6 +280,11 @@ def test_results_page_has_the_multihop_comparison_with_ratios_verdicts_and_budge
     assert "**N = 8, memsearcher EM >= full context: CONFIRMED (intervals separate).** 0.500 [" in text
     assert "**N = 8, mem1 EM >= full context: NOT SHOWN (the intervals overlap).**" in text  # 0.2 vs 0.1 on 40 tasks
     assert "| multihop-memsearcher-s0 | 2 | 3 | 3 | 3,200 | 1,500 | 6.5 |" in text  # 60 + 240 + 3 points x 30 s
+    # H1-H3 on this set: memory peaks flat (1.00x) while full context grows 5.33x; full context's EM falls 0.5 -> 0
+    assert "mem1 1.00x (400 -> 400), memsearcher 1.00x (500 -> 500), full_context (trained) 5.33x (1500 -> 8000)" in text
+    assert text.count("growing for full context: CONFIRMED") == 1
+    assert "than full context: CONFIRMED.** EM slope" in text and "vs full context -0.0375 [" in text
+    assert "generalizes to N = 16: PENDING** (no sweep point at N = 2)" in text
     assert "| full_context (trained) | 16 | 1 | 40 | 0.000 [0.000, 0.000] | 0.00 | 1.00 | 0.25 | - | - | 0.00 |" in text
     # where the facts were lost (agents.audit): memsearcher answered 20 of its 40 N = 8 objectives, dropped 20
     assert ("| memsearcher (trained) | 8 | 40 | 20 (50%) | 0 (0%) | 0 (0%) | 0 (0%) | 0 (0%) | 20 (50%) | 0 (0%) | "
