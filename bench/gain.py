@@ -21,6 +21,7 @@ import json
 import math
 from pathlib import Path
 
+from memrl.bench.walltime import wall_seconds
 from memrl.plots import figure, label_axes, series
 from memrl.rl.metrics import read_metrics
 from memrl.rl.report import gain as paired_gain
@@ -37,7 +38,7 @@ def run_gain(summary: dict) -> dict:
     gain, se, paired = sft_gain(ev)
     out = {"sft_em": sft["em"], "sft_se": sft["em_stderr"], "grpo_em": grpo["em"], "grpo_se": grpo["em_stderr"],
            "tasks": int(grpo.get("episodes", 0)), "gain": gain, "se": se, "paired": paired,
-           "significant": gain > 2 * se, "seconds": sum(summary.get("timings", {}).values())}
+           "significant": gain > 2 * se, "seconds": wall_seconds(summary)}
     if ev.get("control"):
         c = ev["control"]
         out.update(control_em=c["em"], control_em_se=c["em_stderr"], control_steps=c.get("optimizer_steps"))

@@ -28,6 +28,7 @@ import numpy as np
 from memrl.agents.audit import OUTCOMES, hop_counts, outcome_counts
 from memrl.agents.evaluate import bootstrap_ci, episode_em
 from memrl.bench import gain as gain_mod
+from memrl.bench.walltime import wall_seconds
 from memrl.io import write_atomic
 from memrl.plots import figure, label_axes, log2_x, series
 from memrl.rl.metrics import read_metrics
@@ -317,16 +318,6 @@ def budget(run: Path, summary: dict) -> dict:
             "generated": int(sum(r.get("generated_tokens", 0) for r in grpo)),
             "max_n": max((int(r.get("curriculum_max_n", 0)) for r in grpo), default=0),
             "wall_s": wall_seconds(summary)}
-
-
-def wall_seconds(summary: dict) -> float:
-    """A run's wall time over every phase. The sweep counts as the sum of its points' own times (each row's
-    `wall_s`): a sweep resumed after a kill times only its last process in `timings`, its rows hold every point."""
-    timings = dict(summary.get("timings", {}))
-    rows = summary.get("evals", {}).get("sweep") or []
-    if rows and all("wall_s" in r for r in rows):
-        timings["eval_sweep"] = sum(r["wall_s"] for r in rows)
-    return float(sum(timings.values()))
 
 
 def separate(a: tuple[float, float, float], b: tuple[float, float, float]) -> bool:

@@ -38,6 +38,7 @@ from memrl.rl.curriculum import Curriculum
 from memrl.rl.export import export
 from memrl.rl.learner_group import LearnerGroup, check_resources
 from memrl.rl.metrics import MetricsWriter, read_metrics
+from memrl.rl.phases import PhaseClock
 from memrl.rl.placement import Placement
 from memrl.rl.rollout import RolloutManager
 from memrl.rl.services import start_retrieval, stop_retrieval
@@ -72,7 +73,7 @@ class Trainer:
         self.tokenizer = load_tokenizer(self.model_dir)
         self.kv_bytes = kv_bytes_per_token(self.model_dir)
         self.resume = resume
-        self.timings: dict[str, float] = {}
+        self.clock = PhaseClock()  # summary.json's timings (rl/phases.py)
         self.evals: dict[str, dict] = {}
         self._start_ray()
         t0 = time.perf_counter()
@@ -94,7 +95,7 @@ class Trainer:
         self.weights = WeightSync(self.learner, self.rollouts,  # the owner of the weight version
                                   backend_name(recipe.rollout.weight_sync, recipe.learner.lora_rank),
                                   recipe.rollout.sync_timeout)
-        self.timings["startup"] = time.perf_counter() - t0
+        startup = time.perf_counter() - t0
         self._pool = ThreadPoolExecutor(max_workers=1)  # the overlapped rollout (algorithm.max_staleness >= 1)
         self._ahead = None  # (step, future of its rollouts), started while the previous step learned
         self.step = 0
@@ -105,7 +106,7 @@ class Trainer:
             state = checkpoint.load(ckpt, self.learner)
             self.step, self.sft_done = state["step"], state.get("sft_done", 0)
             self.handoff_done = state.get("handoff_done", self.step > 0)
-            self.evals, self.timings = state.get("evals", {}), {**state.get("timings", {}), **self.timings}
+            self.evals, self.clock = state.get("evals", {}), PhaseClock(state.get("timings", {}))
             self.learner.steps = state.get("optimizer_steps", 0)
             self.weights.restore(state.get("version", 0))  # weight versions keep counting up across a resume
             log.info("resumed from %s (step %d)", ckpt, self.step)
@@ -114,6 +115,7 @@ class Trainer:
             self.sync_weights()
         elif resume:
             log.warning("--resume: no intact checkpoint under %s; starting fresh", self.out / "checkpoints")
+        self.clock.add("startup", startup)  # a resumed run's startup adds to the killed run's
         if ckpt is None:  # a fresh start in an old run's directory: its finished sweep points are not ours
             (self.out / "sweep_rows.jsonl").unlink(missing_ok=True)
         self.viewer = Viewer(self.out / "viewer.html", recipe.name, resume=ckpt is not None)
@@ -156,7 +158,8 @@ class Trainer:
             self._checkpoint()
         if "sweep" not in self.evals:
             self.evals["sweep"] = self._timed("eval_sweep", self.sweep)
-        summary = {"evals": self.evals, "timings": self.timings, "steps": self.step, "out": str(self.out)}
+        summary = {"evals": self.evals, "timings": self.clock.timings, "timings_exclusive": True, "steps": self.step,
+                   "out": str(self.out)}  # exclusive: a nested phase's time is not also in the outer one's
         (self.out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
         summary["model"] = str(self._timed("export", lambda: export(self.out, self.out / "model")))
         (self.out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
@@ -172,10 +175,12 @@ class Trainer:
         return result
 
     def _timed(self, name: str, fn):
-        t0 = time.perf_counter()
-        result = fn()
-        self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t0
-        return result
+        return self.clock.time(name, fn)
+
+    @property
+    def timings(self) -> dict[str, float]:
+        """Wall seconds per phase so far, each second once (rl/phases.py)."""
+        return self.clock.timings
 
     def sft(self) -> None:
         """Warm start on oracle trajectories in the agent's own multi-context format (CE on completions)."""
@@ -403,7 +408,7 @@ class Trainer:
         return self.weights.sync()
 
     def _state(self) -> dict:
-        return {"sft_done": self.sft_done, "evals": self.evals, "timings": self.timings,
+        return {"sft_done": self.sft_done, "evals": self.evals, "timings": self.clock.so_far(),  # phases running too
                 "optimizer_steps": self.learner.steps, "recipe": self.recipe.model_dump(mode="json"),
                 "version": self.version, "handoff_done": self.handoff_done,
                 "curriculum": self.curriculum.state_dict() if self.curriculum is not None else None}

@@ -10,6 +10,7 @@ from itertools import pairwise
 from pathlib import Path
 
 import pytest
+import torch
 
 from memrl.rl import checkpoint
 
@@ -71,6 +72,8 @@ def test_kill_9_then_resume_loses_and_repeats_no_step(tmp_path, new_orphan_engin
     proc.wait()
     killed_at = checkpoint.latest(out / "checkpoints")
     assert 2 <= _step(killed_at) < STEPS, killed_at
+    killed_timings = torch.load(killed_at / "trainer_state.pt", weights_only=False)["timings"]
+    assert killed_timings["grpo"] > 0  # a checkpoint written mid-GRPO holds the GRPO time up to it
     resumed = _train(out, "--resume")
     log, _ = resumed.communicate(timeout=900)
     assert resumed.returncode == 0, log
@@ -79,6 +82,8 @@ def test_kill_9_then_resume_loses_and_repeats_no_step(tmp_path, new_orphan_engin
     assert [r["step"] for r in rows] == list(range(STEPS))
     versions = [r["weight_version"] for r in rows]  # the resumed run goes on counting, never reuses a version
     assert all(a < b for a, b in pairwise(versions)), versions
+    summary = json.loads((out / "summary.json").read_text())  # the resumed steps' time adds to the killed run's
+    assert summary["timings_exclusive"] and summary["timings"]["grpo"] > killed_timings["grpo"], summary["timings"]
     assert not new_orphan_engines(), "the SIGKILLed run left its vLLM EngineCore running"
 
 
