@@ -349,11 +349,6 @@ def h3_word(trained: dict[str, dict[int, dict]], hi_n: int) -> str:
     return "REFUTED"
 
 
-def verdicts(data: dict) -> list[str]:
-    """H1-H3 of the comparison (`collect`'s curves and raw episode EMs)."""
-    return hypotheses(data["curves"], data["raw"])
-
-
 def hypotheses(curves: dict[str, dict[int, dict]], raw: dict[str, list[dict[int, list[float]]]]) -> list[str]:
     """H1-H3 in words with their numbers, from curves (label -> N -> pooled row) and raw episode EMs (label -> per
     run, N -> EMs); a hypothesis whose runs are missing is marked PENDING, H3 also when no curve has N = 2."""
@@ -617,7 +612,7 @@ def write(data: dict, out: Path, kv_bytes: int) -> Path:
     template = (Path(__file__).parent / "results_template.md").read_text()
     notes = out / "results_notes.md"
     text = template.format(
-        verdicts="\n".join(verdicts(data)) or "(runs missing)", training="\n".join(training_tables(data["summaries"])),
+        verdicts="\n".join(hypotheses(data["curves"], data["raw"])) or "(runs missing)", training="\n".join(training_tables(data["summaries"])),
         sweep="\n".join(lines),
         real="\n".join(real), kv_bytes=kv_bytes, gain=gain, notes=notes.read_text() if notes.exists() else "",
         real_train="\n".join(real_train_table(data.get("real_train"))),
