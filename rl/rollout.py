@@ -327,7 +327,9 @@ class RolloutManager:
             done, _ = ray.wait(list(pending), num_returns=1, timeout=self.timeout)
             if not done:
                 raise TimeoutError(f"no rollout chunk finished within {self.timeout:.0f}s "
-                                   f"(rollout.rollout_timeout); workers may be hung")
+                                   f"(rollout.rollout_timeout): the workers may be hung, or one chunk needs longer (on CPU a "
+                                   f"long-context eval point can take over 30 min; raise rollout.rollout_timeout "
+                                   f"and rerun; `memrl train --resume` keeps the finished sweep points)")
             ref = done[0]
             chunk, lo, hi, w = pending.pop(ref)
             idle.append(w)
