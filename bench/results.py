@@ -327,14 +327,32 @@ def separate(a: tuple[float, float, float], b: tuple[float, float, float]) -> bo
 
 def h2_word(slopes: dict[str, tuple[float, float, float]], memory: list[str]) -> str:
     """H2's verdict from EM slopes (point, low, high) per agent: CONFIRMED when every memory agent's interval
-    lies above full context's, REFUTED when every memory agent's lies below it, otherwise NOT SHOWN (intervals
-    that overlap decide nothing, whichever way the point estimates lean)."""
+    lies above full context's, REFUTED when every memory agent's lies below it, NOT SHOWN when every interval
+    overlaps (overlap decides nothing, whichever way the point estimates lean); otherwise the word per agent."""
     f = slopes["full_context"]
-    if all(slopes[a][0] > f[0] and separate(slopes[a], f) for a in memory):
-        return "CONFIRMED"
-    if all(slopes[a][0] < f[0] and separate(slopes[a], f) for a in memory):
-        return "REFUTED"
-    return "NOT SHOWN (the intervals overlap)"
+
+    def word(a: str) -> str:
+        if not separate(slopes[a], f):
+            return "NOT SHOWN"
+        return "CONFIRMED" if slopes[a][0] > f[0] else "REFUTED"
+
+    words = {a: word(a) for a in memory}
+    if len(set(words.values())) == 1:
+        only = next(iter(words.values()))
+        return only + (" (the intervals overlap)" if only == "NOT SHOWN" else "")
+    return "MIXED: " + ", ".join(f"{w} for {a}" for a, w in words.items())
+
+
+FLOOR_EM = 0.01  # EM at or below this at every N >= FIT_MIN_N: a slope at the floor
+
+
+def floor_caveat(fc: dict[int, dict]) -> str:
+    """A warning when full context's EM is at most FLOOR_EM at every N >= FIT_MIN_N: its slope then can hardly
+    fall, so a flatter slope there means nothing was lost because nothing was held, not a strength."""
+    if all(row["em"] <= FLOOR_EM for n, row in fc.items() if n >= FIT_MIN_N):
+        return (f" Full context's EM is at most {FLOOR_EM} at every N >= {FIT_MIN_N}, so its slope can hardly "
+                f"fall: the comparison is at the floor and says nothing about holding accuracy.")
+    return ""
 
 
 def h3_word(trained: dict[str, dict[int, dict]], hi_n: int) -> str:
@@ -382,7 +400,8 @@ def hypotheses(curves: dict[str, dict[int, dict]], raw: dict[str, list[dict[int,
         verdict = h2_word(slopes, list(memory))
         out.append(f"- **H2, trained memory agents lose less EM per added objective than full context: {verdict}.** "
                    f"EM slope per added objective (least squares over N >= {FIT_MIN_N}, pooled over "
-                   f"{runs_word(trained)}, 95% two-level bootstrap): " + "; ".join(lines) + ".")
+                   f"{runs_word(trained)}, 95% two-level bootstrap): " + "; ".join(lines) + "."
+                   + floor_caveat(trained["full_context"]))
     else:
         out.append("- **H2, trained memory agents lose less EM per added objective than full context: PENDING** "
                    "(the trained full-context run has not finished).")

@@ -124,11 +124,20 @@ def test_h2_verdict_separates_significant_from_point_estimate_differences():
     assert results.h2_word({"full_context": fc, "mem1": (-0.08, -0.09, -0.07)}, ["mem1"]) == "REFUTED"
     both = results.h2_word({"full_context": fc, "mem1": (-0.04, -0.05, -0.03), "memsearcher": (-0.08, -0.09, -0.07)},
                            ["mem1", "memsearcher"])
-    assert both == "NOT SHOWN (the intervals overlap)"  # mem1 ties full context: overlap decides nothing
+    assert both == "MIXED: NOT SHOWN for mem1, REFUTED for memsearcher"  # mem1's overlap decides nothing for mem1
+    tie = results.h2_word({"full_context": fc, "mem1": (-0.04, -0.05, -0.03), "memsearcher": (-0.03, -0.045, -0.02)},
+                          ["mem1", "memsearcher"])
+    assert tie == "NOT SHOWN (the intervals overlap)"
     worse = results.h2_word({"full_context": fc, "mem1": (-0.045, -0.06, -0.035)}, ["mem1"])
     assert worse.startswith("NOT SHOWN")  # steeper point estimate, overlapping interval: not a refutation
     assert results.separate((-0.08, -0.09, -0.07), fc) and results.separate((-0.01, -0.02, -0.00), fc)
     assert not results.separate((-0.03, -0.045, -0.02), fc)
+
+
+def test_h2_warns_when_full_context_slope_is_at_the_floor():
+    floor = {1: {"em": 0.3}, 2: {"em": 0.0}, 4: {"em": 0.005}, 16: {"em": 0.0}}
+    assert "at the floor" in results.floor_caveat(floor)  # N = 1 is outside the fit and may score
+    assert results.floor_caveat({**floor, 4: {"em": 0.05}}) == ""
 
 
 def test_h3_needs_as_many_objectives_right_at_16_as_at_2():
