@@ -149,7 +149,9 @@ class RolloutCfg(Section):
     top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling for training rollouts (< 1 makes the "
                          "PPO ratio inexact: the learner does not truncate its distribution)")
     env_timeout: float = Field(60.0, gt=0, description="seconds an env reset/step may take before its episode fails")
-    rollout_timeout: float = Field(1800.0, gt=0, description="seconds a worker batch may take before it is re-run")
+    rollout_timeout: float = Field(1800.0, gt=0, description="seconds a busy rollout worker may go without finishing "
+                                   "a generation before the run stops as hung (a chunk that keeps generating may take "
+                                   "any time); also the bound on a worker's start, restart and weight loads")
     sync_timeout: float = Field(600.0, gt=0, description="seconds a weight sync (and forming its transfer group) may "
                                 "take on the learner ranks; past it the run stops with an error naming the ranks "
                                 "that did not finish")

@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 # calls a worker serves at once: a rollout, the weight-transfer calls that land during it, and status queries
 CONCURRENCY = 4
+POLL_S = 60.0  # at most this long between two checks that the busy workers still generate (the hang detector)
 
 
 class StaleWeights(RuntimeError):
@@ -81,11 +82,19 @@ class RolloutWorker:
         self.backend = VLLMBackend(model_dir, rollout=rollout, seed=seed, lora_rank=lora_rank, sleep_mode=sleep_mode,
                                    engine=engine)
         self.envs: dict[str, list] = {}
-        self.fault = fault or {}  # test hook: {"die_after_turns": n, "once_file": path} exits mid-rollout
+        # test hooks: {"die_after_turns": n, "once_file": path} exits mid-rollout; {"turn_sleep_file": path}
+        # sleeps the seconds written in that file after each round of finished generations (a slow or hung engine)
+        self.fault = fault or {}
+        self.last_progress = time.monotonic()  # when this worker last started a chunk or finished a generation
         self.transfer_epoch = 0  # the weight-transfer group this engine is in (0: none; a restarted actor)
 
     def ready(self) -> int:
         return os.getpid()
+
+    def idle_seconds(self) -> float:
+        """Seconds since this worker last started a rollout chunk or finished a generation: the manager's hang
+        detector (answered on another actor thread while a rollout runs)."""
+        return time.monotonic() - self.last_progress
 
     def version(self) -> int:
         return self.backend.version
@@ -153,6 +162,7 @@ class RolloutWorker:
         `version` is the weight version the caller wants: a worker behind it loads `weights[0]` (a Ray ref
         of the weights blob) or, given none, raises StaleWeights; a worker ahead of it just runs. The `fault`
         test hook kills the process (`os._exit(1)`) at the `die_after_turns`-th round of finished generations."""
+        self.last_progress = time.monotonic()
         if self.backend.version < version:  # newer is fine: an update may land between dispatch and start
             if not weights:
                 raise StaleWeights(f"worker at weight version {self.backend.version}, asked for {version}")
@@ -165,6 +175,7 @@ class RolloutWorker:
         turns_seen = [0]
 
         def on_turn(live: int, tokens: int) -> None:
+            self.last_progress = time.monotonic()
             turns_seen[0] += 1
             stats.turns += live
             stats.generated_tokens += tokens
@@ -173,6 +184,9 @@ class RolloutWorker:
                 if marker:
                     open(marker, "w").close()
                 os._exit(1)  # a real crash of this worker process, for the fault tests
+            sleep_file = self.fault.get("turn_sleep_file")
+            if sleep_file and os.path.exists(sleep_file):
+                time.sleep(float(open(sleep_file).read()))  # a slow (or, for long, hung) engine, for the tests
 
         t0 = time.perf_counter()
         trajs = run_episodes(agent_obj, self._env_pool(env, len(seeds)), seeds, streaming_policy(self.backend),
@@ -324,12 +338,10 @@ class RolloutManager:
                                                     self.version, weights, env_timeout,
                                                     None if sample_seeds is None else sample_seeds[lo:hi])
                 pending[ref] = (chunk, lo, hi, w)
-            done, _ = ray.wait(list(pending), num_returns=1, timeout=self.timeout)
+            done, _ = ray.wait(list(pending), num_returns=1, timeout=self._poll_s())
             if not done:
-                raise TimeoutError(f"no rollout chunk finished within {self.timeout:.0f}s "
-                                   f"(rollout.rollout_timeout): the workers may be hung, or one chunk needs longer (on CPU a "
-                                   f"long-context eval point can take over 30 min; raise rollout.rollout_timeout "
-                                   f"and rerun; `memrl train --resume` keeps the finished sweep points)")
+                self._check_progress([w for *_, w in pending.values()])
+                continue
             ref = done[0]
             chunk, lo, hi, w = pending.pop(ref)
             idle.append(w)
@@ -363,6 +375,29 @@ class RolloutManager:
         merged.episodes = len(trajs)
         merged.wall_time = time.perf_counter() - t0
         return trajs, merged
+
+    def _poll_s(self) -> float:
+        """How often a waiting rollout asks its busy workers whether they still make progress."""
+        return min(self.timeout, POLL_S)
+
+    def _check_progress(self, busy: list[int]) -> None:
+        """Raise TimeoutError when a busy worker has gone `rollout_timeout` seconds without finishing a generation
+        (or does not answer): a hang, not a slow chunk; a long chunk that keeps generating may take any time."""
+        import ray
+        from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError
+
+        for w in busy:
+            try:
+                idle = ray.get(self.workers[w].idle_seconds.remote(), timeout=self._poll_s())
+            except (ActorUnavailableError, RayActorError):
+                continue  # a dead worker: its pending chunk fails next and is re-run
+            except GetTimeoutError:
+                idle = float("inf")  # every actor thread is stuck: as hung as it gets
+            if idle > self.timeout:
+                raise TimeoutError(f"rollout worker {w} finished no generation for {idle:.0f}s "
+                                   f"(> rollout.rollout_timeout {self.timeout:.0f}s): it is hung. A slow chunk that "
+                                   f"keeps generating is never stopped by this; `memrl train --resume` keeps the "
+                                   f"finished sweep points and checkpoints")
 
     def _await_restart(self, w: int) -> None:
         """Block until Ray has restarted worker `w` (bounded by the rollout timeout)."""
