@@ -156,7 +156,7 @@ def _envs_list(args: argparse.Namespace) -> int:
 
 
 BENCHES = ("rollout", "learner", "gpu", "memory_scaling", "trl_compare", "roofline", "results", "gain", "scaling", "async",
-           "lora")
+           "lora", "engine_start")
 BENCH_MODULES = {"async": "overlap"}  # `async` is a Python keyword: its module is bench/overlap.py
 
 

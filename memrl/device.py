@@ -84,6 +84,10 @@ class DevicePlan:
                              "runs on CPU (set it to 1)")
         if sleep_mode and self.sleep_mode:
             args["enable_sleep_mode"] = True
+        if self.kind == "cpu":  # the worker forked from the engine core, not spawned (agents/engine_fork.py)
+            from memrl.agents.engine_fork import ForkWorkerExecutor
+
+            args["distributed_executor_backend"] = ForkWorkerExecutor
         return args
 
     def vllm_env(self, kv_cache_gib: float = 1.0, engine: tuple[int, int] = (0, 1)) -> dict[str, str]:
