@@ -5,7 +5,7 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.memrl-installed
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install quickstart test lint clean
+.PHONY: install quickstart test lint clean gpu-wheels
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -30,5 +30,18 @@ test: install
 lint: install
 	$(VENV)/bin/ruff check .
 
+# Wheels for bench/gpu_check.sh: a GPU machine with Python 3.12, torch and transformers but no network carries
+# memrl and what it needs beyond those (DeepSpeed built pure-Python, no compiled ops; the versions installed here).
+GPU_WHEELS := pydantic pydantic_core annotated_types typing_inspection hjson gymnasium farama_notifications
+gpu-wheels: install
+	rm -rf .whl && mkdir -p .whl
+	$(PIP) download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	  --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 -d .whl \
+	  $$(for p in $(GPU_WHEELS); do echo "$$p==$$($(PY) -c "import importlib.metadata as m; print(m.version('$$p'))")"; done)
+	$(PIP) download -q --no-deps --no-binary=:all: -d build/ds "deepspeed==$$($(PY) -c "import importlib.metadata as m; print(m.version('deepspeed'))")"
+	tar xzf build/ds/deepspeed-*.tar.gz -C build/ds
+	cd build/ds/deepspeed-*/ && DS_BUILD_OPS=0 ../../../$(PIP) wheel -q --no-deps --no-build-isolation -w ../../../.whl .
+	$(PIP) wheel -q --no-deps --no-build-isolation -w .whl .
+
 clean:
-	rm -rf $(VENV) build dist *.egg-info
+	rm -rf $(VENV) build dist *.egg-info .whl

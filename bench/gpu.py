@@ -59,24 +59,26 @@ def _reset_memory(device: str) -> None:
         torch.cuda.reset_peak_memory_stats()
 
 
-def time_memrl(model_dir: Path, contexts: int, length: int, repeats: int, prompt_share: float):
-    """(seconds per learner step, peak GiB or None, params, the batch): the learner is freed on return."""
+def time_memrl(model_dir: Path, trajs, repeats: int, zero_stage: int = 2):
+    """(seconds per learner step, peak GiB or None, params) on the batch `trajs`."""
     from memrl.rl.learner import Learner
     from memrl.testing import learner_sections
 
     dev = plan()
     _reset_memory(dev.kind)
-    learner = Learner(str(model_dir), **learner_sections(zero_stage=2, lr=1e-6, clip_high=0.2,
+    learner = Learner(str(model_dir), **learner_sections(zero_stage=zero_stage, lr=1e-6, clip_high=0.2,
                                                          gradient_checkpointing=True,
-                                                         micro_batch_tokens=contexts * length))
+                                                         micro_batch_tokens=sum(len(c) for t in trajs
+                                                                                for c in t.contexts)))
     params = sum(p.numel() for p in learner.module.parameters())
-    trajs = batch(contexts, length, learner.module.config.vocab_size, prompt_share=prompt_share)
     t = timed(lambda: (learner.train_step(trajs), _sync(dev.kind)), repeats)
-    return t, _peak_memory(dev.kind), params, trajs
+    return t, _peak_memory(dev.kind), params
 
 
 def time_plain(model_dir: Path, trajs, repeats: int):
-    """(seconds per step, peak GiB or None) of the plain loop: same loss and AdamW, logits everywhere."""
+    """(seconds per step, peak GiB or None) of the plain loop: same loss and AdamW, logits everywhere. Timed first:
+    a DeepSpeed engine is not reliably freed by dropping it, and the plain loop's logits need the room (an H200 ran
+    out of memory at the 1.5B config with the learner timed first)."""
     from transformers import AutoModelForCausalLM
 
     dev = plan()
@@ -99,16 +101,18 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def run_config(name: str, contexts: int, length: int, repeats: int, prompt_share: float) -> dict:
+def run_config(name: str, contexts: int, length: int, repeats: int, prompt_share: float, zero_stage: int = 2
+               ) -> dict:
     """Time memrl's learner and the plain loop on one config; returns the row."""
     import gc
 
     dev = plan()
+    trajs = batch(contexts, length, CONFIGS[name]["vocab_size"], prompt_share=prompt_share)
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = random_model_dir(name, Path(tmp) / name, dev.dtype)
-        t_memrl, mem_memrl, params, trajs = time_memrl(model_dir, contexts, length, repeats, prompt_share)
-        gc.collect()
         t_plain, mem_plain = time_plain(model_dir, trajs, repeats)
+        gc.collect()
+        t_memrl, mem_memrl, params = time_memrl(model_dir, trajs, repeats, zero_stage)
     peak = matmul_peak_flops(dtype=dev.dtype)
     tokens = contexts * length
     return {"config": name, "params": params, "dtype": dev.dtype_name, "tokens": tokens,
@@ -128,24 +132,28 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--length", type=int, default=2048)
     ap.add_argument("--prompt-share", type=float, default=0.5)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--zero-stage", type=int, default=2, choices=(0, 1, 2, 3), help="memrl learner's ZeRO stage")
     args = ap.parse_args(argv)
     names = args.configs.split(",")
     unknown = [n for n in names if n not in CONFIGS]
     if unknown:
         raise SystemExit(f"unknown config(s) {unknown}; choose from {sorted(CONFIGS)}")
     dev = plan()
-    rows = [run_config(name, args.contexts, args.length, args.repeats, args.prompt_share) for name in names]
     print(f"machine: {machine()}")
-    print(f"{args.contexts} contexts x {args.length} tokens ({100 * args.prompt_share:.0f}% prompt), ZeRO-2, "
+    print(f"{args.contexts} contexts x {args.length} tokens ({100 * args.prompt_share:.0f}% prompt), "
+          f"ZeRO-{args.zero_stage}, "
           f"gradient checkpointing, {dev.dtype_name}; peak = measured {dev.dtype_name} matmul")
     print("| config | params | memrl tok/s | plain tok/s | memrl / plain time | memrl share of peak | "
           "plain share of peak | memrl peak GiB | plain peak GiB |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
+    print("|---|---|---|---|---|---|---|---|---|", flush=True)
+    rows = []
+    for name in names:  # each row as soon as it is measured: a later config that fails keeps the earlier ones
+        r = run_config(name, args.contexts, args.length, args.repeats, args.prompt_share, args.zero_stage)
+        rows.append(r)
         mem = [f"{v:.1f}" if v is not None else "n/a (CPU)" for v in (r["memrl_peak_gib"], r["plain_peak_gib"])]
         print(f"| {r['config']} | {r['params'] / 1e6:.0f}M | {r['memrl_tokens_per_s']:.0f} | "
               f"{r['plain_tokens_per_s']:.0f} | {r['ratio']:.3f} | {r['memrl_peak_fraction']:.3f} | "
-              f"{r['plain_peak_fraction']:.3f} | {mem[0]} | {mem[1]} |")
+              f"{r['plain_peak_fraction']:.3f} | {mem[0]} | {mem[1]} |", flush=True)
     return rows
 
 

@@ -170,11 +170,24 @@ def learner_autocast(kind: str, flags: frozenset[str] | set[str] | None = None) 
     return torch.bfloat16 if set(BF16_CPU_FLAGS) & (cpu_flags() if flags is None else flags) else None
 
 
+def learner_dtype(kind: str) -> torch.dtype:
+    """The learner's weight dtype: bf16 on GPU, fp32 on CPU (which gets bf16 compute from `learner_autocast`).
+    $MEMRL_LEARNER_DTYPE=float32 keeps fp32 weights on GPU too: numerics checks, and the hand-computed losses of the
+    test suite run exactly on a GPU (bench/gpu_check.sh); auto (the default) or bfloat16 otherwise."""
+    choice = os.environ.get("MEMRL_LEARNER_DTYPE", "auto")
+    if choice not in ("auto", "float32", "bfloat16"):
+        raise ValueError(f"MEMRL_LEARNER_DTYPE must be one of auto, float32, bfloat16; got {choice!r}")
+    if kind == "cpu" and choice == "bfloat16":
+        raise ValueError("MEMRL_LEARNER_DTYPE=bfloat16 is for GPUs: a CPU learner keeps fp32 weights and computes in "
+                         "bf16 under MEMRL_AUTOCAST=bfloat16")
+    return torch.float32 if kind == "cpu" or choice == "float32" else torch.bfloat16
+
+
 def plan(force: str | None = None) -> DevicePlan:
     """Pick the device plan: $MEMRL_DEVICE ("cpu"/"cuda") or `force` overrides auto-detection."""
     choice = force or os.environ.get("MEMRL_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
     if choice == "cuda":
-        return DevicePlan("cuda", torch.bfloat16, "nccl", rollout_dtype("cuda"))
+        return DevicePlan("cuda", learner_dtype("cuda"), "nccl", rollout_dtype("cuda"))
     if choice == "cpu":
-        return DevicePlan("cpu", torch.float32, "gloo", rollout_dtype("cpu"), learner_autocast("cpu"))
+        return DevicePlan("cpu", learner_dtype("cpu"), "gloo", rollout_dtype("cpu"), learner_autocast("cpu"))
     raise ValueError(f"MEMRL_DEVICE must be 'cpu' or 'cuda', got {choice!r}")

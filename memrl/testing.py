@@ -117,6 +117,18 @@ def float_tolerance(dtype=None) -> float:
     return {torch.float32: 1e-5, torch.bfloat16: 2e-3}[dtype or plan().dtype]
 
 
+def weight_tolerance(dtype=None) -> float:
+    """Relative agreement to expect between two learners' weights after the same update from the same stored
+    weights: fp32 as `float_tolerance`; bf16 one bf16 spacing (2^-7 relative), since a checkpoint written in bf16 drops
+    the low bits of the fp32 master weights that DeepSpeed's bf16 optimizer keeps (an H200 run measured exactly that
+    one spacing, 0.0078 at a weight of 1.04)."""
+    import torch
+
+    from memrl.device import plan
+
+    return {torch.float32: float_tolerance(torch.float32), torch.bfloat16: 2.0**-7}[dtype or plan().dtype]
+
+
 def visible_lr(dtype=None) -> float:
     """A learning rate whose first Adam step (~lr per weight) changes every trained weight at `dtype`'s
     resolution: 1e-3 in fp32; bf16 weights of ~1 (norms) move only by steps above its 2^-7 spacing."""

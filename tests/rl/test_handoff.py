@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from memrl.rl.learner import Learner
-from memrl.testing import float_tolerance, learner_sections, visible_lr
+from memrl.testing import learner_sections, visible_lr, weight_tolerance
 from tests.rl.test_learner import _trajs
 
 
@@ -21,6 +21,11 @@ def _max_diff(a: dict, b: dict) -> float:
     return max(float((a[k] - b[k]).abs().max()) for k in a)
 
 
+def _bound(weights: dict) -> float:
+    """How far two learners' weights may lie apart after the same update from the same stored weights."""
+    return weight_tolerance() * max(1.0, max(float(v.abs().max()) for v in weights.values()))
+
+
 def test_after_reset_the_first_grpo_update_is_a_fresh_optimizers(tmp_path):
     warm = _learner("tiny:0")
     _sft(warm)
@@ -35,8 +40,7 @@ def test_after_reset_the_first_grpo_update_is_a_fresh_optimizers(tmp_path):
     assert warm.steps == 0
     warm.train_step(_trajs(0))
     got = warm.state_dict()
-    tol = float_tolerance()
-    assert _max_diff(got, want) <= tol * max(1.0, max(float(v.abs().max()) for v in want.values()))
+    assert _max_diff(got, want) <= _bound(want)
 
 
 def test_without_the_reset_sft_momentum_moves_the_first_grpo_update(tmp_path):
@@ -48,7 +52,7 @@ def test_without_the_reset_sft_momentum_moves_the_first_grpo_update(tmp_path):
     fresh = _learner(str(tmp_path / "warm"))
     fresh.train_step(_trajs(0))
     warm.train_step(_trajs(0))  # no reset: Adam's moments of the SFT steps carry over
-    assert _max_diff(warm.state_dict(), fresh.state_dict()) > 100 * float_tolerance()
+    assert _max_diff(warm.state_dict(), fresh.state_dict()) > 4 * _bound(fresh.state_dict())
 
 
 def test_the_kl_reference_is_the_policy_grpo_starts_from():
@@ -61,7 +65,7 @@ def test_the_kl_reference_is_the_policy_grpo_starts_from():
     learner.reset_reference()
     assert learner.score(trajs)["kl"] == pytest.approx(0.0, abs=1e-7)
     ref = learner.ref.state_dict()
-    assert all(torch.equal(ref[k], v) for k, v in learner.state_dict().items())
+    assert all(torch.equal(ref[k].to(v.device), v) for k, v in learner.state_dict().items())
 
 
 def test_load_reference_reads_a_model_directory(tmp_path):

@@ -63,10 +63,14 @@ def _assert_same_step(a, b, keys: tuple[str, ...]) -> None:
     assert max(float(ga[k].abs().max()) for k in ga) > 1e-2  # the gradients compared are not all ~0
     # Adam's first step is lr * g / (|g| + eps) (lr = 1e-5): where the gradient is well above float noise the
     # two updates agree closely; on noise-level entries (~5%, e.g. embeddings of absent tokens) they can
-    # differ by up to 2 lr.
+    # differ by up to 2 lr. (state_dict is on the CPU, the hooks' gradients on the learner's device.)
     dp = torch.cat([(pa[k] - pb[k]).abs().flatten() for k in ga])
-    g = torch.cat([ga[k].abs().flatten() for k in ga])
-    assert float(dp[g > 1e-6].max()) < 1e-7 and float(dp.max()) <= 2e-5
+    g = torch.cat([ga[k].abs().flatten().cpu() for k in ga])
+    if tol < 1e-4:
+        assert float(dp[g > 1e-6].max()) < 1e-7 and float(dp.max()) <= 2e-5
+    else:  # bf16 weights: the fp32 master copies (2 lr apart at most) round to one bf16 spacing apart at most
+        top = torch.cat([torch.maximum(pa[k].abs(), pb[k].abs()).flatten().float() for k in ga])
+        assert bool((dp.float() <= top * 2.0**-7 + 2e-5).all())
 
 
 def test_packed_batch_lays_out_the_same_per_token_tensors_as_the_padded_batch():

@@ -71,11 +71,12 @@ def test_a_gspo_step_of_the_learner_matches_the_hand_computation():
     """seq_mean_token_mean weights a context's tokens 1 / (n_c * C), so the step's pg_loss is the mean over the
     C contexts of max(-A s_c, -A clip(s_c)) with s_c = exp(mean over its loss tokens of logp - old_logp)."""
     from memrl.rl.learner import Learner
-    from memrl.testing import learner_sections, visible_lr
+    from memrl.testing import float_tolerance, learner_sections, visible_lr
 
-    clip = 0.05
+    clip = 0.05  # the ratio against the engine's log-probs, also on GPU (where old_logprobs auto is recompute)
     learner = Learner("tiny:0", **learner_sections(policy_loss="gspo", clip_low=clip, clip_high=clip,
-                                                   loss_agg="seq_mean_token_mean", lr=visible_lr()), seed=0)
+                                                   loss_agg="seq_mean_token_mean", lr=visible_lr(),
+                                                   old_logprobs="engine"), seed=0)
     trajs = _trajs()
     contexts = [(c, t.advantage) for t in trajs for c in t.contexts]
     now = learner.context_logprobs([c for c, _ in contexts])
@@ -89,7 +90,7 @@ def test_a_gspo_step_of_the_learner_matches_the_hand_computation():
     before = {k: v.clone() for k, v in learner.state_dict().items()}
     m = learner.train_step(trajs)
     assert m["skipped"] == 0.0 and m["contexts"] == 6
-    assert m["pg_loss"] == pytest.approx(want, rel=1e-4, abs=1e-6)
+    assert m["pg_loss"] == pytest.approx(want, rel=max(1e-4, float_tolerance()), abs=1e-6)
     assert 0 < m["clip_frac"] < 1  # some contexts clipped as a whole, others not
     after = learner.state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)  # it trains

@@ -60,7 +60,7 @@ def test_each_context_of_a_two_version_trajectory_uses_its_own_behaviour_logprob
     clip, adv, coef = 2.0, 0.8, 0.01
     learner = Learner("tiny:0", **learner_sections(zero_stage=2, lr=1e-3, max_staleness=1, is_clip=clip,
                                                    loss_agg="token_mean", clip_low=0.2, clip_high=0.28,
-                                                   entropy_coef=coef), seed=0)
+                                                   entropy_coef=coef, old_logprobs="engine"), seed=0)
     traj = _two_version_trajectory(learner.module.config.vocab_size)
     for c in traj.contexts:  # the current policy's log-probs from a plain forward (not the learner's batches)
         ids = torch.tensor([c.token_ids], device=learner.device.torch_device)
@@ -98,7 +98,8 @@ def test_with_no_stale_context_the_update_is_the_synchronous_one():
 
     results = []
     for staleness in (0, 1):
-        learner = Learner("tiny:0", **learner_sections(zero_stage=2, lr=1e-3, max_staleness=staleness), seed=0)
+        learner = Learner("tiny:0", **learner_sections(zero_stage=2, lr=1e-3, max_staleness=staleness,
+                                                       old_logprobs="engine"), seed=0)
         trajs = _trajs(0)
         for t in trajs:
             t.weight_version = 3
