@@ -3,10 +3,12 @@
 Needs only torch, transformers and DeepSpeed (no vLLM, no Ray), so it runs where those cannot. For each
 config (SmolLM2-135M and Qwen2.5-1.5B by default; `tiny` for a smoke run) it writes a random-init model
 in the device's dtype, then times memrl's learner step (DeepSpeed, logits only at loss positions) and a
-plain loop (the same loss and AdamW, logits at every position) on the same batch, both with gradient
-checkpointing. Prints tokens/s, achieved FLOP/s (6 x params x tokens) as a share of this device's
-measured matmul peak in that dtype, peak memory on GPU, and the ratio memrl / plain (goal on GPU:
-<= 1.05, and >= 0.5 of peak at 1.5B).
+plain loop (the same loss and AdamW, logits at every position) on the same batch, all with gradient
+checkpointing. The plain loop runs twice: on weights in the device's dtype (bf16 on GPU, AdamW with no fp32
+master copy) and as AMP (fp32 weights and AdamW, bf16 autocast: the optimizer state memrl's DeepSpeed bf16 learner
+also keeps). Prints tokens/s, achieved FLOP/s (6 x params x tokens) as a share of this device's measured matmul
+peak in that dtype, peak memory on GPU, and the ratios memrl / plain (goal on GPU: <= 1.05, and >= 0.5 of peak at
+1.5B).
 
     memrl bench gpu                               # 135M and 1.5B, 16 contexts x 2048 tokens
     memrl bench gpu --configs tiny --contexts 2 --length 64 --repeats 1   # CPU smoke run
@@ -75,22 +77,25 @@ def time_memrl(model_dir: Path, trajs, repeats: int, zero_stage: int = 2):
     return t, _peak_memory(dev.kind), params
 
 
-def time_plain(model_dir: Path, trajs, repeats: int):
-    """(seconds per step, peak GiB or None) of the plain loop: same loss and AdamW, logits everywhere. Timed first:
-    a DeepSpeed engine is not reliably freed by dropping it, and the plain loop's logits need the room (an H200 ran
+def time_plain(model_dir: Path, trajs, repeats: int, amp: bool = False):
+    """(seconds per step, peak GiB or None) of the plain loop: same loss and AdamW, logits everywhere; its weights
+    in the device's dtype (bf16 on GPU: AdamW on bf16 weights, no fp32 master copy), or with `amp` fp32 weights and
+    AdamW under bf16 autocast (the optimizer state memrl's DeepSpeed bf16 learner keeps too). Timed first: a
+    DeepSpeed engine is not reliably freed by dropping it, and the plain loop's logits need the room (an H200 ran
     out of memory at the 1.5B config with the learner timed first)."""
     from transformers import AutoModelForCausalLM
 
     dev = plan()
     _reset_memory(dev.kind)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dev.dtype).to(dev.torch_device)
+    dtype = torch.float32 if amp else dev.dtype
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(dev.torch_device)
     model.gradient_checkpointing_enable()
     model.config.use_cache = False
     opt = torch.optim.AdamW(model.parameters(), lr=1e-6)
 
     def step() -> None:
         with torch.device(dev.torch_device):  # plain_step's tensors are made on the model's device
-            plain_step(model, opt, trajs)
+            plain_step(model, opt, trajs, autocast=amp)
         _sync(dev.kind)
 
     return timed(step, repeats), _peak_memory(dev.kind)
@@ -103,7 +108,8 @@ def _sync(device: str) -> None:
 
 def run_config(name: str, contexts: int, length: int, repeats: int, prompt_share: float, zero_stage: int = 2
                ) -> dict:
-    """Time memrl's learner and the plain loop on one config; returns the row."""
+    """Time the plain loop (device-dtype weights, then fp32 weights under bf16 autocast) and memrl's learner on
+    one config; returns the row."""
     import gc
 
     dev = plan()
@@ -112,15 +118,17 @@ def run_config(name: str, contexts: int, length: int, repeats: int, prompt_share
         model_dir = random_model_dir(name, Path(tmp) / name, dev.dtype)
         t_plain, mem_plain = time_plain(model_dir, trajs, repeats)
         gc.collect()
+        t_amp, mem_amp = time_plain(model_dir, trajs, repeats, amp=True)
+        gc.collect()
         t_memrl, mem_memrl, params = time_memrl(model_dir, trajs, repeats, zero_stage)
     peak = matmul_peak_flops(dtype=dev.dtype)
     tokens = contexts * length
     return {"config": name, "params": params, "dtype": dev.dtype_name, "tokens": tokens,
             "memrl_tokens_per_s": tokens / t_memrl, "plain_tokens_per_s": tokens / t_plain,
-            "ratio": t_memrl / t_plain, "peak_flops": peak,
-            "memrl_peak_fraction": 6 * params * tokens / t_memrl / peak,
+            "plain_amp_tokens_per_s": tokens / t_amp, "ratio": t_memrl / t_plain, "ratio_amp": t_memrl / t_amp,
+            "peak_flops": peak, "memrl_peak_fraction": 6 * params * tokens / t_memrl / peak,
             "plain_peak_fraction": 6 * params * tokens / t_plain / peak,
-            "memrl_peak_gib": mem_memrl, "plain_peak_gib": mem_plain}
+            "memrl_peak_gib": mem_memrl, "plain_peak_gib": mem_plain, "plain_amp_peak_gib": mem_amp}
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -143,17 +151,19 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print(f"{args.contexts} contexts x {args.length} tokens ({100 * args.prompt_share:.0f}% prompt), "
           f"ZeRO-{args.zero_stage}, "
           f"gradient checkpointing, {dev.dtype_name}; peak = measured {dev.dtype_name} matmul")
-    print("| config | params | memrl tok/s | plain tok/s | memrl / plain time | memrl share of peak | "
-          "plain share of peak | memrl peak GiB | plain peak GiB |")
-    print("|---|---|---|---|---|---|---|---|---|", flush=True)
+    print("| config | params | memrl tok/s | plain tok/s | plain AMP tok/s | memrl / plain time | memrl / plain AMP "
+          "time | memrl share of peak | plain share of peak | memrl peak GiB | plain peak GiB | plain AMP peak GiB |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|", flush=True)
     rows = []
     for name in names:  # each row as soon as it is measured: a later config that fails keeps the earlier ones
         r = run_config(name, args.contexts, args.length, args.repeats, args.prompt_share, args.zero_stage)
         rows.append(r)
-        mem = [f"{v:.1f}" if v is not None else "n/a (CPU)" for v in (r["memrl_peak_gib"], r["plain_peak_gib"])]
+        mem = [f"{v:.1f}" if v is not None else "n/a (CPU)"
+               for v in (r["memrl_peak_gib"], r["plain_peak_gib"], r["plain_amp_peak_gib"])]
         print(f"| {r['config']} | {r['params'] / 1e6:.0f}M | {r['memrl_tokens_per_s']:.0f} | "
-              f"{r['plain_tokens_per_s']:.0f} | {r['ratio']:.3f} | {r['memrl_peak_fraction']:.3f} | "
-              f"{r['plain_peak_fraction']:.3f} | {mem[0]} | {mem[1]} |", flush=True)
+              f"{r['plain_tokens_per_s']:.0f} | {r['plain_amp_tokens_per_s']:.0f} | {r['ratio']:.3f} | "
+              f"{r['ratio_amp']:.3f} | {r['memrl_peak_fraction']:.3f} | {r['plain_peak_fraction']:.3f} | "
+              f"{mem[0]} | {mem[1]} | {mem[2]} |", flush=True)
     return rows
 
 

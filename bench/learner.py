@@ -52,7 +52,7 @@ def plain_step(model, opt, trajs: list[Trajectory], clip: float = 0.2, autocast:
     mask = torch.tensor([t.contexts[0].loss_mask for t in trajs], dtype=torch.float32)
     old = torch.tensor([t.contexts[0].logprobs for t in trajs])
     adv = torch.tensor([t.advantage for t in trajs])[:, None] * mask
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+    with torch.autocast(ids.device.type, dtype=torch.bfloat16, enabled=autocast):  # ids: on the model's device
         logits = model(input_ids=ids).logits
     logp = losses.token_logprobs(logits.float(), ids)
     sel = mask > 0

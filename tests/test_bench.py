@@ -79,8 +79,9 @@ def test_gpu_bench_runs_its_comparison_on_cpu_at_tiny_size(capsys):
     rows = gpu.main(["--configs", "tiny", "--contexts", "2", "--length", "64", "--repeats", "1"])
     text = capsys.readouterr().out
     (row,) = _table_rows(text, "tiny")
-    assert row[-2:] == ["n/a (CPU)", "n/a (CPU)"]  # peak memory is read from CUDA only
-    assert all(_finite(c) > 0 for c in row[2:7])  # tok/s both sides, ratio, shares of peak
+    assert row[-3:] == ["n/a (CPU)"] * 3  # peak memory is read from CUDA only
+    assert all(_finite(c) > 0 for c in row[2:9])  # tok/s of the three, both ratios, shares of peak
+    assert rows[0]["ratio_amp"] == pytest.approx(rows[0]["plain_amp_tokens_per_s"] / rows[0]["memrl_tokens_per_s"])
     assert rows[0]["dtype"] == "float32" and rows[0]["params"] == 2 * 512 * 128 + 2 * (4 * 128 * 128 + 3 * 128 * 256
                                                                                       + 2 * 128) + 128
 
