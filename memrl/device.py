@@ -172,15 +172,16 @@ def learner_autocast(kind: str, flags: frozenset[str] | set[str] | None = None) 
 
 def learner_dtype(kind: str) -> torch.dtype:
     """The learner's weight dtype: bf16 on GPU, fp32 on CPU (which gets bf16 compute from `learner_autocast`).
-    $MEMRL_LEARNER_DTYPE=float32 keeps fp32 weights on GPU too: numerics checks, and the hand-computed losses of the
-    test suite run exactly on a GPU (bench/gpu_check.sh); auto (the default) or bfloat16 otherwise."""
+    $MEMRL_LEARNER_DTYPE overrides (auto | float32 | bfloat16): float32 keeps fp32 weights on a GPU (numerics checks;
+    the test suite's hand-computed losses hold exactly there, bench/gpu_check.sh); bfloat16 gives a CPU learner the
+    GPU's bf16 weights and DeepSpeed bf16 optimizer, so that the suite checks its bf16 tolerances without a GPU
+    (tests/rl/test_bf16_learner.py; to train faster on a CPU use MEMRL_AUTOCAST instead)."""
     choice = os.environ.get("MEMRL_LEARNER_DTYPE", "auto")
     if choice not in ("auto", "float32", "bfloat16"):
         raise ValueError(f"MEMRL_LEARNER_DTYPE must be one of auto, float32, bfloat16; got {choice!r}")
-    if kind == "cpu" and choice == "bfloat16":
-        raise ValueError("MEMRL_LEARNER_DTYPE=bfloat16 is for GPUs: a CPU learner keeps fp32 weights and computes in "
-                         "bf16 under MEMRL_AUTOCAST=bfloat16")
-    return torch.float32 if kind == "cpu" or choice == "float32" else torch.bfloat16
+    if choice == "auto":
+        return torch.bfloat16 if kind == "cuda" else torch.float32
+    return torch.bfloat16 if choice == "bfloat16" else torch.float32
 
 
 def plan(force: str | None = None) -> DevicePlan:

@@ -131,10 +131,8 @@ def test_the_learner_keeps_bf16_weights_on_gpu_unless_told_fp32(monkeypatch):
     assert plan("cuda").dtype == torch.bfloat16 and plan("cuda").dtype_name == "bfloat16"
     monkeypatch.setenv("MEMRL_LEARNER_DTYPE", "float32")  # bench/gpu_check.sh: the exact tests on a GPU
     assert plan("cuda").dtype == torch.float32 and plan("cpu").dtype == torch.float32
-    monkeypatch.setenv("MEMRL_LEARNER_DTYPE", "bfloat16")
-    assert learner_dtype("cuda") == torch.bfloat16
-    with pytest.raises(ValueError, match="for GPUs: a CPU learner keeps fp32 weights"):
-        plan("cpu")
+    monkeypatch.setenv("MEMRL_LEARNER_DTYPE", "bfloat16")  # tests/rl/test_bf16_learner.py: the GPU's weights on a CPU
+    assert learner_dtype("cuda") == torch.bfloat16 and plan("cpu").dtype == torch.bfloat16
     monkeypatch.setenv("MEMRL_LEARNER_DTYPE", "fp16")
     with pytest.raises(ValueError, match="MEMRL_LEARNER_DTYPE must be one of auto, float32, bfloat16"):
         learner_dtype("cuda")
