@@ -175,8 +175,9 @@ def _shared_prefix_trajs(seed: int) -> list[Trajectory]:
     return out
 
 
-def _first_step_grads(learner) -> dict[str, torch.Tensor]:
-    """Hooks that sum each parameter's gradients during the learner's next train_step only (on the CPU)."""
+def _first_step_grads(learner) -> tuple[dict[str, torch.Tensor], list]:
+    """({name: summed gradient, fp32 on the CPU}, hook handles): hooks that add up each trained parameter's
+    gradients until their handles are removed (after the next train_step, to keep that step's gradients)."""
     grads = {name: torch.zeros(p.shape) for name, p in learner.module.named_parameters() if p.requires_grad}
     handles = []
 

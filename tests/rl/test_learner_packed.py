@@ -8,6 +8,7 @@ from memrl.records import Context, Trajectory
 from memrl.rl.batching import packed_batch, padded_batch
 from memrl.rl.learner import Learner
 from memrl.testing import float_tolerance, learner_sections
+from tests.rl.test_learner import _first_step_grads
 
 # (advantage, context lengths); every trajectory has 2-3 contexts of different lengths
 SHAPES = ((1.0, (14, 23, 9)), (-0.5, (30, 11)), (2.0, (7, 19, 12)))
@@ -38,15 +39,7 @@ def _step(packed: bool, sft: bool = False, perturb_ref: bool = False, **cfg):
         with torch.no_grad():
             for p in learner.ref.parameters():
                 p.add_(0.02 * torch.randn(p.shape, generator=g).to(p.device, p.dtype))  # on the params' device
-    grads = {name: torch.zeros_like(p) for name, p in learner.module.named_parameters()}
-
-    def summed(name: str):
-        def hook(g: torch.Tensor) -> None:  # must return None: a returned tensor would replace the gradient
-            grads[name].add_(g)
-        return hook
-
-    for name, p in learner.module.named_parameters():
-        p.register_hook(summed(name))
+    grads, _ = _first_step_grads(learner)
     metrics = learner.train_step(_trajs(), sft=sft)
     assert metrics["skipped"] == 0.0
     return metrics, grads, learner.state_dict()
@@ -63,9 +56,9 @@ def _assert_same_step(a, b, keys: tuple[str, ...]) -> None:
     assert max(float(ga[k].abs().max()) for k in ga) > 1e-2  # the gradients compared are not all ~0
     # Adam's first step is lr * g / (|g| + eps) (lr = 1e-5): where the gradient is well above float noise the
     # two updates agree closely; on noise-level entries (~5%, e.g. embeddings of absent tokens) they can
-    # differ by up to 2 lr. (state_dict is on the CPU, the hooks' gradients on the learner's device.)
+    # differ by up to 2 lr.
     dp = torch.cat([(pa[k] - pb[k]).abs().flatten() for k in ga])
-    g = torch.cat([ga[k].abs().flatten().cpu() for k in ga])
+    g = torch.cat([ga[k].abs().flatten() for k in ga])
     if tol < 1e-4:
         assert float(dp[g > 1e-6].max()) < 1e-7 and float(dp.max()) <= 2e-5
     else:  # bf16 weights: the fp32 master copies (2 lr apart at most) round to one bf16 spacing apart at most
